@@ -1,0 +1,52 @@
+"""mAP through torchmetrics, and the share of images the detector leaves empty (the thesis's figure)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.detection import MeanAveragePrecision
+
+
+def mean_average_precision() -> MeanAveragePrecision:
+    """COCO mAP@[.5:.95], mAP@0.5 and per-class AP on xyxy boxes, with the fast COCO backend."""
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval")
+
+
+class DetectionRates(Metric):
+    """Per image, whether anything is detected with score >= ``score_threshold``.
+
+    compute() -> {"fn_rate": share of images *with* GT boxes where nothing is detected (the thesis's
+    "images without boxes"), "detections_per_image": mean count of such detections over all images,
+    "fp_image_rate": share of images *without* GT boxes where something is detected}. Counts are
+    summed across processes, so the figures cover the whole dataset under DDP.
+    """
+
+    full_state_update = False
+
+    def __init__(self, score_threshold: float = 0.5) -> None:
+        super().__init__()
+        self.score_threshold = score_threshold
+        for name in ("images", "detections", "positive_images", "missed", "negative_images", "false_alarms"):
+            self.add_state(name, default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
+        for pred, target in zip(preds, targets):
+            found = int((pred["scores"] >= self.score_threshold).sum())
+            has_gt = len(target["boxes"]) > 0
+            self.images += 1
+            self.detections += found
+            self.positive_images += int(has_gt)
+            self.missed += int(has_gt and found == 0)
+            self.negative_images += int(not has_gt)
+            self.false_alarms += int(not has_gt and found > 0)
+
+    def compute(self) -> dict[str, Tensor]:
+        def share(part: Tensor, whole: Tensor) -> Tensor:
+            return part / whole if whole > 0 else torch.tensor(float("nan"))
+
+        return {
+            "fn_rate": share(self.missed, self.positive_images),
+            "detections_per_image": share(self.detections, self.images),
+            "fp_image_rate": share(self.false_alarms, self.negative_images),
+        }

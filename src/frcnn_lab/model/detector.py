@@ -1,0 +1,118 @@
+"""The detector: backbone trunk -> RPN -> RoI pooling -> RoI head, or the RPN alone (``mode=rpn_only``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+
+from frcnn_lab.model.backbones import Backbone, build_backbone
+from frcnn_lab.model.roi_head import RoIHead
+from frcnn_lab.model.roi_pooling import RoIPooler
+from frcnn_lab.model.rpn import RegionProposalNetwork
+
+MODES = ("full", "rpn_only")
+
+
+@dataclass
+class DetectorOutput:
+    """Training fills ``losses`` and ``stats``; inference fills ``detections``."""
+
+    detections: list[dict[str, Tensor]] = field(default_factory=list)
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+class FasterRCNN(nn.Module):
+    """images [(3, H_i, W_i)] RGB in [0, 1] (already resized) -> DetectorOutput.
+
+    Images are normalised with the backbone's mean/std and zero-padded into one batch whose sides are
+    multiples of ``size_divisible``. Targets: dicts with "boxes" (G_i, 4) xyxy pixels and "labels" (G_i,)
+    in [1, K). Detections: "boxes", "scores", "labels" per image, in the coordinates of ``original_sizes``
+    when given (e.g. the image before resizing), else of the input images. Without a RoI head the RPN is
+    a single-class detector: its proposals are the detections, objectness is the score, the label is 1.
+    """
+
+    def __init__(
+        self, backbone: Backbone, rpn: RegionProposalNetwork, roi_head: RoIHead | None, size_divisible: int = 32
+    ) -> None:
+        super().__init__()
+        self.trunk, self.rpn, self.roi_head = backbone.trunk, rpn, roi_head
+        self.size_divisible = size_divisible
+        self.register_buffer("image_mean", torch.tensor(backbone.image_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(backbone.image_std).view(3, 1, 1), persistent=False)
+
+    def forward(
+        self,
+        images: list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+        original_sizes: list[tuple[int, int]] | None = None,
+    ) -> DetectorOutput:
+        if self.training and targets is None:
+            raise ValueError("FasterRCNN in training mode needs targets")
+        targets = targets if self.training else None
+        batch = self.batch_images(images)
+        features = self.trunk(batch.tensors)
+        proposals, scores, losses, stats = self.rpn(batch, features, targets)
+        if self.training and self.roi_head is None:
+            return DetectorOutput(losses=losses, stats=stats)
+        if self.roi_head is None:
+            detections = [{"boxes": p, "scores": s, "labels": torch.ones_like(s, dtype=torch.long)} for p, s in zip(proposals, scores)]
+        else:
+            detections, head_losses, head_stats = self.roi_head(features, proposals, batch.image_sizes, targets)
+            if self.training:
+                return DetectorOutput(losses={**losses, **head_losses}, stats={**stats, **head_stats})
+        if original_sizes is not None:
+            for detection, size, original in zip(detections, batch.image_sizes, original_sizes):
+                detection["boxes"] = rescale_boxes(detection["boxes"], size, original)
+        return DetectorOutput(detections=detections)
+
+    def batch_images(self, images: list[Tensor]) -> ImageList:
+        """Normalise, then zero-pad to a common size divisible by ``size_divisible``."""
+        sizes = [tuple(image.shape[-2:]) for image in images]
+        height, width = (max(s[i] for s in sizes) for i in (0, 1))
+        d = self.size_divisible
+        height, width = -(-height // d) * d, -(-width // d) * d
+        tensors = torch.stack(
+            [F.pad((image - self.image_mean) / self.image_std, (0, width - image.shape[-1], 0, height - image.shape[-2])) for image in images]
+        )
+        return ImageList(tensors, sizes)
+
+
+def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
+    """Boxes (N, 4) xyxy in an image of ``from_size`` (h, w) -> the same boxes in ``to_size``."""
+    ratio_h, ratio_w = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    return boxes * boxes.new_tensor([ratio_w, ratio_h, ratio_w, ratio_h])
+
+
+def build_detector(
+    backbone: dict[str, Any], rpn: dict[str, Any], roi_head: dict[str, Any], loss: dict[str, Any],
+    num_classes: int, mode: str = "full",
+) -> FasterRCNN:
+    """The detector from the config groups ``backbone``, ``rpn``, ``roi_head``, ``loss``.
+
+    ``num_classes`` counts the object classes; the head adds background. ``rpn.num_rois`` is the number
+    of RoIs sampled per image for the head in training.
+    """
+    if mode not in MODES:
+        raise ValueError(f"model.mode={mode!r} is unknown; choose one of {list(MODES)}")
+    parts = build_backbone(backbone["name"], backbone["weights"], backbone["freeze_stages"], backbone["frozen_bn"])
+    rpn = dict(rpn)
+    num_rois = rpn.pop("num_rois")
+    region_proposals = RegionProposalNetwork(parts.out_channels, smooth_l1_beta=loss["rpn_smooth_l1_beta"], **rpn)
+    if mode == "rpn_only":
+        return FasterRCNN(parts, region_proposals, None)
+    head = dict(roi_head)
+    pooler = RoIPooler(
+        head.pop("pooler"), head.pop("pool_size") or parts.pool_size, 1 / parts.stride,
+        head.pop("sampling_ratio"), head.pop("aligned"),
+    )
+    box_head = RoIHead(
+        pooler, parts.tail, parts.representation_size, num_classes + 1, num_rois=num_rois,
+        smooth_l1_beta=loss["roi_smooth_l1_beta"], **head,
+    )
+    return FasterRCNN(parts, region_proposals, box_head)

@@ -1,0 +1,48 @@
+"""The four parts of the Faster R-CNN loss, and their weighted sum.
+
+Both stages use the same recipe (as in the paper and torchvision): cross-entropy over the sampled
+anchors / RoIs, and smooth-L1 over the positive ones only, summed and divided by the number sampled.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSS_PARTS = ("rpn_cls", "rpn_reg", "roi_cls", "roi_reg")
+
+
+def rpn_losses(
+    objectness: Tensor, deltas: Tensor, labels: Tensor, target_deltas: Tensor, sampled: Tensor, beta: float
+) -> dict[str, Tensor]:
+    """RPN losses over all images' anchors, flattened.
+
+    objectness (A,), deltas (A, 4), labels (A,) in {1, 0, -1}, target_deltas (A, 4), sampled (A,) bool.
+    """
+    positive = sampled & (labels == 1)
+    num_sampled = sampled.sum().clamp(min=1)
+    cls = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled].to(objectness.dtype))
+    reg = F.smooth_l1_loss(deltas[positive], target_deltas[positive], beta=beta, reduction="sum") / num_sampled
+    return {"rpn_cls": cls, "rpn_reg": reg}
+
+
+def roi_losses(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, target_deltas: Tensor, beta: float) -> dict[str, Tensor]:
+    """RoI head losses over the sampled RoIs of all images.
+
+    class_logits (R, K), box_deltas (R, 4K) class-specific, labels (R,) in [0, K), target_deltas (R, 4).
+    Only the deltas of each RoI's true class are regressed, and only for foreground RoIs.
+    """
+    if labels.numel() == 0:  # e.g. only empty images and a background band that starts above IoU 0
+        zero = class_logits.sum() * 0.0
+        return {"roi_cls": zero, "roi_reg": zero}
+    cls = F.cross_entropy(class_logits, labels)
+    positive = torch.where(labels > 0)[0]
+    class_deltas = box_deltas.reshape(len(labels), -1, 4)[positive, labels[positive]]
+    reg = F.smooth_l1_loss(class_deltas, target_deltas[positive], beta=beta, reduction="sum") / labels.numel()
+    return {"roi_cls": cls, "roi_reg": reg}
+
+
+def weighted_total(losses: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    """Sum of the loss parts present in ``losses``, each times its weight."""
+    return sum(weights[name] * value for name, value in losses.items())

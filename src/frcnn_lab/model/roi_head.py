@@ -1,0 +1,173 @@
+"""RoI head (the Fast R-CNN stage): sample RoIs, pool them, classify them and refine their boxes.
+
+Usable on any feature map: ``RoIHead(RoIPooler(...), tail, representation_size, num_classes)`` takes
+``(B, C, h, w)`` features and per-image proposals in image pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+
+from frcnn_lab.model.losses import roi_losses
+from frcnn_lab.model.roi_pooling import RoIPooler
+
+
+class BoxPredictor(nn.Module):
+    """(R, D) -> class logits (R, K) and class-specific deltas (R, 4K); K includes background (0)."""
+
+    def __init__(self, representation_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(representation_size, num_classes)
+        self.bbox_pred = nn.Linear(representation_size, 4 * num_classes)
+        nn.init.normal_(self.cls_score.weight, std=0.01)  # the paper's initialisation
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def assign_roi_labels(
+    proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, fg_iou: float, bg_iou_lo: float, bg_iou_hi: float
+) -> tuple[Tensor, Tensor]:
+    """Label proposals for the head: the GT class (>= 1), background 0, or -1 (never sampled).
+
+    proposals (P, 4), gt_boxes (G, 4), gt_labels (G,) -> labels (P,) long, matched GT index (P,) long.
+    Foreground: max IoU >= fg_iou. Background: bg_iou_lo <= max IoU < bg_iou_hi. A proposal of an image
+    without GT boxes has IoU 0, so it is background only when bg_iou_lo is 0.
+    """
+    if gt_boxes.numel() == 0:
+        max_iou = proposals.new_zeros(len(proposals))
+        matched = torch.zeros(len(proposals), dtype=torch.long, device=proposals.device)
+        labels = torch.full_like(matched, -1)
+    else:
+        max_iou, matched = box_iou(gt_boxes, proposals).max(dim=0)
+        labels = torch.where(max_iou >= fg_iou, gt_labels[matched], -1)
+    labels[(max_iou >= bg_iou_lo) & (max_iou < bg_iou_hi)] = 0
+    return labels, matched
+
+
+class RoIHead(nn.Module):
+    """Sampling + RoIPooler + backbone tail + BoxPredictor + post-processing.
+
+    forward(features, proposals, image_sizes, targets) -> (detections, losses, stats).
+    Training (targets given): losses and stats, no detections. Inference: per image a dict with
+    "boxes" (D, 4), "scores" (D,), "labels" (D,) in the coordinates of ``image_sizes``.
+    """
+
+    def __init__(
+        self,
+        pooler: RoIPooler,
+        tail: nn.Module,
+        representation_size: int,
+        num_classes: int,
+        num_rois: int = 512,
+        positive_fraction: float = 0.25,
+        fg_iou: float = 0.5,
+        bg_iou_lo: float = 0.0,
+        bg_iou_hi: float = 0.5,
+        add_gt_as_proposals: bool = True,
+        box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        smooth_l1_beta: float = 1.0 / 9,
+        score_thresh: float = 0.05,
+        nms_iou: float = 0.5,
+        detections_per_image: int = 100,
+        min_size: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        self.pooler, self.tail = pooler, tail
+        self.predictor = BoxPredictor(representation_size, num_classes)
+        self.sampler = BalancedPositiveNegativeSampler(num_rois, positive_fraction)
+        self.box_coder = BoxCoder(tuple(box_weights))
+        self.fg_iou, self.bg_iou_lo, self.bg_iou_hi = fg_iou, bg_iou_lo, bg_iou_hi
+        self.add_gt_as_proposals = add_gt_as_proposals
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh, self.nms_iou = score_thresh, nms_iou
+        self.detections_per_image, self.min_size = detections_per_image, min_size
+
+    def forward(
+        self,
+        features: Tensor,
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], dict[str, Tensor]]:
+        if targets is None:
+            class_logits, box_deltas = self.predictor(self.tail(self.pooler(features, proposals)))
+            return self.postprocess(class_logits, box_deltas, proposals, image_sizes), {}, {}
+        rois, labels, target_deltas = self.sample(proposals, targets)
+        class_logits, box_deltas = self.predictor(self.tail(self.pooler(features, rois)))
+        losses = roi_losses(class_logits, box_deltas, labels, target_deltas, self.smooth_l1_beta)
+        return [], losses, head_stats(class_logits.detach(), labels, len(targets))
+
+    def sample(
+        self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Per image, ``num_rois`` RoIs with at most ``positive_fraction`` foreground.
+
+        -> RoIs [(R_i, 4)], their labels (sum R_i,) and regression targets (sum R_i, 4).
+        """
+        all_labels, all_matched, candidates = [], [], []
+        for image_proposals, target in zip(proposals, targets):
+            if self.add_gt_as_proposals:
+                image_proposals = torch.cat([image_proposals, target["boxes"].to(image_proposals.dtype)])
+            labels, matched = assign_roi_labels(
+                image_proposals, target["boxes"], target["labels"], self.fg_iou, self.bg_iou_lo, self.bg_iou_hi
+            )
+            candidates.append(image_proposals)
+            all_labels.append(labels)
+            all_matched.append(matched)
+        positive, negative = self.sampler(all_labels)
+        rois, labels, target_deltas = [], [], []
+        for image_rois, image_labels, matched, pos, neg, target in zip(
+            candidates, all_labels, all_matched, positive, negative, targets
+        ):
+            keep = torch.where(pos | neg)[0]
+            rois.append(image_rois[keep])
+            labels.append(image_labels[keep])
+            gt = target["boxes"][matched[keep]] if target["boxes"].numel() else image_rois[keep]
+            target_deltas.append(self.box_coder.encode_single(gt.to(image_rois.dtype), image_rois[keep]))
+        return rois, torch.cat(labels), torch.cat(target_deltas)
+
+    def postprocess(
+        self, class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Softmax, class-specific decoding, clipping, score threshold, per-class NMS, top detections."""
+        num_classes = class_logits.shape[-1]
+        boxes = self.box_coder.decode_single(box_deltas, torch.cat(proposals)).reshape(-1, num_classes, 4)
+        scores = F.softmax(class_logits, dim=-1)
+        detections = []
+        counts = [len(p) for p in proposals]
+        for image_boxes, image_scores, size in zip(boxes.split(counts), scores.split(counts), image_sizes):
+            image_boxes = clip_boxes_to_image(image_boxes, size)
+            labels = torch.arange(num_classes, device=image_boxes.device).expand_as(image_scores)
+            # drop the background column, then one candidate per (RoI, class)
+            image_boxes, image_scores, labels = image_boxes[:, 1:].reshape(-1, 4), image_scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            keep = torch.where(image_scores > self.score_thresh)[0]
+            keep = keep[remove_small_boxes(image_boxes[keep], self.min_size)]
+            keep = keep[batched_nms(image_boxes[keep], image_scores[keep], labels[keep], self.nms_iou)]
+            keep = keep[: self.detections_per_image]
+            detections.append({"boxes": image_boxes[keep], "scores": image_scores[keep], "labels": labels[keep]})
+        return detections
+
+
+def head_stats(class_logits: Tensor, labels: Tensor, num_images: int) -> dict[str, Tensor]:
+    """Foreground / background RoIs per image and the classifier's accuracy (all, and foreground only)."""
+    correct = class_logits.argmax(dim=1) == labels
+    foreground = labels > 0
+    stats = {
+        "roi_fg": foreground.sum() / num_images,
+        "roi_bg": (~foreground).sum() / num_images,
+    }
+    if labels.numel():
+        stats["cls_accuracy"] = correct.float().mean()
+    if foreground.any():
+        stats["cls_accuracy_fg"] = correct[foreground].float().mean()
+    return stats

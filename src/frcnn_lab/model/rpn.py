@@ -1,0 +1,180 @@
+"""Region Proposal Network: anchors, objectness and box deltas, training targets, proposals.
+
+Usable on any feature map: ``RegionProposalNetwork(in_channels=C, ...)`` takes a ``(B, C, h, w)``
+feature map of images padded to ``(H, W)`` and returns per-image proposals. Used alone (with the RPN
+losses only), it is a single-class detector whose objectness is the class score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxes
+
+from frcnn_lab.model.losses import rpn_losses
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then 1x1 convs for objectness and deltas.
+
+    (B, C, h, w) -> objectness logits (B, A, h, w), deltas (B, 4A, h, w), A anchors per location.
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int, hidden_channels: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden_channels or in_channels
+        self.conv = nn.Conv2d(in_channels, hidden, kernel_size=3, padding=1)
+        self.cls_logits = nn.Conv2d(hidden, num_anchors, kernel_size=1)
+        self.bbox_pred = nn.Conv2d(hidden, 4 * num_anchors, kernel_size=1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = torch.relu(self.conv(features))
+        return self.cls_logits(hidden), self.bbox_pred(hidden)
+
+
+def assign_anchor_labels(anchors: Tensor, gt_boxes: Tensor, fg_iou: float, bg_iou: float) -> tuple[Tensor, Tensor]:
+    """Label anchors for the RPN: 1 foreground, 0 background, -1 ignored.
+
+    anchors (A, 4), gt_boxes (G, 4) -> labels (A,) float, index of the matched GT box (A,) long.
+    Foreground: IoU >= fg_iou with some GT box, or the best anchor(s) of a GT box (so every GT box that
+    touches an anchor has a positive, even when none reaches fg_iou). Background: max IoU < bg_iou.
+    """
+    if gt_boxes.numel() == 0:
+        return anchors.new_zeros(len(anchors)), torch.zeros(len(anchors), dtype=torch.long, device=anchors.device)
+    iou = box_iou(gt_boxes, anchors)  # (G, A)
+    max_iou, matched = iou.max(dim=0)
+    labels = torch.full_like(max_iou, -1.0)
+    labels[max_iou < bg_iou] = 0.0
+    labels[max_iou >= fg_iou] = 1.0
+    best_per_gt = iou.max(dim=1, keepdim=True).values
+    is_best = ((iou == best_per_gt) & (best_per_gt > 0)).any(dim=0)
+    labels[is_best] = 1.0
+    return labels, matched
+
+
+class RegionProposalNetwork(nn.Module):
+    """Anchors + RPNHead + targets + proposal filtering (top-N, clip, min size, NMS, top-N).
+
+    forward(images, features, targets) -> (proposals [(P_i, 4)], scores [(P_i,)], losses, stats)
+    ``images`` is an ImageList: padded tensor (B, 3, H, W) and the unpadded sizes; ``features`` (B, C, h, w).
+    Losses and stats are computed when ``targets`` (dicts with "boxes" (G_i, 4)) are given.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        anchor_sizes: Sequence[int] = (128, 256, 512),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        head_channels: int | None = None,
+        fg_iou: float = 0.7,
+        bg_iou: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        pre_nms_top_n_train: int = 2000,
+        post_nms_top_n_train: int = 2000,
+        pre_nms_top_n_test: int = 1000,
+        post_nms_top_n_test: int = 1000,
+        nms_iou: float = 0.7,
+        min_size: float = 1e-3,
+        score_thresh: float = 0.0,
+        box_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+        smooth_l1_beta: float = 1.0 / 9,
+    ) -> None:
+        super().__init__()
+        self.anchor_generator = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
+        self.head = RPNHead(in_channels, len(anchor_sizes) * len(aspect_ratios), head_channels)
+        self.box_coder = BoxCoder(tuple(box_weights))
+        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.fg_iou, self.bg_iou = fg_iou, bg_iou
+        self.pre_nms_top_n = {"train": pre_nms_top_n_train, "test": pre_nms_top_n_test}
+        self.post_nms_top_n = {"train": post_nms_top_n_train, "test": post_nms_top_n_test}
+        self.nms_iou, self.min_size, self.score_thresh = nms_iou, min_size, score_thresh
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def forward(
+        self, images: ImageList, features: Tensor, targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        objectness, deltas = self.head(features)
+        num_images = len(images.image_sizes)
+        # (B, A, h, w) -> (B, h*w*A): the order of AnchorGenerator's anchors (location-major)
+        objectness = objectness.permute(0, 2, 3, 1).reshape(num_images, -1)
+        deltas = deltas.reshape(num_images, -1, 4, *deltas.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(num_images, -1, 4)
+        anchors = self.anchor_generator(images, [features])[0]  # (h*w*A, 4), the same for every image
+
+        boxes = self.box_coder.decode_single(deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
+        proposals, scores = self.filter_proposals(boxes.reshape(num_images, -1, 4), objectness.detach(), images.image_sizes)
+
+        losses: dict[str, Tensor] = {}
+        stats: dict[str, Tensor] = {}
+        if targets is not None:
+            gt_boxes = [t["boxes"] for t in targets]
+            labels, target_deltas, sampled, stats = self.targets(anchors, gt_boxes)
+            losses = rpn_losses(
+                objectness.reshape(-1), deltas.reshape(-1, 4), labels, target_deltas, sampled, self.smooth_l1_beta
+            )
+            stats.update(proposal_stats(proposals, gt_boxes))
+        return proposals, scores, losses, stats
+
+    def targets(self, anchors: Tensor, gt_boxes: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Labels (B*A,), regression targets (B*A, 4), sampled mask (B*A,) and sampling counts."""
+        labels, target_deltas = [], []
+        for boxes in gt_boxes:
+            image_labels, matched = assign_anchor_labels(anchors, boxes, self.fg_iou, self.bg_iou)
+            matched_boxes = boxes[matched] if boxes.numel() else torch.zeros_like(anchors)
+            labels.append(image_labels)
+            target_deltas.append(self.box_coder.encode_single(matched_boxes, anchors))
+        positive, negative = self.sampler(labels)
+        positive, negative = torch.cat(positive).bool(), torch.cat(negative).bool()
+        stats = {
+            "rpn_pos_anchors": positive.sum() / len(gt_boxes),
+            "rpn_neg_anchors": negative.sum() / len(gt_boxes),
+        }
+        return torch.cat(labels), torch.cat(target_deltas), positive | negative, stats
+
+    def filter_proposals(
+        self, boxes: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per image: top-N by objectness, clip, drop tiny boxes and low scores, NMS, keep top-N.
+
+        boxes (B, A, 4), objectness logits (B, A) -> proposals [(P_i, 4)], objectness probabilities [(P_i,)].
+        """
+        stage = "train" if self.training else "test"
+        top_n = min(self.pre_nms_top_n[stage], objectness.shape[1])
+        objectness, top_idx = objectness.topk(top_n, dim=1)
+        boxes = boxes[torch.arange(len(boxes), device=boxes.device)[:, None], top_idx]
+        proposals, scores = [], []
+        for image_boxes, image_scores, size in zip(boxes, objectness.sigmoid(), image_sizes):
+            image_boxes = clip_boxes_to_image(image_boxes, size)
+            keep = remove_small_boxes(image_boxes, self.min_size)
+            keep = keep[image_scores[keep] >= self.score_thresh]
+            keep = keep[nms(image_boxes[keep], image_scores[keep], self.nms_iou)][: self.post_nms_top_n[stage]]
+            proposals.append(image_boxes[keep])
+            scores.append(image_scores[keep])
+        return proposals, scores
+
+
+def proposal_stats(proposals: list[Tensor], gt_boxes: list[Tensor], iou: float = 0.5) -> dict[str, Tensor]:
+    """The thesis's "mean overlapping bboxes" (proposals with IoU >= 0.5 to some GT box, per image) and
+    RPN recall (share of GT boxes covered by a proposal at IoU >= 0.5), over images that have GT boxes."""
+    overlapping, covered, total = [], [], []
+    for boxes, gt in zip(proposals, gt_boxes):
+        if gt.numel() == 0:
+            continue
+        overlaps = box_iou(gt, boxes) >= iou if boxes.numel() else gt.new_zeros((len(gt), 0), dtype=torch.bool)
+        overlapping.append(overlaps.any(dim=0).sum())
+        covered.append(overlaps.any(dim=1).sum())
+        total.append(len(gt))
+    if not total:
+        return {}
+    return {
+        "rpn_overlapping_proposals": torch.stack(overlapping).float().mean(),
+        "rpn_recall": torch.stack(covered).sum() / sum(total),
+    }

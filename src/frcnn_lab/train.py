@@ -1,0 +1,88 @@
+"""Train and validate a detector: ``python -m frcnn_lab.train [key=value ...]`` (Hydra overrides)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from frcnn_lab.config import validate
+from frcnn_lab.data.datamodule import DetectionDataModule
+from frcnn_lab.lit_module import DetectionModule
+from frcnn_lab.tracking import finish_wandb_runs
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+log = logging.getLogger(__name__)
+
+
+def build_module(cfg: DictConfig) -> DetectionModule:
+    groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "rpn", "roi_head", "loss", "optim")}
+    return DetectionModule(
+        **groups, classes=list(cfg.data.classes), mode=cfg.model.mode, score_threshold=cfg.eval.score_threshold
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit on the train split, validate every epoch, and return a summary of the run."""
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    module = build_module(cfg)
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    with finish_wandb_runs(loggers):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        summary = run_summary(trainer, module)
+    log.info(format_summary(summary))
+    return summary
+
+
+def run_summary(trainer: L.Trainer, module: DetectionModule) -> dict[str, Any]:
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    csv = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+    wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+    return {
+        "best_map_50": module.best_map_50 if module.best_epoch >= 0 else None,
+        "best_epoch": module.best_epoch + 1 if module.best_epoch >= 0 else None,  # 1-based, as people count
+        "epochs": trainer.current_epoch,
+        "checkpoint": checkpoint.best_model_path if checkpoint else None,
+        "metrics_csv": str(Path(csv.log_dir) / "metrics.csv") if csv else None,
+        "wandb_dir": wandb.experiment.dir if wandb else None,
+        "wandb_mode": wandb.experiment.settings.mode if wandb else None,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = ["", "=== frcnn_lab run summary ==="]
+    if summary["best_map_50"] is None:
+        lines.append("no validation ran")
+    else:
+        lines.append(
+            f"best val mAP@0.5: {summary['best_map_50']:.3f} at epoch {summary['best_epoch']} of {summary['epochs']}"
+        )
+    lines.append(f"best checkpoint:  {summary['checkpoint'] or '-'}")
+    lines.append(f"metrics CSV:      {summary['metrics_csv'] or '-'}")
+    if summary["wandb_dir"]:
+        lines.append(f"W&B run ({summary['wandb_mode']}): {summary['wandb_dir']}")
+        if summary["wandb_mode"] == "offline":
+            lines.append(f"  upload later with: wandb sync {Path(summary['wandb_dir']).parent}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)["best_map_50"]
+
+
+if __name__ == "__main__":
+    main()
