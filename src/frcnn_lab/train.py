@@ -42,6 +42,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     with finish_wandb_runs(loggers):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        if module.best_epoch < 0 and not trainer.fast_dev_run:
+            # trainer.max_steps stopped training inside the first epoch: validate what was trained.
+            trainer.validate(module, datamodule=datamodule, verbose=False)
         summary = run_summary(trainer, module)
     log.info(format_summary(summary))
     return summary
@@ -54,7 +57,6 @@ def run_summary(trainer: L.Trainer, module: DetectionModule) -> dict[str, Any]:
     return {
         "best_map_50": module.best_map_50 if module.best_epoch >= 0 else None,
         "best_epoch": module.best_epoch + 1 if module.best_epoch >= 0 else None,  # 1-based, as people count
-        "epochs": trainer.current_epoch,
         "checkpoint": checkpoint.best_model_path if checkpoint else None,
         "metrics_csv": str(Path(csv.log_dir) / "metrics.csv") if csv else None,
         "wandb_dir": wandb.experiment.dir if wandb else None,
@@ -67,9 +69,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["best_map_50"] is None:
         lines.append("no validation ran")
     else:
-        lines.append(
-            f"best val mAP@0.5: {summary['best_map_50']:.3f} at epoch {summary['best_epoch']} of {summary['epochs']}"
-        )
+        lines.append(f"best val mAP@0.5: {summary['best_map_50']:.3f} (epoch {summary['best_epoch']})")
     lines.append(f"best checkpoint:  {summary['checkpoint'] or '-'}")
     lines.append(f"metrics CSV:      {summary['metrics_csv'] or '-'}")
     if summary["wandb_dir"]:

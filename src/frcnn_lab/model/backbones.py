@@ -10,7 +10,7 @@ Each builder takes a torchvision classification network, loads its weights, and 
 | --- | --- | --- | --- |
 | vgg16 | conv1_1 .. conv5_3 (512) | 7 | fc6, fc7 with dropout (4096) |
 | resnet50 | stem .. stage 4, the "C4" layout (1024) | 14 | stage 5 + average pool (2048) |
-| mobilenet_v2 | blocks 0 .. 13 (96) | 14 | blocks 14 .. 18 + average pool (1280) |
+| mobilenet_v2 | blocks 0 .. 13 (96) | 7 | blocks 14 .. 18 + average pool (1280) |
 """
 
 from __future__ import annotations

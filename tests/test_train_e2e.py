@@ -1,0 +1,63 @@
+"""End to end: training on the embedded dataset learns, and the CLI prints where everything went."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_RUN
+
+from frcnn_lab.train import train
+
+
+def epoch_rows(metrics_csv: str, column: str) -> list[float]:
+    """The non-empty values of ``column``, in logging order (one per epoch for epoch-level metrics)."""
+    with open(metrics_csv, newline="") as f:
+        return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
+
+
+def test_training_lowers_the_loss_and_detects_above_chance(make_config, tmp_path):
+    cfg = make_config(
+        [*TINY_RUN, "data.source.num_train=64", "data.source.num_val=24", "trainer.max_epochs=3", "optim.warmup_steps=5"]
+    )
+    summary = train(cfg)
+
+    losses = epoch_rows(summary["metrics_csv"], "train/loss_epoch")
+    maps = epoch_rows(summary["metrics_csv"], "val/map_50")
+    assert len(losses) == 3 and len(maps) == 3
+    assert losses[-1] < 0.8 * losses[0]
+    # Chance (boxes at random places) scores about 0; a detector that learned scores well above.
+    assert max(maps) > 0.15
+    assert summary["best_map_50"] == pytest.approx(max(maps), abs=1e-6)
+    assert summary["best_epoch"] == maps.index(max(maps)) + 1
+    assert Path(summary["checkpoint"]).is_file() and Path(summary["checkpoint"]).name == "best.ckpt"
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    for column in ("diag/rpn_recall_epoch", "diag/rpn_overlapping_proposals_epoch", "diag/cls_accuracy_epoch",
+                   "train/rpn_cls_epoch", "train/rpn_reg_epoch", "train/roi_cls_epoch", "train/roi_reg_epoch",
+                   "val/fn_rate", "val/map", "train/images_per_s"):
+        assert epoch_rows(summary["metrics_csv"], column), column
+
+
+def test_cli_run_tracks_to_csv_and_offline_wandb_and_prints_a_summary(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), WANDB_SILENT="true")  # no credentials anywhere: W&B must go offline by itself
+    overrides = [o for o in TINY_RUN if o != "logger=csv"] + ["trainer.max_steps=3", "data.source.num_val=4"]
+    result = subprocess.run(
+        [sys.executable, "-m", "frcnn_lab.train", *overrides], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "best val mAP@0.5:" in output
+    run_dirs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(run_dirs) == 1
+    run = run_dirs[0]
+    assert f"metrics CSV:      {run / 'csv' / 'metrics.csv'}" in output
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    offline_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and "W&B run (offline)" in output
+    assert "wandb sync" in output
