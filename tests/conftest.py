@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -40,3 +41,42 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
 
     yield make
     GlobalHydra.instance().clear()
+
+
+def compose_config(name: str, overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
+    """The primary config ``name`` (config, evaluate, predict) composed like its CLI, outputs in ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny completed training run laid out like the CLI's: .hydra/config.yaml, csv/, checkpoints/best.ckpt."""
+    from omegaconf import OmegaConf
+
+    from frcnn_lab.train import train
+
+    run = tmp_path_factory.mktemp("trained_run")
+    cfg = compose_config("config", [*TINY_RUN, "backbone.weights=none", "data.source.num_train=8",
+                                    "data.source.num_val=4", "data.source.num_test=4", "data.num_negatives=3"], run)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    train(cfg)
+    return run
+
+
+@pytest.fixture
+def one_cpu_thread(monkeypatch):
+    """Torch on one thread, and OMP_NUM_THREADS=1 for subprocesses: on a shared, busy CPU, more threads only
+    spin against other processes (a small CNN step runs many times slower on two contended threads than on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)

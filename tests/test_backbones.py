@@ -1,4 +1,5 @@
-"""Backbones cut at stride 16 with the right tails; ImageNet weights come from torchvision's cache, the offline package, or fail with a useful message."""
+"""Backbones cut at stride 16 with the right tails; ImageNet weights come from torchvision's cache, the
+offline package, or fail with a useful message."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def test_frozen_stages_have_no_gradient(name, stages):
 
 
 @pytest.mark.parametrize(
-    "name,channels,pool,representation", [("vgg16", 512, 7, 4096), ("resnet50", 1024, 14, 2048), ("mobilenet_v2", 96, 7, 1280)]
+    "name,channels,pool,representation",
+    [("vgg16", 512, 7, 4096), ("resnet50", 1024, 14, 2048), ("mobilenet_v2", 96, 7, 1280)],
 )
 def test_trunk_is_stride_16_and_tail_maps_rois_to_vectors(name, channels, pool, representation):
     parts = build_backbone(name, "none")

@@ -40,8 +40,14 @@ def test_the_documented_usage_sets_backbone_and_num_rois(make_config):
         ("data.image_size=-300", "data.image_size=-300 must be > 0"),
         ("rpn.positive_fraction=1.5", "rpn.positive_fraction=1.5 must be in [0, 1]"),
         ("roi_head.bg_iou_lo=0.5", "roi_head.bg_iou_lo < roi_head.bg_iou_hi"),
-        ("roi_head.pooler=max", "roi_head.pooler='max' is unknown; choose one of ['crop_resize', 'roi_align', 'roi_pool']"),
-        ("backbone.name=alexnet", "backbone.name='alexnet' is unknown; choose one of ['mobilenet_v2', 'resnet50', 'vgg16']"),
+        (
+            "roi_head.pooler=max",
+            "roi_head.pooler='max' is unknown; choose one of ['crop_resize', 'roi_align', 'roi_pool']",
+        ),
+        (
+            "backbone.name=alexnet",
+            "backbone.name='alexnet' is unknown; choose one of ['mobilenet_v2', 'resnet50', 'vgg16']",
+        ),
         ("model.mode=two_stage", "model.mode='two_stage' is unknown"),
         ("data.name=imagenet", "data.name='imagenet' is unknown"),
     ],
@@ -69,7 +75,8 @@ def test_missing_required_key_is_named(make_config):
 def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline"}
     return subprocess.run(
-        [sys.executable, "-m", "frcnn_lab.train", *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "frcnn_lab.train", *overrides],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
     )
 
 

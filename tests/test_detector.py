@@ -121,7 +121,7 @@ def test_overfitting_one_batch_drives_the_loss_near_zero_and_detects_its_objects
     detector.eval()
     with torch.no_grad():
         detections = detector(images).detections
-    for detection, target in zip(detections, targets):
+    for detection, target in zip(detections, targets, strict=True):
         confident = detection["scores"] > 0.5
         iou = box_iou(target["boxes"], detection["boxes"][confident])
         best = iou.max(dim=1)

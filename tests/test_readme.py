@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import torch
+
 from conftest import REPO_ROOT
 
 
@@ -18,7 +19,7 @@ def test_rpn_and_roi_head_work_on_a_user_feature_map():
     exec(compile(example, "README.md", "exec"), namespace)
     proposals, detections = namespace["proposals"], namespace["detections"]
     assert len(proposals) == 2 and len(detections) == 2
-    for boxes, (height, width) in zip(proposals, [(320, 400), (300, 380)]):
+    for boxes, (height, width) in zip(proposals, [(320, 400), (300, 380)], strict=True):
         assert boxes.shape[1] == 4 and len(boxes) > 0
         assert torch.all(boxes[:, 2] <= width) and torch.all(boxes[:, 3] <= height)
     for detection in detections:

@@ -205,3 +205,26 @@ def test_tiny_objects_and_images_still_draw_valid_items():
         x1, y1, x2, y2 = item["boxes"].T
         assert np.all(x1 >= 0) and np.all(y1 >= 0) and np.all(x2 <= width) and np.all(y2 <= height)
         assert np.all(x2 > x1) and np.all(y2 > y1)
+
+
+def test_image_size_matches_the_drawn_image_without_drawing_it():
+    dataset = SyntheticScenes(12, seed=4, image_sizes=((64, 96), (96, 64), (80, 80)))
+    assert [dataset.image_size(i) for i in range(12)] == [dataset[i]["image"].shape[:2] for i in range(12)]
+
+
+def test_another_stream_gives_other_scenes_and_ids_for_the_same_seed():
+    first, second = SyntheticScenes(3, seed=2, **SMALL), SyntheticScenes(3, seed=2, stream=1, **SMALL)
+    assert not np.array_equal(first[0]["image"], second[0]["image"])
+    assert second[0]["image_id"] == "synthetic-2-s1-0" and first[0]["image_id"] == "synthetic-2-0"
+
+
+def test_min_distractors_puts_look_alikes_in_every_empty_scene(monkeypatch):
+    flat = np.array([255, 0, 255], dtype=np.uint8)
+    monkeypatch.setattr(synthetic, "_draw_background",
+                        lambda rng, height, width: np.broadcast_to(flat, (height, width, 3)).copy())
+    monkeypatch.setattr(synthetic, "_add_sensor_noise", lambda rng, pixels: np.array(pixels))
+    drawn = [np.any(item["image"] != flat) for item in (SyntheticScenes(30, seed=1, empty_fraction=1.0, **SMALL)[i]
+                                                        for i in range(30))]
+    assert not all(drawn)  # without the minimum, some empty scenes hold nothing at all
+    busy = SyntheticScenes(30, seed=1, empty_fraction=1.0, min_distractors=1, **SMALL)
+    assert all(np.any(busy[i]["image"] != flat) and len(busy[i]["boxes"]) == 0 for i in range(30))

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RUN
 
+from conftest import TINY_RUN
 from frcnn_lab.train import train
 
 
@@ -22,7 +22,8 @@ def epoch_rows(metrics_csv: str, column: str) -> list[float]:
 
 def test_training_lowers_the_loss_and_detects_above_chance(make_config, tmp_path):
     cfg = make_config(
-        [*TINY_RUN, "data.source.num_train=64", "data.source.num_val=24", "trainer.max_epochs=3", "optim.warmup_steps=5"]
+        [*TINY_RUN, "data.source.num_train=64", "data.source.num_val=24", "trainer.max_epochs=3",
+         "optim.warmup_steps=5", "callbacks.step_checkpoint.every_n_train_steps=5"]
     )
     summary = train(cfg)
 
@@ -35,7 +36,8 @@ def test_training_lowers_the_loss_and_detects_above_chance(make_config, tmp_path
     assert summary["best_map_50"] == pytest.approx(max(maps), abs=1e-6)
     assert summary["best_epoch"] == maps.index(max(maps)) + 1
     assert Path(summary["checkpoint"]).is_file() and Path(summary["checkpoint"]).name == "best.ckpt"
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # The epoch and the step checkpoints share one last.ckpt: no versioned copies pile up.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     for column in ("diag/rpn_recall_epoch", "diag/rpn_overlapping_proposals_epoch", "diag/cls_accuracy_epoch",
                    "train/rpn_cls_epoch", "train/rpn_reg_epoch", "train/roi_cls_epoch", "train/roi_reg_epoch",
                    "val/fn_rate", "val/map", "train/images_per_s"):

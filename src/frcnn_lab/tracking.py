@@ -4,9 +4,13 @@ W&B run is finished, and marked failed when training raised."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import netrc
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -58,3 +62,57 @@ def finish_wandb_runs(loggers: Sequence[Logger]) -> Iterator[None]:
         raise
     for lg in runs:
         lg.experiment.finish(exit_code=0)
+
+
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> one level with dotted keys (``{"backbone": {"name": ...}}`` -> ``{"backbone.name": ...}``),
+    so that W&B's runs table can group and filter by ``backbone.name``, ``rpn.num_rois``, ``data.image_size``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flat_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def hydra_run_identity() -> dict[str, Any]:
+    """What Hydra knows about this job: ``experiment`` (the preset, or None), ``multirun`` (bool) and
+    ``sweep_name`` (the sweep folder's name in a multirun). Empty outside a Hydra app (e.g. in tests)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return {
+        "experiment": hydra_cfg.runtime.choices.get("experiment"),
+        "multirun": multirun,
+        "sweep_name": Path(hydra_cfg.sweep.dir).name if multirun else None,
+    }
+
+
+def name_wandb_run(wandb_cfg: MutableMapping[str, Any], identity: Mapping[str, Any]) -> None:
+    """Fill the W&B logger's config in place: a sweep's jobs share the group ``<sweep folder name>`` unless
+    ``group`` is set, and the preset's name (``experiment=thesis/model4`` -> ``thesis/model4``) joins the tags."""
+    if identity.get("multirun") and not wandb_cfg.get("group"):
+        wandb_cfg["group"] = identity["sweep_name"]
+    preset = identity.get("experiment")
+    if preset and preset not in wandb_cfg.get("tags", []):
+        wandb_cfg["tags"] = [*wandb_cfg.get("tags", []), preset]
+
+
+def write_status(output_dir: str | os.PathLike, status: str, **fields: Any) -> Path:
+    """``<output_dir>/status.json``: {"status": running | completed | failed, "time": ISO time, **fields}.
+
+    A run that stays "running" after its process ended was interrupted; the report reads this file.
+    """
+    path = Path(output_dir) / "status.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"status": status, "time": datetime.datetime.now().isoformat(timespec="seconds"), **fields}
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(record, indent=2, default=str))
+    temporary.replace(path)  # readers never see a half-written file
+    return path

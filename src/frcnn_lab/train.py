@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +13,14 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from frcnn_lab.config import validate
+from frcnn_lab.callbacks import AtomicCheckpointIO
+from frcnn_lab.config import ConfigError, refuse_local_ddp_in_multirun, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.lit_module import DetectionModule
-from frcnn_lab.tracking import finish_wandb_runs
+from frcnn_lab.run_dir import claim_output_dir, reserve_output_dir
+from frcnn_lab.tracking import finish_wandb_runs, flat_config, hydra_run_identity, name_wandb_run, write_status
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger(__name__)
@@ -25,28 +29,42 @@ log = logging.getLogger(__name__)
 def build_module(cfg: DictConfig) -> DetectionModule:
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "rpn", "roi_head", "loss", "optim")}
     return DetectionModule(
-        **groups, classes=list(cfg.data.classes), mode=cfg.model.mode, score_threshold=cfg.eval.score_threshold
+        **groups, classes=list(cfg.data.classes), mode=cfg.model.mode, score_threshold=cfg.eval.score_threshold,
+        on_nonfinite=cfg.train.on_nonfinite, val_images=cfg.eval.val_images, voc07=cfg.data.name == "voc",
     )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on the train split, validate every epoch, and return a summary of the run."""
     validate(cfg)
+    claim_output_dir(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
     module = build_module(cfg)
+    identity = hydra_run_identity()
+    if cfg.get("logger") and "wandb" in cfg.logger:
+        with open_dict(cfg):
+            name_wandb_run(cfg.logger.wandb, identity)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+    )
+    if trainer.is_global_zero:
+        datamodule.write_summary(cfg.paths.output_dir)  # printed, and data_summary.json in the run directory
+    config = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        # W&B gets dotted keys (backbone.name, rpn.num_rois...) so its runs table groups by them.
+        is_wandb = isinstance(lg, WandbLogger)
+        lg.log_hyperparams({**flat_config(config), "experiment": identity.get("experiment")} if is_wandb else config)
     with finish_wandb_runs(loggers):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         if module.best_epoch < 0 and not trainer.fast_dev_run:
             # trainer.max_steps stopped training inside the first epoch: validate what was trained.
             trainer.validate(module, datamodule=datamodule, verbose=False)
         summary = run_summary(trainer, module)
-    log.info(format_summary(summary))
+    if trainer.is_global_zero:
+        log.info(format_summary(summary))
     return summary
 
 
@@ -81,7 +99,29 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)["best_map_50"]
+    """One run, or one job of a sweep; ``<run dir>/status.json`` says running, completed or failed.
+
+    A failing job of a multirun is recorded (status.json with the error, W&B run finished as failed) and
+    logged, and the sweep goes on with the next job; a single run re-raises.
+    """
+    try:
+        refuse_local_ddp_in_multirun(cfg)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None  # ends the whole sweep: every job would hit it
+    output_dir, start = cfg.paths.output_dir, time.perf_counter()
+    reserve_output_dir(output_dir)  # before status.json: a used directory is refused with nothing overwritten
+    write_status(output_dir, "running")
+    try:
+        summary = train(cfg)
+    except Exception as error:
+        write_status(output_dir, "failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
+                     duration_s=time.perf_counter() - start)
+        if not hydra_run_identity().get("multirun"):
+            raise
+        log.exception("this job failed (%s); the sweep goes on with the next one", output_dir)
+        return None
+    write_status(output_dir, "completed", duration_s=time.perf_counter() - start, **summary)
+    return summary["best_map_50"]
 
 
 if __name__ == "__main__":

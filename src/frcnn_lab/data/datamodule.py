@@ -1,89 +1,249 @@
 """LightningDataModule: a source's splits -> albumentations -> batches of (images, targets).
 
-A *source* is a sequence of samples ``{"image": uint8 (H, W, 3) RGB, "boxes": float (N, 4) xyxy pixels,
-"labels": int64 (N,) in [1, K], "image_id": str}``; label 0 is background.
+A source item is ``{"image": uint8 (H, W, 3) RGB, "boxes": float32 (N, 4) xyxy pixels, "labels": int64 (N,)
+in 1..K, "difficult": bool (N,), "image_id": str, "original_size": (h, w)}``; label 0 is background.
+After the transforms a target holds "boxes" (xyxy pixels of the resized image), "labels", "difficult"
+(boxes evaluation must ignore: VOC difficult, COCO crowd; never set in the train split unless
+``use_difficult``), "image_id" and "original_size".
+
+Splits: ``train``, ``val``, ``test`` and ``negatives`` (images of other categories with no box of
+``classes``, for the false-positive figure).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from frcnn_lab.data.images import load
+from frcnn_lab.data.records import (
+    DataError,
+    IssueLog,
+    Sample,
+    class_lookup,
+    curate,
+    prepare,
+    random_split,
+    read_id_list,
+    seeded_order,
+)
+from frcnn_lab.data.samplers import GroupedBatchSampler, orientation_groups
+from frcnn_lab.data.sources import FILE_SOURCES, read_records
 from frcnn_lab.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 
-SOURCES = ("synthetic",)
+SOURCES = ("synthetic", *FILE_SOURCES)
 SPLITS = ("train", "val", "test")
+ALL_SPLITS = (*SPLITS, "negatives")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+
+
+class FileImages(Dataset):
+    """Checked samples read from disk: item -> source item dict (see the module docstring)."""
+
+    def __init__(self, samples: Sequence[Sample], min_side: int, max_side: int) -> None:
+        self.samples, self.min_side, self.max_side = list(samples), min_side, max_side
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sizes(self) -> list[tuple[int, int]]:
+        return [(s.height, s.width) for s in self.samples]
+
+    def annotation(self, index: int) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
+        s = self.samples[index]
+        return (s.height, s.width), s.boxes, s.labels, s.difficult
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image = load(sample.path, self.min_side, self.max_side)
+        height, width = image.shape[:2]
+        # JPEGs may be decoded at a reduced scale: boxes follow the pixels actually loaded.
+        scale = np.array([width / sample.width, height / sample.height] * 2, np.float32)
+        boxes = np.clip(sample.boxes * scale, 0, [width, height, width, height]).astype(np.float32)
+        return {"image": image, "boxes": boxes, "labels": sample.labels, "difficult": sample.difficult,
+                "image_id": sample.image_id, "original_size": (sample.height, sample.width)}
+
+
+class SceneRange(Dataset):
+    """Items ``start .. stop - 1`` of a SyntheticScenes generator."""
+
+    def __init__(self, scenes: SyntheticScenes, start: int, stop: int) -> None:
+        self.scenes, self.start, self.stop = scenes, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def sizes(self) -> list[tuple[int, int]]:
+        return [self.scenes.image_size(i) for i in range(self.start, self.stop)]
+
+    def annotation(self, index: int) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
+        item = self[index]
+        return item["image"].shape[:2], item["boxes"], item["labels"], item["difficult"]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        item = self.scenes[self.start + index]
+        item["difficult"] = np.zeros(len(item["labels"]), bool)
+        item["original_size"] = item["image"].shape[:2]
+        return item
 
 
 class DetectionDataset(Dataset):
     """A source with transforms: item -> (image (3, H, W) float in [0, 1], target dict)."""
 
-    def __init__(self, source: Sequence[dict[str, Any]], transforms) -> None:
+    def __init__(self, source: FileImages | SceneRange, transforms) -> None:
         self.source, self.transforms = source, transforms
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        # albumentations draws from its own generator: seed it from torch's, which Lightning seeds per
+        # process and per loader worker, so `seed=N` repeats the augmentation too.
+        self.transforms.set_random_seed(int(torch.randint(2**31, ())))
         return apply_transforms(self.transforms, self.source[index])
 
 
 def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> Batch:
     """Images of different sizes stay a list; the detector pads them."""
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
 
 
-def synthetic_splits(num_train: int, num_val: int, num_test: int, seed: int, **scene_args: Any) -> dict[str, Subset]:
-    """Disjoint index ranges of one seeded scene generator: train, then val, then test."""
+def synthetic_splits(num_train: int, num_val: int, num_test: int, seed: int, num_negatives: int = 0,
+                     **scene_args: Any) -> dict[str, SceneRange]:
+    """Disjoint index ranges of one seeded generator (train, val, test); negatives from their own stream."""
     scenes = SyntheticScenes(num_train + num_val + num_test, seed=seed, **scene_args)
     bounds = [0, num_train, num_train + num_val, num_train + num_val + num_test]
-    return {split: Subset(scenes, range(bounds[i], bounds[i + 1])) for i, split in enumerate(SPLITS)}
+    splits = {split: SceneRange(scenes, bounds[i], bounds[i + 1]) for i, split in enumerate(SPLITS)}
+    negative_args = {**scene_args, "empty_fraction": 1.0, "min_distractors": 1, "distractors": True}
+    splits["negatives"] = SceneRange(SyntheticScenes(num_negatives, seed=seed, stream=1, **negative_args),
+                                     0, num_negatives)
+    return splits
 
 
 class DetectionDataModule(L.LightningDataModule):
-    """``name`` selects the source; ``source`` holds its own arguments.
+    """``name`` selects the source; ``source`` holds its own arguments (see docs/datasets.md).
 
-    ``image_size``: shortest side after resizing; ``max_size``: cap on the long side. ``augment``:
-    ``hflip``, ``vflip``, ``rot90`` probabilities and ``extra`` albumentations transforms (train only).
+    ``classes``: label 1..K in this order; ``class_map``: more source class names for a class
+    (``{"Mobile phone": camera}``). ``image_size``: shortest side after resizing; ``max_size``: cap on the
+    long side. ``split``: ``official`` (the source's splits) or ``random`` (``split_fractions`` of the
+    source's train set, seeded by ``split_seed``). ``limit``: at most this many images per split (a
+    seeded choice). ``include`` / ``exclude``: curation files of image ids. ``use_difficult``: train on
+    difficult / crowd boxes. ``num_negatives``: size of the negatives set (synthetic) or its cap.
+    ``verify_images``: decode every image once at setup, so corrupt files are reported, not hit mid-run.
+    ``group_aspect_ratio``: batch landscape and portrait images apart. ``augment``: ``hflip``, ``vflip``,
+    ``rot90`` probabilities and ``extra`` albumentations transforms (train only).
     """
 
     def __init__(
         self, name: str, classes: Sequence[str], source: dict[str, Any], image_size: int, max_size: int,
-        batch_size: int, num_workers: int, augment: dict[str, Any],
+        batch_size: int, num_workers: int, augment: dict[str, Any], class_map: dict[str, str] | None = None,
+        split: str = "official", split_fractions: Sequence[float] = (0.8, 0.2, 0.0), split_seed: int = 0,
+        limit: int | None = None, include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None, use_difficult: bool = False, num_negatives: int | None = 100,
+        verify_images: bool = True, group_aspect_ratio: bool = True,
     ) -> None:
         super().__init__()
         if name not in SOURCES:
             raise ValueError(f"data={name!r} is unknown; choose one of {list(SOURCES)}")
-        self.name, self.classes, self.source_args = name, list(classes), dict(source)
+        if split not in ("official", "random"):
+            raise ValueError(f"data.split={split!r} is unknown; choose official or random")
+        self.name, self.classes, self.class_map = name, list(classes), dict(class_map or {})
+        self.source_args = dict(source)
         self.image_size, self.max_size = image_size, max_size
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, dict(augment)
+        self.split, self.split_fractions, self.split_seed = split, list(split_fractions), split_seed
+        self.limit, self.include, self.exclude = limit, include, exclude
+        self.use_difficult, self.num_negatives = use_difficult, num_negatives
+        self.verify_images, self.group_aspect_ratio = verify_images, group_aspect_ratio
+        self.issues = IssueLog()
+        self.notes: list[str] = []
         self.datasets: dict[str, DetectionDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        if self.classes != list(SYNTHETIC_CLASSES):
-            raise ValueError(f"data.classes={self.classes} must be {list(SYNTHETIC_CLASSES)} for the synthetic source")
-        splits = synthetic_splits(**self.source_args)
-        for split, source in splits.items():
+        sources = self._synthetic() if self.name == "synthetic" else self._files()
+        for split, source in sources.items():
             train = split == "train"
             transforms = build_transforms(self.image_size, self.max_size, train, **(self.augment if train else {}))
             self.datasets[split] = DetectionDataset(source, transforms)
 
+    def _synthetic(self) -> dict[str, SceneRange]:
+        if self.classes != list(SYNTHETIC_CLASSES):
+            raise ValueError(f"data.classes={self.classes} must be {list(SYNTHETIC_CLASSES)} for the synthetic source")
+        return synthetic_splits(**self.source_args, num_negatives=self.num_negatives or 0)
+
+    def _id_list(self, paths: str | Sequence[str] | None) -> set[str] | None:
+        if paths is None:
+            return None
+        return set().union(*(read_id_list(p) for p in ([paths] if isinstance(paths, str) else paths)))
+
+    def _files(self) -> dict[str, FileImages]:
+        records = read_records(self.name, self.source_args, self.classes, self.class_map, self.issues)
+        lookup = class_lookup(self.classes, self.class_map)
+        include, exclude = self._id_list(self.include), self._id_list(self.exclude) or set()
+        if include is not None:
+            known = {r.image_id for part in records.values() for r in part}
+            if missing := include - known:
+                self.notes.append(f"{len(missing)} ids of the include list are not in the source")
+        workers = max(1, min(8, self.num_workers or 1, len(records.get("train", ())) // 64 + 1))
+        samples: dict[str, list[Sample]] = {}
+        for split, part in records.items():
+            kept = curate(part, include if split != "negatives" else None, exclude, split, self.issues)
+            chosen, unselected = prepare(kept, split, lookup, self.issues, use_difficult=self.use_difficult,
+                                         verify_images=self.verify_images, workers=workers)
+            if split == "negatives":
+                for sample in chosen:
+                    if len(sample.boxes):
+                        self.issues.add(split, str(sample.path), "image: has a box of data.classes, not a negative")
+                chosen = [s for s in chosen if not len(s.boxes)] + unselected
+            samples[split] = chosen
+        if self.split == "random":
+            pool = samples["train"]
+            parts = random_split(pool, [s.image_id for s in pool], self.split_fractions, self.split_seed)
+            samples.update(zip(SPLITS, parts, strict=True))
+        elif "val" not in samples:
+            raise DataError(f"data={self.name} has no val split: set data.source.val, or data.split=random")
+        samples.setdefault("test", [])
+        used = {s.image_id for split in SPLITS for s in samples[split]}
+        negatives = []
+        for sample in samples.get("negatives", []):
+            if sample.image_id in used:
+                self.issues.add("negatives", str(sample.path), "image: also in train/val/test, not a negative")
+            else:
+                negatives.append(sample)
+        samples["negatives"] = negatives
+        for split in ALL_SPLITS:
+            cap = self.num_negatives if split == "negatives" else self.limit
+            if cap is not None and len(samples[split]) > cap:
+                order = seeded_order([s.image_id for s in samples[split]], self.split_seed)
+                self.notes.append(f"{split}: {cap} of {len(samples[split])} images used (limit)")
+                samples[split] = [samples[split][i] for i in order[:cap]]
+        if not samples["train"]:
+            raise DataError(f"data={self.name}: no training image left; see the skipped items above")
+        return {split: FileImages(samples[split], self.image_size, self.max_size) for split in ALL_SPLITS}
+
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=collate, persistent_workers=self.num_workers > 0,
-        )
+        dataset = self.datasets[split]
+        common = {"num_workers": self.num_workers, "collate_fn": collate, "persistent_workers": self.num_workers > 0}
+        if shuffle and self.group_aspect_ratio:
+            groups = orientation_groups(dataset.source.sizes())
+            sampler = GroupedBatchSampler(RandomSampler(dataset), groups, self.batch_size)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)
@@ -93,3 +253,15 @@ class DetectionDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")
+
+    def negatives_dataloader(self) -> DataLoader | None:
+        """Images with no box of ``classes`` (evaluation transforms), or None when the source has none."""
+        self.setup()
+        return self.loader("negatives") if len(self.datasets["negatives"]) else None
+
+    def write_summary(self, output_dir: str | Path) -> Path:
+        """Print the dataset summary and write it to ``output_dir/data_summary.json``."""
+        from frcnn_lab.data.summary import write_summary
+
+        self.setup()
+        return write_summary(self, Path(output_dir))

@@ -14,6 +14,11 @@ with exclusive right and bottom edges and tightly enclose everything drawn for
 the object; labels are 1 = camera and 2 = phone (0 is kept for background).
 Targets may partly cover each other (IoU at most 0.3, the smaller one on top)
 but are never covered by distractors.
+
+A ``stream`` other than 0 draws item ``i`` from ``default_rng([seed, i, stream])``
+instead: a second, independent set of scenes for the same seed. The negatives
+set uses stream 1 with ``empty_fraction=1`` and ``min_distractors=1``: scenes
+with look-alikes and nothing to detect.
 """
 
 from __future__ import annotations
@@ -322,7 +327,8 @@ class SyntheticScenes:
     def __init__(self, num_images: int, seed: int = 0, empty_fraction: float = 0.15,
                  max_objects: int = 3, object_size: tuple[int, int] = (40, 120),
                  distractors: bool = True,
-                 image_sizes: tuple[tuple[int, int], ...] = ((320, 320), (240, 320), (320, 240))):
+                 image_sizes: tuple[tuple[int, int], ...] = ((320, 320), (240, 320), (320, 240)),
+                 min_distractors: int = 0, stream: int = 0):
         if not isinstance(num_images, (int, np.integer)) or num_images < 0:
             raise ValueError(f"num_images must be a non-negative integer, got {num_images!r}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -339,7 +345,26 @@ class SyntheticScenes:
         self.num_images, self.seed, self.empty_fraction = int(num_images), int(seed), float(empty_fraction)
         self.max_objects, self.distractors = int(max_objects), bool(distractors)
         self.object_size = (int(object_size[0]), int(object_size[1]))
+        if not isinstance(min_distractors, (int, np.integer)) or not 0 <= min_distractors <= MAX_DISTRACTORS:
+            raise ValueError(f"min_distractors must be an integer in [0, {MAX_DISTRACTORS}], got {min_distractors!r}")
+        if not isinstance(stream, (int, np.integer)) or stream < 0:
+            raise ValueError(f"stream must be a non-negative integer, got {stream!r}")
         self.image_sizes = tuple((int(h), int(w)) for h, w in image_sizes)
+        self.min_distractors, self.stream = int(min_distractors), int(stream)
+
+    def _rng(self, position: int) -> np.random.Generator:
+        # Stream 0 keeps the original key [seed, i]; other streams never share a key with it.
+        key = [self.seed, position] if self.stream == 0 else [self.seed, position, self.stream]
+        return np.random.default_rng(key)
+
+    def _id(self, position: int) -> str:
+        suffix = f"-s{self.stream}" if self.stream else ""
+        return f"synthetic-{self.seed}{suffix}-{position}"
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of item ``index`` without drawing it (its first random draw)."""
+        rng = self._rng(operator.index(index) % max(self.num_images, 1))
+        return self.image_sizes[int(rng.integers(len(self.image_sizes)))]
 
     def __len__(self) -> int:
         return self.num_images
@@ -350,13 +375,13 @@ class SyntheticScenes:
             position += self.num_images
         if not 0 <= position < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} images")
-        rng = np.random.default_rng([self.seed, position])
+        rng = self._rng(position)
         height, width = self.image_sizes[int(rng.integers(len(self.image_sizes)))]
         canvas = Image.fromarray(_draw_background(rng, height, width))
 
         is_empty = rng.random() < self.empty_fraction
         target_count = 0 if is_empty else int(rng.integers(1, self.max_objects + 1))
-        distractor_count = int(rng.integers(0, MAX_DISTRACTORS + 1)) if self.distractors else 0
+        distractor_count = int(rng.integers(self.min_distractors, MAX_DISTRACTORS + 1)) if self.distractors else 0
         placed: list[Box] = []
         # Targets are placed first so the first one always fits: a non-empty image never ends up empty.
         target_shapes = []
@@ -378,7 +403,7 @@ class SyntheticScenes:
             "image": pixels,
             "boxes": np.array([box for _, _, box in targets], dtype=np.float32).reshape(-1, 4),
             "labels": np.array([label for label, _, _ in targets], dtype=np.int64),
-            "image_id": f"synthetic-{self.seed}-{position}",
+            "image_id": self._id(position),
         }
 
     def _place_shapes(self, rng: np.random.Generator, shapes: list[tuple[int, AspectSampler, ShapeDrawer]],

@@ -8,6 +8,16 @@ from torchmetrics import Metric
 from torchmetrics.detection import MeanAveragePrecision
 
 
+def metric_target(target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A dataset target -> what the metrics read, on the CPU. VOC's "difficult" boxes become torchmetrics'
+    "iscrowd": detections on them are neither rewarded nor penalised, as the VOC protocol asks."""
+    out = {"boxes": target["boxes"].cpu(), "labels": target["labels"].cpu()}
+    if "difficult" in target:
+        out["difficult"] = target["difficult"].cpu().bool()
+        out["iscrowd"] = out["difficult"].long()
+    return out
+
+
 def mean_average_precision() -> MeanAveragePrecision:
     """COCO mAP@[.5:.95], mAP@0.5 and per-class AP on xyxy boxes, with the fast COCO backend."""
     return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval")
@@ -31,7 +41,7 @@ class DetectionRates(Metric):
             self.add_state(name, default=torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
-        for pred, target in zip(preds, targets):
+        for pred, target in zip(preds, targets, strict=True):
             found = int((pred["scores"] >= self.score_threshold).sum())
             has_gt = len(target["boxes"]) > 0
             self.images += 1

@@ -61,13 +61,16 @@ class FasterRCNN(nn.Module):
         if self.training and self.roi_head is None:
             return DetectorOutput(losses=losses, stats=stats)
         if self.roi_head is None:
-            detections = [{"boxes": p, "scores": s, "labels": torch.ones_like(s, dtype=torch.long)} for p, s in zip(proposals, scores)]
+            detections = [
+                {"boxes": p, "scores": s, "labels": torch.ones_like(s, dtype=torch.long)}
+                for p, s in zip(proposals, scores, strict=True)
+            ]
         else:
             detections, head_losses, head_stats = self.roi_head(features, proposals, batch.image_sizes, targets)
             if self.training:
                 return DetectorOutput(losses={**losses, **head_losses}, stats={**stats, **head_stats})
         if original_sizes is not None:
-            for detection, size, original in zip(detections, batch.image_sizes, original_sizes):
+            for detection, size, original in zip(detections, batch.image_sizes, original_sizes, strict=True):
                 detection["boxes"] = rescale_boxes(detection["boxes"], size, original)
         return DetectorOutput(detections=detections)
 
@@ -77,9 +80,11 @@ class FasterRCNN(nn.Module):
         height, width = (max(s[i] for s in sizes) for i in (0, 1))
         d = self.size_divisible
         height, width = -(-height // d) * d, -(-width // d) * d
-        tensors = torch.stack(
-            [F.pad((image - self.image_mean) / self.image_std, (0, width - image.shape[-1], 0, height - image.shape[-2])) for image in images]
-        )
+        padded = [
+            F.pad((image - self.image_mean) / self.image_std, (0, width - image.shape[-1], 0, height - image.shape[-2]))
+            for image in images
+        ]
+        tensors = torch.stack(padded)
         return ImageList(tensors, sizes)
 
 

@@ -27,7 +27,9 @@ def rpn_losses(
     return {"rpn_cls": cls, "rpn_reg": reg}
 
 
-def roi_losses(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, target_deltas: Tensor, beta: float) -> dict[str, Tensor]:
+def roi_losses(
+    class_logits: Tensor, box_deltas: Tensor, labels: Tensor, target_deltas: Tensor, beta: float
+) -> dict[str, Tensor]:
     """RoI head losses over the sampled RoIs of all images.
 
     class_logits (R, K), box_deltas (R, 4K) class-specific, labels (R,) in [0, K), target_deltas (R, 4).

@@ -100,12 +100,17 @@ class RoIHead(nn.Module):
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], dict[str, Tensor]]:
         if targets is None:
-            class_logits, box_deltas = self.predictor(self.tail(self.pooler(features, proposals)))
+            class_logits, box_deltas = self.predict(features, proposals)
             return self.postprocess(class_logits, box_deltas, proposals, image_sizes), {}, {}
         rois, labels, target_deltas = self.sample(proposals, targets)
-        class_logits, box_deltas = self.predictor(self.tail(self.pooler(features, rois)))
+        class_logits, box_deltas = self.predict(features, rois)
         losses = roi_losses(class_logits, box_deltas, labels, target_deltas, self.smooth_l1_beta)
         return [], losses, head_stats(class_logits.detach(), labels, len(targets))
+
+    def predict(self, features: Tensor, boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Pooled, tail, predictor -> class logits (R, K) and deltas (R, 4K), fp32 also under autocast."""
+        class_logits, box_deltas = self.predictor(self.tail(self.pooler(features, boxes)))
+        return class_logits.float(), box_deltas.float()
 
     def sample(
         self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
@@ -115,7 +120,7 @@ class RoIHead(nn.Module):
         -> RoIs [(R_i, 4)], their labels (sum R_i,) and regression targets (sum R_i, 4).
         """
         all_labels, all_matched, candidates = [], [], []
-        for image_proposals, target in zip(proposals, targets):
+        for image_proposals, target in zip(proposals, targets, strict=True):
             if self.add_gt_as_proposals:
                 image_proposals = torch.cat([image_proposals, target["boxes"].to(image_proposals.dtype)])
             labels, matched = assign_roi_labels(
@@ -127,7 +132,7 @@ class RoIHead(nn.Module):
         positive, negative = self.sampler(all_labels)
         rois, labels, target_deltas = [], [], []
         for image_rois, image_labels, matched, pos, neg, target in zip(
-            candidates, all_labels, all_matched, positive, negative, targets
+            candidates, all_labels, all_matched, positive, negative, targets, strict=True
         ):
             keep = torch.where(pos | neg)[0]
             rois.append(image_rois[keep])
@@ -145,11 +150,12 @@ class RoIHead(nn.Module):
         scores = F.softmax(class_logits, dim=-1)
         detections = []
         counts = [len(p) for p in proposals]
-        for image_boxes, image_scores, size in zip(boxes.split(counts), scores.split(counts), image_sizes):
+        for image_boxes, image_scores, size in zip(boxes.split(counts), scores.split(counts), image_sizes, strict=True):
             image_boxes = clip_boxes_to_image(image_boxes, size)
             labels = torch.arange(num_classes, device=image_boxes.device).expand_as(image_scores)
             # drop the background column, then one candidate per (RoI, class)
-            image_boxes, image_scores, labels = image_boxes[:, 1:].reshape(-1, 4), image_scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            image_boxes = image_boxes[:, 1:].reshape(-1, 4)
+            image_scores, labels = image_scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
             keep = torch.where(image_scores > self.score_thresh)[0]
             keep = keep[remove_small_boxes(image_boxes[keep], self.min_size)]
             keep = keep[batched_nms(image_boxes[keep], image_scores[keep], labels[keep], self.nms_iou)]

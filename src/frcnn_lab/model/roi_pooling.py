@@ -37,6 +37,9 @@ class RoIPooler(nn.Module):
         self.sampling_ratio, self.aligned = sampling_ratio, aligned
 
     def forward(self, features: Tensor, boxes: list[Tensor]) -> Tensor:
+        if torch.is_autocast_enabled(features.device.type):
+            # Pool in fp32 as torchvision's autocast kernels do (roi_pool has none on CPU): boxes keep fp32 precision.
+            features = features.float()
         boxes = [b.to(features.dtype) for b in boxes]
         if self.op == "roi_pool":
             return roi_pool(features, boxes, self.output_size, self.spatial_scale)
@@ -59,7 +62,7 @@ def crop_and_resize(features: Tensor, boxes: list[Tensor], output_size: int, spa
     image_height, image_width = height / spatial_scale, width / spatial_scale
     steps = torch.linspace(0, 1, crop, device=features.device, dtype=features.dtype)
     crops = []
-    for image_features, image_boxes in zip(features, boxes):
+    for image_features, image_boxes in zip(features, boxes, strict=True):
         if len(image_boxes) == 0:
             continue
         x1, y1, x2, y2 = image_boxes.unbind(dim=1)
@@ -68,7 +71,8 @@ def crop_and_resize(features: Tensor, boxes: list[Tensor], output_size: int, spa
         ys = 2 * (y1[:, None] + (y2 - y1)[:, None] * steps) / image_height - 1
         grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)  # (R, 2P, 2P, 2)
         sampled = F.grid_sample(
-            image_features[None], grid.reshape(1, -1, crop, 2), mode="bilinear", padding_mode="zeros", align_corners=True
+            image_features[None], grid.reshape(1, -1, crop, 2), mode="bilinear", padding_mode="zeros",
+            align_corners=True,
         )  # (1, C, R*2P, 2P): one call per image, not per box
         crops.append(sampled.reshape(features.shape[1], -1, crop, crop).transpose(0, 1))
     if not crops:

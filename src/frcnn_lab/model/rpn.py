@@ -102,7 +102,8 @@ class RegionProposalNetwork(nn.Module):
     def forward(
         self, images: ImageList, features: Tensor, targets: list[dict[str, Tensor]] | None = None
     ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        objectness, deltas = self.head(features)
+        # fp32 from here on under autocast: proposals, losses and scores keep full precision
+        objectness, deltas = (t.float() for t in self.head(features))
         num_images = len(images.image_sizes)
         # (B, A, h, w) -> (B, h*w*A): the order of AnchorGenerator's anchors (location-major)
         objectness = objectness.permute(0, 2, 3, 1).reshape(num_images, -1)
@@ -110,7 +111,9 @@ class RegionProposalNetwork(nn.Module):
         anchors = self.anchor_generator(images, [features])[0]  # (h*w*A, 4), the same for every image
 
         boxes = self.box_coder.decode_single(deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
-        proposals, scores = self.filter_proposals(boxes.reshape(num_images, -1, 4), objectness.detach(), images.image_sizes)
+        proposals, scores = self.filter_proposals(
+            boxes.reshape(num_images, -1, 4), objectness.detach(), images.image_sizes
+        )
 
         losses: dict[str, Tensor] = {}
         stats: dict[str, Tensor] = {}
@@ -151,7 +154,7 @@ class RegionProposalNetwork(nn.Module):
         objectness, top_idx = objectness.topk(top_n, dim=1)
         boxes = boxes[torch.arange(len(boxes), device=boxes.device)[:, None], top_idx]
         proposals, scores = [], []
-        for image_boxes, image_scores, size in zip(boxes, objectness.sigmoid(), image_sizes):
+        for image_boxes, image_scores, size in zip(boxes, objectness.sigmoid(), image_sizes, strict=True):
             image_boxes = clip_boxes_to_image(image_boxes, size)
             keep = remove_small_boxes(image_boxes, self.min_size)
             keep = keep[image_scores[keep] >= self.score_thresh]
@@ -165,7 +168,7 @@ def proposal_stats(proposals: list[Tensor], gt_boxes: list[Tensor], iou: float =
     """The thesis's "mean overlapping bboxes" (proposals with IoU >= 0.5 to some GT box, per image) and
     RPN recall (share of GT boxes covered by a proposal at IoU >= 0.5), over images that have GT boxes."""
     overlapping, covered, total = [], [], []
-    for boxes, gt in zip(proposals, gt_boxes):
+    for boxes, gt in zip(proposals, gt_boxes, strict=True):
         if gt.numel() == 0:
             continue
         overlaps = box_iou(gt, boxes) >= iou if boxes.numel() else gt.new_zeros((len(gt), 0), dtype=torch.bool)

@@ -1,0 +1,263 @@
+"""Speed of this project's detector next to torchvision's FasterRCNN, configured alike, in one run.
+
+    python experiments/bench/detector.py --backbone mobilenet_v2 --image-size 320 --device cpu --repeats 10
+    python experiments/bench/detector.py --backbone resnet50 --image-size 600 --device cuda --precision bf16 \
+        --channels-last --output experiments/bench/results_cuda.json
+
+Both detectors get the same trunk and tail (copies with equal weights and the same frozen stages), the
+anchors, RoI Align, thresholds, sampling sizes and box-coder weights of the default config groups
+(``conf/rpn/default.yaml``, ``conf/roi_head/default.yaml``, ``conf/loss/default.yaml``), square images
+of ``--image-size`` (torchvision's resize is then a scale of 1) and the same SGD optimiser.
+
+Measured: the train step (forward + backward + optimiser step, batch of 2) and inference latency
+(batch of 1), each the median of ``--repeats`` after ``--warmup`` untimed steps. The two detectors'
+measurements alternate (A/B, order swapped every repeat) so machine noise hits both alike. Prints a
+table with ratios ours / torchvision and writes the figures and the machine as JSON to ``--output``
+(never over an existing file unless ``--overwrite``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead as TorchvisionRPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from frcnn_lab.data.synthetic import SyntheticScenes
+from frcnn_lab.model.detector import FasterRCNN, build_detector
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+NUM_CLASSES = 2
+BACKBONES = ["mobilenet_v2", "resnet50", "vgg16"]
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def config_group(group: str, name: str = "default") -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True)
+
+
+class Trunk(nn.Module):
+    """A trunk as torchvision's detector expects it: a Tensor out, and ``out_channels``."""
+
+    def __init__(self, trunk: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.body, self.out_channels = trunk, out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+def build_pair(backbone: str, image_size: int) -> tuple[FasterRCNN, TorchvisionFasterRCNN]:
+    """Ours from the default config groups, and torchvision's with copies of the same parts and settings."""
+    torch.manual_seed(0)
+    backbone_cfg = {**config_group("backbone", backbone), "weights": "none"}
+    rpn, head, loss = config_group("rpn"), config_group("roi_head"), config_group("loss")
+    ours = build_detector(backbone_cfg, rpn, head, loss, num_classes=NUM_CLASSES)
+    if head["pooler"] != "roi_align" or head["bg_iou_lo"] != 0.0:
+        raise ValueError("torchvision's detector has RoI Align and a background band from IoU 0 only")
+
+    rpn_head = TorchvisionRPNHead(ours.rpn.head.conv.in_channels, ours.rpn.head.cls_logits.out_channels)
+    rpn_head.conv[0][0].load_state_dict(ours.rpn.head.conv.state_dict())
+    rpn_head.cls_logits.load_state_dict(ours.rpn.head.cls_logits.state_dict())
+    rpn_head.bbox_pred.load_state_dict(ours.rpn.head.bbox_pred.state_dict())
+    predictor = ours.roi_head.predictor
+    box_predictor = FastRCNNPredictor(predictor.cls_score.in_features, NUM_CLASSES + 1)
+    box_predictor.load_state_dict(predictor.state_dict())
+    theirs = TorchvisionFasterRCNN(
+        Trunk(copy.deepcopy(ours.trunk), ours.rpn.head.conv.in_channels),
+        min_size=image_size, max_size=10 * image_size, image_mean=list(ours.image_mean.flatten().tolist()),
+        image_std=list(ours.image_std.flatten().tolist()),
+        rpn_anchor_generator=AnchorGenerator((tuple(rpn["anchor_sizes"]),), (tuple(rpn["aspect_ratios"]),)),
+        rpn_head=rpn_head,
+        rpn_pre_nms_top_n_train=rpn["pre_nms_top_n_train"], rpn_post_nms_top_n_train=rpn["post_nms_top_n_train"],
+        rpn_pre_nms_top_n_test=rpn["pre_nms_top_n_test"], rpn_post_nms_top_n_test=rpn["post_nms_top_n_test"],
+        rpn_nms_thresh=rpn["nms_iou"], rpn_fg_iou_thresh=rpn["fg_iou"], rpn_bg_iou_thresh=rpn["bg_iou"],
+        rpn_batch_size_per_image=rpn["batch_size_per_image"], rpn_positive_fraction=rpn["positive_fraction"],
+        rpn_score_thresh=rpn["score_thresh"],
+        box_roi_pool=MultiScaleRoIAlign(["0"], ours.roi_head.pooler.output_size, head["sampling_ratio"]),
+        box_head=copy.deepcopy(ours.roi_head.tail), box_predictor=box_predictor,
+        box_score_thresh=head["score_thresh"], box_nms_thresh=head["nms_iou"],
+        box_detections_per_img=head["detections_per_image"], box_fg_iou_thresh=head["fg_iou"],
+        box_bg_iou_thresh=head["bg_iou_hi"], box_batch_size_per_image=rpn["num_rois"],
+        box_positive_fraction=head["positive_fraction"], bbox_reg_weights=tuple(head["box_weights"]),
+    )
+    if tuple(rpn["box_weights"]) != theirs.rpn.box_coder.weights:
+        raise ValueError(f"rpn.box_weights={rpn['box_weights']} differ from torchvision's fixed (1, 1, 1, 1)")
+    return ours, theirs
+
+
+def scenes(image_size: int, count: int, device: torch.device) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """``count`` synthetic scenes with objects, (3, S, S) in [0, 1], and their targets."""
+    source = SyntheticScenes(4 * count, seed=0, empty_fraction=0.0, image_sizes=((image_size, image_size),))
+    images, targets = [], []
+    for sample in (source[i] for i in range(count)):
+        images.append(torch.from_numpy(sample["image"]).permute(2, 0, 1).float().div(255).to(device))
+        targets.append({"boxes": torch.as_tensor(sample["boxes"], dtype=torch.float32, device=device),
+                        "labels": torch.as_tensor(sample["labels"], dtype=torch.int64, device=device)})
+    return images, targets
+
+
+def total_loss(model: nn.Module, images: list[Tensor], targets: list[dict[str, Tensor]]) -> Tensor:
+    output = model(images, targets)
+    losses = output.losses if isinstance(model, FasterRCNN) else output
+    return sum(losses.values())
+
+
+def train_step_fn(model: nn.Module, images, targets, autocast, scaler) -> Callable[[], None]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+
+    def step() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = total_loss(model, images, targets)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def inference_fn(model: nn.Module, image: Tensor, autocast) -> Callable[[], None]:
+    def infer() -> None:
+        model.eval()
+        with torch.inference_mode(), autocast():
+            model([image])
+
+    return infer
+
+
+def interleaved_medians(
+    ours: Callable, theirs: Callable, repeats: int, warmup: int, sync: Callable
+) -> tuple[float, float]:
+    """Median seconds per call of each, timed alternately (order swapped every repeat) after warm-up."""
+    for _ in range(warmup):
+        ours()
+        theirs()
+    times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    for repeat in range(repeats):
+        order = [("ours", ours), ("theirs", theirs)]
+        for name, fn in order if repeat % 2 == 0 else order[::-1]:
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return statistics.median(times["ours"]), statistics.median(times["theirs"])
+
+
+def machine(device: torch.device) -> dict[str, object]:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    if device.type == "cpu" and args.precision == "fp16":
+        raise SystemExit("--precision fp16 needs --device cuda (CPU autocast supports bf16)")
+    dtype = PRECISIONS[args.precision]
+    if dtype is None:
+        autocast = nullcontext
+    else:
+        def autocast():
+            return torch.autocast(device.type, dtype=dtype)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    ours, theirs = (m.to(device, memory_format=memory_format) for m in build_pair(args.backbone, args.image_size))
+    images, targets = scenes(args.image_size, 2, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def scaler():
+        return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+
+    train = interleaved_medians(
+        train_step_fn(ours, images, targets, autocast, scaler()),
+        train_step_fn(theirs, images, targets, autocast, scaler()),
+        args.repeats, args.warmup, sync,
+    )
+    infer = interleaved_medians(
+        inference_fn(ours, images[0], autocast), inference_fn(theirs, images[0], autocast),
+        args.repeats, args.warmup, sync,
+    )
+    return {
+        "backbone": args.backbone, "image_size": args.image_size, "device": args.device, "precision": args.precision,
+        "channels_last": args.channels_last, "repeats": args.repeats, "warmup": args.warmup,
+        "train_step_s": {"ours": train[0], "torchvision": train[1], "ratio": train[0] / train[1], "batch_size": 2},
+        "inference_s": {"ours": infer[0], "torchvision": infer[1], "ratio": infer[0] / infer[1], "batch_size": 1},
+        "machine": machine(device),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def table(results: list[dict[str, object]]) -> str:
+    lines = ["| backbone | size | device | precision | measure | ours (ms) | torchvision (ms) | ours / torchvision |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
+    for r in results:
+        for key, label in (("train_step_s", "train step, batch 2"), ("inference_s", "inference, batch 1")):
+            m = r[key]
+            lines.append(f"| {r['backbone']} | {r['image_size']} | {r['device']} | {r['precision']} | {label} | "
+                         f"{1000 * m['ours']:.1f} | {1000 * m['torchvision']:.1f} | {m['ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", nargs="+", default=["mobilenet_v2"], choices=BACKBONES)
+    parser.add_argument("--image-size", type=int, nargs="+", default=[320])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast dtype; fp16: cuda")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (for GPUs)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file (default: print only)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    args = parser.parse_args(argv)
+    if args.output is not None and args.output.exists() and not args.overwrite:
+        parser.error(f"--output {args.output} exists; pass --overwrite to replace it")
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    for backbone in args.backbone:
+        for size in args.image_size:
+            one = argparse.Namespace(**{**vars(args), "backbone": backbone, "image_size": size})
+            results.append(run(one))
+            print("\n".join(table(results[-1:]).splitlines()[2:]), file=sys.stderr, flush=True)
+    print(table(results))
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({"command": " ".join(sys.argv), "results": results}, indent=2) + "\n")
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Detect objects in images:
+``python -m frcnn_lab.predict ckpt_path=... input=<image | folder | glob> output=<folder>``.
+
+For each input image, ``<output>/<stem>.png`` shows the detections (boxes, class names, scores) at the
+image's own size; ``<output>/detections.json`` holds them in the COCO results format (``image_id``
+(index in the sorted input), ``category_id`` (label 1..K), ``bbox`` [x, y, width, height] in pixels,
+``score``, plus ``file_name`` and ``category_name``); ``<output>/predict_summary.json`` lists the inputs,
+the filters and the images that could not be read. ``score_threshold`` and ``classes`` filter what is
+kept. Existing files in ``output`` are never replaced.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from frcnn_lab.data.images import ImageError, load
+from frcnn_lab.data.transforms import apply_transforms, build_transforms
+from frcnn_lab.evaluate import load_module, resolve_device, training_run_dir
+from frcnn_lab.lit_module import DetectionModule
+from frcnn_lab.train import CONFIG_DIR
+from frcnn_lab.visualize import draw_detections, save_png
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+def find_images(spec: str) -> list[Path]:
+    """An image file, a folder (its images, not recursive) or a glob pattern -> sorted image paths."""
+    path = Path(spec)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif glob.has_magic(spec):
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        raise FileNotFoundError(f"input={spec}: no such file or folder")
+    if not files:
+        raise FileNotFoundError(f"input={spec}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    stems = [p.stem for p in files]
+    if duplicates := sorted({s for s in stems if stems.count(s) > 1}):
+        raise ValueError(f"input={spec}: several images share a name, their pictures would collide: {duplicates}")
+    return files
+
+
+def input_size(cfg: DictConfig) -> tuple[int, int]:
+    """(image_size, max_size): from the config, else the checkpoint's training run's ``data``."""
+    if cfg.image_size is not None:
+        return cfg.image_size, cfg.max_size if cfg.max_size is not None else max(cfg.image_size, 1333)
+    run = training_run_dir(cfg.ckpt_path)
+    if run is None:
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} is not inside a training run: set image_size (and max_size)")
+    data = OmegaConf.load(run / ".hydra" / "config.yaml").data
+    return int(data.image_size), int(cfg.max_size if cfg.max_size is not None else data.max_size)
+
+
+def class_filter(module: DetectionModule, names: list[str] | None) -> set[int]:
+    """Class names to keep -> their labels (all classes when ``names`` is None)."""
+    if names is None:
+        return set(range(1, len(module.classes) + 1))
+    unknown = [n for n in names if n not in module.classes]
+    if unknown:
+        raise ValueError(f"classes={list(names)}: {unknown} not among the checkpoint's classes {module.classes}")
+    return {module.classes.index(n) + 1 for n in names}
+
+
+def coco_results(image_id: int, path: Path, detection: dict[str, torch.Tensor], classes: list[str]) -> list[dict]:
+    """One image's kept detections -> COCO results entries (xywh boxes)."""
+    entries = []
+    for box, label, score in zip(detection["boxes"].tolist(), detection["labels"].tolist(),
+                                 detection["scores"].tolist(), strict=True):
+        x1, y1, x2, y2 = box
+        entries.append({
+            "image_id": image_id, "file_name": str(path), "category_id": int(label),
+            "category_name": classes[label - 1], "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)],
+            "score": round(float(score), 4),
+        })
+    return entries
+
+
+@torch.inference_mode()
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Detect, draw and write; returns the summary that is written to ``predict_summary.json``."""
+    files = find_images(cfg.input)
+    output = Path(cfg.output)
+    planned = [output / f"{p.stem}.png" for p in files] + [output / "detections.json", output / "predict_summary.json"]
+    if existing := [str(p) for p in planned if p.exists()]:
+        raise FileExistsError(f"output={output} already holds {existing[:5]}{' ...' if len(existing) > 5 else ''}; "
+                              "choose another output folder")
+    device = resolve_device(cfg.device)
+    module = load_module(cfg.ckpt_path, device)
+    keep_labels = class_filter(module, cfg.classes)
+    image_size, max_size = input_size(cfg)
+    transforms = build_transforms(image_size, max_size, train=False)
+    output.mkdir(parents=True, exist_ok=True)
+    results, skipped, written = [], [], []
+    for image_id, path in enumerate(files):
+        try:
+            pixels = load(path)
+        except ImageError as error:
+            log.warning("skipped: %s", error)
+            skipped.append({"file": str(path), "error": str(error)})
+            continue
+        sample = {"image": pixels, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+                  "image_id": path.stem}
+        tensor, _ = apply_transforms(transforms, sample)
+        (detection,) = module([tensor.to(device)], original_sizes=[pixels.shape[:2]])
+        detection = {k: v.cpu() for k, v in detection.items()}
+        kept = (detection["scores"] >= cfg.score_threshold) & torch.isin(
+            detection["labels"], torch.tensor(sorted(keep_labels)))
+        detection = {k: v[kept] for k, v in detection.items()}
+        canvas = draw_detections(torch.from_numpy(pixels).permute(2, 0, 1), module.classes, detection["boxes"],
+                                 detection["labels"], detection["scores"])
+        written.append(str(save_png(canvas, output / f"{path.stem}.png")))
+        results += coco_results(image_id, path, detection, module.classes)
+    (output / "detections.json").write_text(json.dumps(results, indent=1))
+    summary = {
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()), "input": cfg.input, "images": len(files),
+        "pictures": written, "detections": len(results), "score_threshold": cfg.score_threshold,
+        "classes": [module.classes[i - 1] for i in sorted(keep_labels)], "image_size": image_size,
+        "max_size": max_size, "skipped": skipped,
+    }
+    (output / "predict_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    summary = predict(cfg)
+    print(f"{summary['detections']} detections in {len(summary['pictures'])} of {summary['images']} images "
+          f"(score >= {summary['score_threshold']}; classes {summary['classes']}) -> {cfg.output}")
+    for item in summary["skipped"]:
+        print(f"skipped: {item['error']}")
+
+
+if __name__ == "__main__":
+    main()
