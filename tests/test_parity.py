@@ -18,14 +18,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.rpn import RPNHead as TorchvisionRPNHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from frcnn_lab.data.synthetic import SyntheticScenes
-from frcnn_lab.model.backbones import IMAGENET_MEAN, IMAGENET_STD
 from frcnn_lab.model.detector import FasterRCNN, build_detector
+from frcnn_lab.model.reference import torchvision_equivalent
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 IMAGE_SIZES = ((320, 320), (240, 320), (320, 240))
@@ -57,17 +53,6 @@ def estimate_batchnorm_statistics(module: nn.Module, inputs: Tensor) -> Tensor:
         outputs = module(inputs)
     module.eval()
     return outputs
-
-
-class Trunk(nn.Module):
-    """The project's trunk as a torchvision backbone: a Tensor out, and ``out_channels``."""
-
-    def __init__(self, trunk: nn.Module, out_channels: int) -> None:
-        super().__init__()
-        self.body, self.out_channels = trunk, out_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
 
 
 class Models:
@@ -106,28 +91,8 @@ def build_models() -> Models:
             layer.weight.normal_(std=0.05)
         predictor.bbox_pred.weight.normal_(std=0.01)
 
-    num_anchors = len(rpn_config["anchor_sizes"]) * len(rpn_config["aspect_ratios"])
-    rpn_head = TorchvisionRPNHead(ours.rpn.head.conv.in_channels, num_anchors)
-    rpn_head.conv[0][0].load_state_dict(head.conv.state_dict())
-    rpn_head.cls_logits.load_state_dict(head.cls_logits.state_dict())
-    rpn_head.bbox_pred.load_state_dict(head.bbox_pred.state_dict())
-    box_predictor = FastRCNNPredictor(predictor.cls_score.in_features, NUM_CLASSES + 1)
-    box_predictor.cls_score.load_state_dict(predictor.cls_score.state_dict())
-    box_predictor.bbox_pred.load_state_dict(predictor.bbox_pred.state_dict())
-    theirs = TorchvisionFasterRCNN(
-        Trunk(ours.trunk, ours.rpn.head.conv.in_channels),
-        min_size=320, max_size=10_000, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-        rpn_anchor_generator=AnchorGenerator(
-            sizes=(tuple(rpn_config["anchor_sizes"]),), aspect_ratios=(tuple(rpn_config["aspect_ratios"]),)
-        ),
-        rpn_head=rpn_head,
-        rpn_pre_nms_top_n_test=RPN["pre_nms_top_n_test"], rpn_post_nms_top_n_test=RPN["post_nms_top_n_test"],
-        rpn_nms_thresh=RPN["nms_iou"], rpn_score_thresh=rpn_config["score_thresh"],
-        box_roi_pool=MultiScaleRoIAlign(["0"], ours.roi_head.pooler.output_size, HEAD["sampling_ratio"]),
-        box_head=ours.roi_head.tail, box_predictor=box_predictor,
-        box_score_thresh=HEAD["score_thresh"], box_nms_thresh=HEAD["nms_iou"],
-        box_detections_per_img=HEAD["detections_per_image"],
-    ).eval()
+    theirs = torchvision_equivalent(ours, rpn_config, config_group("roi_head", **HEAD), 320, share_modules=True)
+    theirs.eval()
     assert theirs.transform.size_divisible == ours.size_divisible == 32
     assert theirs.roi_heads.box_coder.weights == ours.roi_head.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
     assert theirs.rpn.box_coder.weights == ours.rpn.box_coder.weights

@@ -19,7 +19,6 @@ table with ratios ours / torchvision and writes the figures and the machine as J
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -34,13 +33,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.rpn import RPNHead as TorchvisionRPNHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.model.detector import FasterRCNN, build_detector
+from frcnn_lab.model.reference import torchvision_equivalent
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 NUM_CLASSES = 2
@@ -52,54 +48,13 @@ def config_group(group: str, name: str = "default") -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True)
 
 
-class Trunk(nn.Module):
-    """A trunk as torchvision's detector expects it: a Tensor out, and ``out_channels``."""
-
-    def __init__(self, trunk: nn.Module, out_channels: int) -> None:
-        super().__init__()
-        self.body, self.out_channels = trunk, out_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-
 def build_pair(backbone: str, image_size: int) -> tuple[FasterRCNN, TorchvisionFasterRCNN]:
     """Ours from the default config groups, and torchvision's with copies of the same parts and settings."""
     torch.manual_seed(0)
     backbone_cfg = {**config_group("backbone", backbone), "weights": "none"}
     rpn, head, loss = config_group("rpn"), config_group("roi_head"), config_group("loss")
     ours = build_detector(backbone_cfg, rpn, head, loss, num_classes=NUM_CLASSES)
-    if head["pooler"] != "roi_align" or head["bg_iou_lo"] != 0.0:
-        raise ValueError("torchvision's detector has RoI Align and a background band from IoU 0 only")
-
-    rpn_head = TorchvisionRPNHead(ours.rpn.head.conv.in_channels, ours.rpn.head.cls_logits.out_channels)
-    rpn_head.conv[0][0].load_state_dict(ours.rpn.head.conv.state_dict())
-    rpn_head.cls_logits.load_state_dict(ours.rpn.head.cls_logits.state_dict())
-    rpn_head.bbox_pred.load_state_dict(ours.rpn.head.bbox_pred.state_dict())
-    predictor = ours.roi_head.predictor
-    box_predictor = FastRCNNPredictor(predictor.cls_score.in_features, NUM_CLASSES + 1)
-    box_predictor.load_state_dict(predictor.state_dict())
-    theirs = TorchvisionFasterRCNN(
-        Trunk(copy.deepcopy(ours.trunk), ours.rpn.head.conv.in_channels),
-        min_size=image_size, max_size=10 * image_size, image_mean=list(ours.image_mean.flatten().tolist()),
-        image_std=list(ours.image_std.flatten().tolist()),
-        rpn_anchor_generator=AnchorGenerator((tuple(rpn["anchor_sizes"]),), (tuple(rpn["aspect_ratios"]),)),
-        rpn_head=rpn_head,
-        rpn_pre_nms_top_n_train=rpn["pre_nms_top_n_train"], rpn_post_nms_top_n_train=rpn["post_nms_top_n_train"],
-        rpn_pre_nms_top_n_test=rpn["pre_nms_top_n_test"], rpn_post_nms_top_n_test=rpn["post_nms_top_n_test"],
-        rpn_nms_thresh=rpn["nms_iou"], rpn_fg_iou_thresh=rpn["fg_iou"], rpn_bg_iou_thresh=rpn["bg_iou"],
-        rpn_batch_size_per_image=rpn["batch_size_per_image"], rpn_positive_fraction=rpn["positive_fraction"],
-        rpn_score_thresh=rpn["score_thresh"],
-        box_roi_pool=MultiScaleRoIAlign(["0"], ours.roi_head.pooler.output_size, head["sampling_ratio"]),
-        box_head=copy.deepcopy(ours.roi_head.tail), box_predictor=box_predictor,
-        box_score_thresh=head["score_thresh"], box_nms_thresh=head["nms_iou"],
-        box_detections_per_img=head["detections_per_image"], box_fg_iou_thresh=head["fg_iou"],
-        box_bg_iou_thresh=head["bg_iou_hi"], box_batch_size_per_image=rpn["num_rois"],
-        box_positive_fraction=head["positive_fraction"], bbox_reg_weights=tuple(head["box_weights"]),
-    )
-    if tuple(rpn["box_weights"]) != theirs.rpn.box_coder.weights:
-        raise ValueError(f"rpn.box_weights={rpn['box_weights']} differ from torchvision's fixed (1, 1, 1, 1)")
-    return ours, theirs
+    return ours, torchvision_equivalent(ours, rpn, head, min_size=image_size)
 
 
 def scenes(image_size: int, count: int, device: torch.device) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
