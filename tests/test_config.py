@@ -94,3 +94,23 @@ def test_cli_impossible_value_stops_before_building_anything(tmp_path):
     assert "rpn.num_rois=0 must be an integer >= 1" in result.stderr
     # No model was built and no training directory was filled with checkpoints or metrics.
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.csv"))
+
+
+def leaf_keys(node, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in leaf_keys(value, f"{prefix}{key}.")]
+    return [prefix[:-1]]
+
+
+def test_every_key_of_the_default_config_is_documented(make_config):
+    """docs/configuration.md names every key (a row may name siblings as `a.b.x` / `y` / `z`)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(make_config([]), resolve=False)
+    documented = Path(CONFIG_DIR).parent.joinpath("docs", "configuration.md").read_text()
+    undocumented = [
+        key for key in leaf_keys({k: v for k, v in cfg.items() if k not in ("trainer", "hydra")})
+        if f"`{key}`" not in documented and f"`{key.rsplit('.', 1)[-1]}`" not in documented
+        and f"`{key.rsplit('.', 1)[0]}.*`" not in documented
+    ]
+    assert not undocumented, f"keys missing from docs/configuration.md: {undocumented}"

@@ -63,3 +63,22 @@ def test_cli_run_tracks_to_csv_and_offline_wandb_and_prints_a_summary(tmp_path):
     offline_runs = list((run / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and "W&B run (offline)" in output
     assert "wandb sync" in output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [["backbone=resnet50", "rpn.num_rois=50"], ["backbone=vgg16"]])
+def test_documented_short_runs_of_the_large_backbones_train_and_validate(tmp_path, overrides):
+    """README: `python -m frcnn_lab.train backbone=resnet50 rpn.num_rois=50 trainer.max_steps=20` (offline:
+    with backbone.weights=none), here with fewer steps and smaller images."""
+    small = ["trainer.max_steps=2", "data.source.num_train=4", "data.source.num_val=2", "data.image_size=160",
+             "data.max_size=160", "logger=csv", "backbone.weights=none", "callbacks.progress_bar.refresh_rate=0",
+             "trainer.log_every_n_steps=1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "frcnn_lab.train", *overrides, *small], cwd=tmp_path, capture_output=True, text=True,
+        timeout=600, stdin=subprocess.DEVNULL,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "best val mAP@0.5:" in output  # validation ran after the short training
+    (metrics,) = (tmp_path / "outputs").rglob("metrics.csv")
+    assert epoch_rows(str(metrics), "train/loss_step") and epoch_rows(str(metrics), "val/map_50")
