@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WANDB_MODE=offline WANDB_SILENT=true
-.venv/bin/python -m ruff check src tests
+.venv/bin/python -m ruff check src tests experiments
 .venv/bin/python -m pytest "$@"
