@@ -110,14 +110,14 @@ def test_overfitting_one_batch_drives_the_loss_near_zero_and_detects_its_objects
     parameters = [p for p in detector.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=0.005, momentum=0.9)
     losses = []
-    for _ in range(100):
+    for _ in range(150):
         total = sum(detector(images, targets).losses.values())
         losses.append(total.item())
         optimizer.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 10.0)
         optimizer.step()
-    assert losses[-1] < 0.05 * losses[0] and losses[-1] < 0.1, losses[::10]
+    assert max(losses[-5:]) < 0.05 * losses[0] and max(losses[-5:]) < 0.1, losses[::10]
     detector.eval()
     with torch.no_grad():
         detections = detector(images).detections
