@@ -322,7 +322,9 @@ def plot_ablation(groups: dict[str, list[Run]], path: Path) -> Path:
         axis.scatter([x] * len(v), v, color="black", s=12, zorder=3)
         if not v:
             axis.text(x, 0, "no result", ha="center", va="bottom", rotation=90, fontsize=8)
-    axis.set_xticks(list(positions), [label.replace(" ", "\n") for label in labels], fontsize=7)
+    # "backbone.name=vgg16 rpn.num_rois=4" -> "name=vgg16\nnum_rois=4": short enough to sit side by side
+    ticks = ["\n".join(part.rsplit(".", 1)[-1] for part in label.split(" ")) for label in labels]
+    axis.set_xticks(list(positions), ticks, fontsize=7)
     axis.set_ylabel("best val mAP@0.5 (mean ± std over seeds)")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
