@@ -37,9 +37,11 @@ from frcnn_lab.data.samplers import GroupedBatchSampler, orientation_groups
 from frcnn_lab.data.sources import FILE_SOURCES, read_records
 from frcnn_lab.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from frcnn_lab.data.synthetic import SyntheticScenes
+from frcnn_lab.data.synthetic_hard import ClutteredScenes
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 
 SOURCES = ("synthetic", *FILE_SOURCES)
+SCENE_GENERATORS = {"easy": SyntheticScenes, "hard": ClutteredScenes}
 SPLITS = ("train", "val", "test")
 ALL_SPLITS = (*SPLITS, "negatives")
 
@@ -121,14 +123,22 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> Batch:
 
 
 def synthetic_splits(num_train: int, num_val: int, num_test: int, seed: int, num_negatives: int = 0,
-                     **scene_args: Any) -> dict[str, SceneRange]:
-    """Disjoint index ranges of one seeded generator (train, val, test); negatives from their own stream."""
-    scenes = SyntheticScenes(num_train + num_val + num_test, seed=seed, **scene_args)
+                     difficulty: str = "easy", **scene_args: Any) -> dict[str, SceneRange]:
+    """Disjoint index ranges of one seeded generator (train, val, test); negatives from their own stream.
+
+    ``difficulty``: ``easy`` (:class:`SyntheticScenes`) or ``hard`` (:class:`ClutteredScenes`); the other
+    ``scene_args`` go to that generator.
+    """
+    if difficulty not in SCENE_GENERATORS:
+        raise ValueError(f"data.source.difficulty={difficulty!r} is unknown; choose one of {list(SCENE_GENERATORS)}")
+    generator = SCENE_GENERATORS[difficulty]
+    scenes = generator(num_train + num_val + num_test, seed=seed, **scene_args)
     bounds = [0, num_train, num_train + num_val, num_train + num_val + num_test]
     splits = {split: SceneRange(scenes, bounds[i], bounds[i + 1]) for i, split in enumerate(SPLITS)}
-    negative_args = {**scene_args, "empty_fraction": 1.0, "min_distractors": 1, "distractors": True}
-    splits["negatives"] = SceneRange(SyntheticScenes(num_negatives, seed=seed, stream=1, **negative_args),
-                                     0, num_negatives)
+    negative_args = {**scene_args, "empty_fraction": 1.0}
+    if difficulty == "easy":
+        negative_args.update(min_distractors=1, distractors=True)
+    splits["negatives"] = SceneRange(generator(num_negatives, seed=seed, stream=1, **negative_args), 0, num_negatives)
     return splits
 
 
