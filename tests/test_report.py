@@ -101,3 +101,24 @@ def test_report_names_a_folder_without_runs(tmp_path, capsys):
     assert "no training run" in capsys.readouterr().err
     assert main([str(tmp_path / "absent")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_report_gives_differences_with_intervals_and_ranks_the_keys(tmp_path):
+    root = tmp_path / "ablation"
+    best = {(4, 300): [0.10, 0.14, 0.12], (4, 600): [0.30, 0.35, 0.31], (64, 300): [0.20, 0.26, 0.21],
+            (64, 600): [0.60, 0.66, 0.62]}
+    for index, ((rois, size), maps) in enumerate(best.items()):
+        for seed, value in enumerate(maps):
+            folder = root / f"{index}_{seed}"
+            make_run(folder, rois, seed, [value / 2, value])
+            config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+            config.data = {"image_size": size}
+            OmegaConf.save(config, folder / ".hydra" / "config.yaml")
+    report = write_report(root, tmp_path / "report").read_text()
+    section = report.split("## Which choice mattered")[1].split("## Runs")[0]
+    # 64 vs 4 RoIs at 600 px: per-seed differences 0.30, 0.31, 0.31 (paired), mean 0.307.
+    row = next(line for line in section.splitlines() if "4 → 64" in line and "data.image_size=600" in line)
+    assert "+0.307" in row and "paired" in row and "**yes**" in row
+    ranking = section.split("Keys ranked by effect")[1]
+    assert ranking.index("`data.image_size`") < ranking.index("`rpn.num_rois`")  # 0.403 > 0.307
+    assert (tmp_path / "report" / "differences.png").stat().st_size > 0

@@ -1,7 +1,7 @@
 """Does this project's detector learn as well as torchvision's? Both trained alike, then scored alike.
 
-    python experiments/bench/learning.py --data easy --steps 300 --seeds 0 1 2 --output experiments/bench/learning_easy.json
-    python experiments/bench/learning.py --data hard --steps 300 --seeds 0 1 2 --output experiments/bench/learning_hard.json
+    python experiments/bench/learning.py --data easy --steps 300 --output experiments/bench/learning_easy.json
+    python experiments/bench/learning.py --data hard --steps 300 --output experiments/bench/learning_hard.json
 
 For each seed, this project's ``FasterRCNN`` (MobileNetV2 trunk with ImageNet weights, the default config
 groups; ``--data hard`` adds the findings preset's anchors down to 16 px) and torchvision's
@@ -97,7 +97,8 @@ def run_seed(data: str, seed: int, steps: int, batch_size: int, num_val: int) ->
     train_scenes = generator(steps * batch_size, seed=100 + seed, image_sizes=((side, side),))
     val_scenes = generator(num_val, seed=10_000, image_sizes=((side, side),))
     samples = [to_tensors(train_scenes[i]) for i in range(len(train_scenes))]
-    batches = [tuple(map(list, zip(*samples[i:i + batch_size], strict=True))) for i in range(0, len(samples), batch_size)]
+    batches = [tuple(map(list, zip(*samples[i:i + batch_size], strict=True)))
+               for i in range(0, len(samples), batch_size)]
     val = [to_tensors(val_scenes[i]) for i in range(num_val)]
 
     backbone = {**config_group("backbone", "mobilenet_v2"), "weights": "imagenet"}

@@ -7,8 +7,10 @@ that differ between them (the seed aside). It writes ``report.md`` (one row per 
 best epochs, mAP@0.5 mean ± std over seeds, mAP@[.5:.95], false-negative share, false-positive share,
 ms per image, training time; then one row per run with its status) and PNG plots: per configuration the
 thesis's figures 12-17 (overlapping proposals, classifier accuracy, RPN and head losses, total loss,
-epoch time), mAP@0.5 per epoch, and the ablation bars with error bars. Failed, interrupted or empty runs
-stay in the report, marked as such.
+epoch time), mAP@0.5 per epoch, and the ablation bars with error bars. Then "which choice mattered": for
+every two configurations that differ in one key, the difference of best val mAP@0.5 with a 95 % confidence
+interval over seeds (paired by seed, else Welch; ``frcnn_lab.comparisons``), the keys ranked by effect,
+and a plot of the differences. Failed, interrupted or empty runs stay in the report, marked as such.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from frcnn_lab.comparisons import Difference, KeyEffect, format_interval, one_key_differences, rank_keys  # noqa: E402
 from frcnn_lab.tracking import flat_config  # noqa: E402
 
 IGNORED_KEYS = ("seed", "tags", "ckpt_path", "task_name")
@@ -332,6 +335,68 @@ def plot_ablation(groups: dict[str, list[Run]], path: Path) -> Path:
     return path
 
 
+def configuration_scores(groups: dict[str, list[Run]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+    """label -> {key: value} of the keys that tell the configurations apart, and label -> {seed: best mAP@0.5}."""
+    runs = [run for group in groups.values() for run in group]
+    keys = configuration_keys(runs)
+    configurations = {label: {k: group[0].config.get(k) for k in keys} for label, group in groups.items()}
+    scores = {label: {r.seed: r.at_best("val/map_50") for r in group if r.best_epoch is not None}
+              for label, group in groups.items()}
+    return configurations, scores
+
+
+def context(diff: Difference, configurations: dict[str, dict[str, Any]]) -> str:
+    """The keys a difference holds fixed, e.g. ``data.image_size=600``."""
+    fixed = {k: v for k, v in configurations[diff.first].items() if k != diff.key}
+    return " ".join(f"{k}={v}" for k, v in fixed.items()) or "–"
+
+
+def differences_table(differences: list[Difference], configurations: dict[str, dict[str, Any]]) -> str:
+    lines = ["| key | from → to | with | Δ mAP@0.5 [95 % CI] | test | results | CI excludes 0 |",
+             "|" + " --- |" * 7]
+    for diff in sorted(differences, key=lambda d: (d.key, context(d, configurations))):
+        lines.append("| " + " | ".join([
+            f"`{diff.key}`", f"{diff.first_value} → {diff.second_value}", f"`{context(diff, configurations)}`",
+            format_interval(diff), diff.method, f"{diff.counts[0]} / {diff.counts[1]}",
+            "**yes**" if diff.excludes_zero else "no",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def ranking_table(effects: list[KeyEffect], configurations: dict[str, dict[str, Any]]) -> str:
+    lines = ["| rank | key | largest Δ mAP@0.5 [95 % CI] | at | pairs with CI excluding 0 | mean abs Δ |",
+             "|" + " --- |" * 6]
+    for rank, effect in enumerate(effects, start=1):
+        diff = effect.largest
+        lines.append("| " + " | ".join([
+            str(rank), f"`{effect.key}`", f"{diff.first_value} → {diff.second_value}: {format_interval(diff)}",
+            f"`{context(diff, configurations)}`", f"{effect.clear} / {effect.pairs}", f"{effect.mean_abs:.3f}",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def plot_differences(differences: list[Difference], configurations: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Each one-key difference as a dot with its 95 % interval; the zero line marks "no effect"."""
+    ordered = sorted(differences, key=lambda d: (d.key, context(d, configurations)))
+    figure, axis = plt.subplots(figsize=(9, max(2.5, 0.35 * len(ordered) + 1)))
+    colours = {key: f"C{i}" for i, key in enumerate(dict.fromkeys(d.key for d in ordered))}
+    for y, diff in enumerate(ordered):
+        if diff.low is not None:
+            axis.plot([diff.low, diff.high], [y, y], color=colours[diff.key], linewidth=2)
+        axis.plot([diff.mean], [y], "o", color=colours[diff.key], markerfacecolor="white" if not diff.excludes_zero
+                  else colours[diff.key])
+    axis.axvline(0, color="black", linewidth=0.8)
+    labels = [f"{d.key.rsplit('.', 1)[-1]} {d.first_value}→{d.second_value} | {context(d, configurations)}"
+              for d in ordered]
+    axis.set_yticks(range(len(ordered)), labels, fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel("difference of best val mAP@0.5 (95 % CI; filled: excludes 0)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
 def write_report(root: Path, output: Path, overwrite: bool = False) -> Path:
     """Read the runs below ``root``; write ``output/report.md`` and the plots; return the report's path."""
     runs = find_runs(root)
@@ -341,8 +406,12 @@ def write_report(root: Path, output: Path, overwrite: bool = False) -> Path:
     groups = group_runs(runs)
     plots = [plot_ablation(groups, output / "ablation_map50.png"),
              plot_map_per_epoch(groups, output / "map_per_epoch.png")]
-    for index, (label, group) in enumerate(groups.items(), start=1):
-        plots.append(plot_curves(label, group, output / f"curves_{index:02d}.png"))
+    configurations, scores = configuration_scores(groups)
+    differences = one_key_differences(configurations, scores)
+    if differences:
+        plots.append(plot_differences(differences, configurations, output / "differences.png"))
+    curves = [plot_curves(label, group, output / f"curves_{index:02d}.png")
+              for index, (label, group) in enumerate(groups.items(), start=1)]
     expected = expected_jobs(root)
     lines = [f"# Report: `{root}`", ""]
     lines.append(f"{len(runs)} runs in {len(groups)} configurations; seeds: "
@@ -360,10 +429,21 @@ def write_report(root: Path, output: Path, overwrite: bool = False) -> Path:
         "from the run's latest `frcnn_lab.evaluate` (its split and negatives set, batch of one); `val`: from "
         "the best epoch's validation (FP over the val images without objects; ms/img per image of a val "
         "batch). Training time: sum of a run's epoch times, mean over the runs.",
-        "", "## Runs", "", runs_table(groups, root), "", "## Plots", "",
     ]
-    lines += [f"![{p.stem}]({p.name})" for p in plots[:2]]
-    lines += [f"- `{label}`: [{p.name}]({p.name})" for label, p in zip(groups, plots[2:], strict=True)]
+    if differences:
+        lines += [
+            "", "## Which choice mattered", "",
+            "Every two configurations that differ in one key: the difference of best val mAP@0.5 (the second "
+            "value's minus the first's) with a 95 % confidence interval over seeds — paired by seed when both "
+            "have the same seeds (t-test on the per-seed differences), Welch's t-test otherwise; no interval "
+            "with fewer than two results a side.", "",
+            differences_table(differences, configurations), "",
+            "Keys ranked by effect: the largest absolute difference among the pairs that vary the key.", "",
+            ranking_table(rank_keys(differences), configurations),
+        ]
+    lines += ["", "## Runs", "", runs_table(groups, root), "", "## Plots", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    lines += [f"- `{label}`: [{p.name}]({p.name})" for label, p in zip(groups, curves, strict=True)]
     path = output / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -40,7 +40,7 @@ MAX_TARGET_IOU = 0.3
 PLACEMENT_ATTEMPTS = 12
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str) -> np.ndarray:
     """A scikit-image sample picture as (H, W, 3) uint8 RGB, read once per process."""
     try:
