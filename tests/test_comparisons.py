@@ -77,3 +77,10 @@ def test_an_interval_that_straddles_zero_is_not_marked():
                                       {"x": {0: 0.5, 1: 0.6, 2: 0.4}, "y": {0: 0.55, 1: 0.5, 2: 0.45}})
     (diff,) = differences
     assert diff.low < 0 < diff.high and not diff.excludes_zero
+
+
+def test_difference_in_seed_standard_deviations():
+    (diff,) = one_key_differences({"x": {"k": 1}, "y": {"k": 2}},
+                                  {"x": {0: 0.1, 1: 0.2, 2: 0.3}, "y": {0: 0.6, 1: 0.65, 2: 0.7}})
+    assert diff.seed_std == pytest.approx(0.1)  # stdev of 0.1, 0.2, 0.3 beats that of 0.6, 0.65, 0.7
+    assert diff.in_seed_stds == pytest.approx(4.5)

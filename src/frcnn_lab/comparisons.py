@@ -41,10 +41,18 @@ class Difference:
     high: float | None
     method: str                       # "paired" | "welch" | "none"
     counts: tuple[int, int]           # results on each side (pairs: both the same)
+    seed_std: float | None = None     # the larger of the two sides' standard deviations over seeds
 
     @property
     def excludes_zero(self) -> bool:
         return self.low is not None and (self.low > 0 or self.high < 0)
+
+    @property
+    def in_seed_stds(self) -> float | None:
+        """|difference| in units of the seed standard deviation (calibration: a choice that matters is > 3)."""
+        if self.seed_std is None:
+            return None
+        return math.inf if self.seed_std == 0 else abs(self.mean) / self.seed_std
 
 
 @dataclass(frozen=True)
@@ -102,9 +110,11 @@ def one_key_differences(configurations: Mapping[str, Mapping[str, Any]],
             key = varied[0]
             first, second = sorted((one, two), key=lambda label: _order(configurations[label].get(key)))
             mean, low, high, method = difference(scores[first], scores[second], level)
+            sides = [list(scores[label].values()) for label in (first, second)]
+            seed_std = max(statistics.stdev(v) for v in sides) if min(map(len, sides)) >= 2 else None
             differences.append(Difference(key, first, second, configurations[first].get(key),
                                           configurations[second].get(key), mean, low, high, method,
-                                          (len(scores[first]), len(scores[second]))))
+                                          (len(scores[first]), len(scores[second])), seed_std))
     return differences
 
 

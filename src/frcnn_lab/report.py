@@ -352,13 +352,14 @@ def context(diff: Difference, configurations: dict[str, dict[str, Any]]) -> str:
 
 
 def differences_table(differences: list[Difference], configurations: dict[str, dict[str, Any]]) -> str:
-    lines = ["| key | from → to | with | Δ mAP@0.5 [95 % CI] | test | results | CI excludes 0 |",
-             "|" + " --- |" * 7]
+    lines = ["| key | from → to | with | Δ mAP@0.5 [95 % CI] | test | results | CI excludes 0 | abs Δ / seed std |",
+             "|" + " --- |" * 8]
     for diff in sorted(differences, key=lambda d: (d.key, context(d, configurations))):
         lines.append("| " + " | ".join([
             f"`{diff.key}`", f"{diff.first_value} → {diff.second_value}", f"`{context(diff, configurations)}`",
             format_interval(diff), diff.method, f"{diff.counts[0]} / {diff.counts[1]}",
             "**yes**" if diff.excludes_zero else "no",
+            "–" if diff.in_seed_stds is None else f"{diff.in_seed_stds:.1f}",
         ]) + " |")
     return "\n".join(lines)
 
@@ -436,7 +437,8 @@ def write_report(root: Path, output: Path, overwrite: bool = False) -> Path:
             "Every two configurations that differ in one key: the difference of best val mAP@0.5 (the second "
             "value's minus the first's) with a 95 % confidence interval over seeds — paired by seed when both "
             "have the same seeds (t-test on the per-seed differences), Welch's t-test otherwise; no interval "
-            "with fewer than two results a side.", "",
+            "with fewer than two results a side. Abs Δ / seed std: the difference in units of the larger of the "
+            "two configurations' standard deviations over seeds.", "",
             differences_table(differences, configurations), "",
             "Keys ranked by effect: the largest absolute difference among the pairs that vary the key.", "",
             ranking_table(rank_keys(differences), configurations),
