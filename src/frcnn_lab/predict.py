@@ -1,5 +1,6 @@
 """Detect objects in images:
-``python -m frcnn_lab.predict ckpt_path=... input=<image | folder | glob> output=<folder>``.
+``python -m frcnn_lab.predict ckpt_path=... input=<image | folder | glob> output=<folder>``, or with an
+exported model run by onnxruntime: ``model=<file>.onnx`` instead of ``ckpt_path``.
 
 For each input image, ``<output>/<stem>.png`` shows the detections (boxes, class names, scores) at the
 image's own size; ``<output>/detections.json`` holds them in the COCO results format (``image_id``
@@ -26,6 +27,7 @@ from frcnn_lab.data.images import ImageError, load
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.evaluate import load_module, resolve_device, training_run_dir
 from frcnn_lab.lit_module import DetectionModule
+from frcnn_lab.onnx_runner import OnnxDetector
 from frcnn_lab.train import CONFIG_DIR
 from frcnn_lab.visualize import draw_detections, save_png
 
@@ -52,8 +54,19 @@ def find_images(spec: str) -> list[Path]:
     return files
 
 
-def input_size(cfg: DictConfig) -> tuple[int, int]:
-    """(image_size, max_size): from the config, else the checkpoint's training run's ``data``."""
+def load_detector(cfg: DictConfig, device: torch.device) -> DetectionModule | OnnxDetector:
+    """``model=<file>.onnx`` in onnxruntime, else the checkpoint ``ckpt_path``."""
+    if cfg.model is not None:
+        return OnnxDetector(cfg.model)
+    if cfg.ckpt_path is None:
+        raise ValueError("name the detector: ckpt_path=<file>.ckpt or model=<file>.onnx")
+    return load_module(cfg.ckpt_path, device)
+
+
+def input_size(cfg: DictConfig, module: DetectionModule | OnnxDetector) -> tuple[int, int]:
+    """(image_size, max_size): from the config, else the exported model's or the checkpoint's training run's."""
+    if cfg.image_size is None and isinstance(module, OnnxDetector):
+        return module.image_size, cfg.max_size if cfg.max_size is not None else module.max_size
     if cfg.image_size is not None:
         return cfg.image_size, cfg.max_size if cfg.max_size is not None else max(cfg.image_size, 1333)
     run = training_run_dir(cfg.ckpt_path)
@@ -63,7 +76,7 @@ def input_size(cfg: DictConfig) -> tuple[int, int]:
     return int(data.image_size), int(cfg.max_size if cfg.max_size is not None else data.max_size)
 
 
-def class_filter(module: DetectionModule, names: list[str] | None) -> set[int]:
+def class_filter(module: DetectionModule | OnnxDetector, names: list[str] | None) -> set[int]:
     """Class names to keep -> their labels (all classes when ``names`` is None)."""
     if names is None:
         return set(range(1, len(module.classes) + 1))
@@ -97,9 +110,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise FileExistsError(f"output={output} already holds {existing[:5]}{' ...' if len(existing) > 5 else ''}; "
                               "choose another output folder")
     device = resolve_device(cfg.device)
-    module = load_module(cfg.ckpt_path, device)
+    module = load_detector(cfg, device)
     keep_labels = class_filter(module, cfg.classes)
-    image_size, max_size = input_size(cfg)
+    image_size, max_size = input_size(cfg, module)
     transforms = build_transforms(image_size, max_size, train=False)
     output.mkdir(parents=True, exist_ok=True)
     results, skipped, written = [], [], []
@@ -124,7 +137,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         results += coco_results(image_id, path, detection, module.classes)
     (output / "detections.json").write_text(json.dumps(results, indent=1))
     summary = {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()), "input": cfg.input, "images": len(files),
+        "checkpoint": str(Path(cfg.model or cfg.ckpt_path).resolve()), "input": cfg.input, "images": len(files),
         "pictures": written, "detections": len(results), "score_threshold": cfg.score_threshold,
         "classes": [module.classes[i - 1] for i in sorted(keep_labels)], "image_size": image_size,
         "max_size": max_size, "skipped": skipped,

@@ -1,0 +1,175 @@
+"""Export a checkpoint for deployment:
+``python -m frcnn_lab.export ckpt_path=<run>/checkpoints/best.ckpt [format=onnx | torchscript] [output=<file>]``.
+
+The exported graph takes one image and holds the rest of inference:
+
+- input ``image``: float32 (3, H, W), RGB in [0, 1], already resized the training way (shortest side to
+  ``image_size``, long side at most ``max_size``); H and W are dynamic.
+- inside: normalisation with the backbone's mean / std, zero padding to multiples of 32, trunk, RPN with
+  its top-N / NMS proposal filtering, RoI pooling, head, class-specific decoding, clipping, score
+  threshold, per-class NMS and the top detections (the checkpoint's ``rpn`` and ``roi_head`` settings).
+- outputs ``boxes`` (D, 4) xyxy in the input image's pixels, ``scores`` (D,), ``labels`` (D,) int64 in 1..K.
+
+Outside the graph, and done by ``frcnn_lab.onnx_runner``: decoding the file, the resize, and scaling the
+boxes back to the original image. The file's metadata (ONNX ``metadata_props``; TorchScript extra file
+``frcnn_lab.json``) holds ``classes``, ``image_size`` and ``max_size`` for that. The ONNX graph comes from
+PyTorch's TorchScript-based exporter (``dynamo=False``), the one torchvision's detection tests use.
+An existing output file is never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torchvision.models.detection._utils import _topk_min
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import batched_nms, nms, remove_small_boxes
+
+from frcnn_lab.evaluate import load_module, training_run_dir
+from frcnn_lab.lit_module import DetectionModule
+from frcnn_lab.model.detector import FasterRCNN
+from frcnn_lab.train import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+METADATA_FILE = "frcnn_lab.json"  # TorchScript extra file with the metadata
+
+
+class SingleImageDetector(nn.Module):
+    """image (3, H, W) RGB in [0, 1], resized -> boxes (D, 4), scores (D,), labels (D,): the detector's
+    inference for one image, written with ops that trace to ONNX with H and W left dynamic.
+
+    It uses the detector's own modules and settings; sizes are read as tensors (``_shape_as_tensor``) and the
+    top-N uses torchvision's ``_topk_min``, so nothing about the example image's size is frozen into the trace.
+    """
+
+    def __init__(self, detector: FasterRCNN) -> None:
+        super().__init__()
+        self.detector = detector.eval()
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        detector, rpn, head = self.detector, self.detector.rpn, self.detector.roi_head
+        height, width = image.shape[-2], image.shape[-1]
+        limits = torch._shape_as_tensor(image)[1:].flip(0).repeat(2).to(image.dtype)  # (W, H, W, H)
+        d = detector.size_divisible  # ceil to a multiple without negative floor division (ONNX Div truncates)
+        padded = F.pad((image - detector.image_mean) / detector.image_std,
+                       (0, (width + d - 1) // d * d - width, 0, (height + d - 1) // d * d - height))[None]
+        features = detector.trunk(padded)
+
+        objectness, deltas = rpn.head(features)
+        objectness = objectness.permute(0, 2, 3, 1).reshape(-1)
+        deltas = deltas.reshape(1, -1, 4, deltas.shape[-2], deltas.shape[-1]).permute(0, 3, 4, 1, 2).reshape(-1, 4)
+        anchors = rpn.anchor_generator(ImageList(padded, [(height, width)]), [features])[0]
+        boxes = rpn.box_coder.decode_single(deltas, anchors)
+        objectness, top = objectness.topk(_topk_min(objectness, rpn.pre_nms_top_n["test"], 0))
+        boxes, scores = torch.min(boxes[top].clamp(min=0), limits), objectness.sigmoid()
+        keep = remove_small_boxes(boxes, rpn.min_size)
+        keep = keep[scores[keep] >= rpn.score_thresh]
+        keep = keep[nms(boxes[keep], scores[keep], rpn.nms_iou)][: rpn.post_nms_top_n["test"]]
+        proposals = boxes[keep]
+        if head is None:
+            return proposals, scores[keep], torch.ones_like(keep)
+
+        class_logits, box_deltas = head.predict(features, [proposals])
+        num_classes = class_logits.shape[-1]
+        boxes = head.box_coder.decode_single(box_deltas, proposals).reshape(-1, num_classes, 4)
+        boxes = torch.min(boxes.clamp(min=0), limits)
+        scores = F.softmax(class_logits, dim=-1)
+        labels = torch.arange(num_classes, device=image.device).expand_as(scores)
+        # drop the background column, then one candidate per (RoI, class)
+        boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+        keep = torch.where(scores > head.score_thresh)[0]
+        keep = keep[remove_small_boxes(boxes[keep], head.min_size)]
+        keep = keep[batched_nms(boxes[keep], scores[keep], labels[keep], head.nms_iou)][: head.detections_per_image]
+        return boxes[keep], scores[keep], labels[keep]
+
+
+def export_metadata(module: DetectionModule, image_size: int, max_size: int) -> dict[str, Any]:
+    """What a runner needs beside the graph: class names (label i is ``classes[i - 1]``) and the resize."""
+    return {"classes": list(module.classes), "image_size": int(image_size), "max_size": int(max_size),
+            "mode": module.hparams.mode}
+
+
+def export_onnx(module: DetectionModule, path: Path, metadata: dict[str, Any], opset: int = 17) -> Path:
+    """Trace ``module``'s detector on an example image of the training size and write an ONNX file."""
+    import onnx
+
+    graph = SingleImageDetector(module.detector).cpu().eval()
+    example = torch.rand(3, metadata["image_size"], metadata["image_size"] * 4 // 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shapes: the sizes are read as tensors on purpose
+        torch.onnx.export(
+            graph, (example,), str(path), input_names=["image"], output_names=["boxes", "scores", "labels"],
+            dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
+                          "scores": {0: "detections"}, "labels": {0: "detections"}},
+            opset_version=opset, dynamo=False,
+        )
+    model = onnx.load(str(path))
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def export_torchscript(module: DetectionModule, path: Path, metadata: dict[str, Any]) -> Path:
+    """Trace ``module``'s detector into a TorchScript file, the metadata as its extra file ``frcnn_lab.json``."""
+    graph = SingleImageDetector(module.detector).cpu().eval()
+    example = torch.rand(3, metadata["image_size"], metadata["image_size"] * 4 // 3)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(graph, (example,), check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+    return path
+
+
+def resize_settings(cfg: DictConfig) -> tuple[int, int]:
+    """(image_size, max_size): from the config, else the checkpoint's training run's ``data``."""
+    run = training_run_dir(cfg.ckpt_path)
+    data = OmegaConf.load(run / ".hydra" / "config.yaml").data if run is not None else None
+    if cfg.image_size is None and data is None:
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} is not inside a training run: set image_size (and max_size)")
+    image_size = int(cfg.image_size if cfg.image_size is not None else data.image_size)
+    max_size = cfg.max_size if cfg.max_size is not None else data.max_size if data is not None else 1333
+    return image_size, int(max(max_size, image_size))
+
+
+def output_path(cfg: DictConfig) -> Path:
+    """``output``, else the checkpoint's path with the format's suffix; an existing file is refused."""
+    path = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_suffix(FORMATS[cfg.format])
+    if path.exists():
+        raise FileExistsError(f"{path} exists already; choose another output= (nothing was written)")
+    return path
+
+
+def export(cfg: DictConfig) -> Path:
+    if cfg.format not in FORMATS:
+        raise ValueError(f"format={cfg.format!r} is unknown; choose one of {list(FORMATS)}")
+    path = output_path(cfg)
+    module = load_module(cfg.ckpt_path, torch.device("cpu"))
+    metadata = export_metadata(module, *resize_settings(cfg))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.format == "onnx":
+        return export_onnx(module, path, metadata, cfg.opset)
+    return export_torchscript(module, path, metadata)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+def main(cfg: DictConfig) -> None:
+    path = export(cfg)
+    print(f"exported {cfg.ckpt_path} -> {path} ({cfg.format}; input: float32 (3, H, W) RGB in [0, 1] resized to "
+          "the training size; outputs: boxes, scores, labels). Run it with: "
+          f"python -m frcnn_lab.predict model={path} input=<images>")
+
+
+if __name__ == "__main__":
+    main()
