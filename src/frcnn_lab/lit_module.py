@@ -114,7 +114,7 @@ class DetectionModule(L.LightningModule):
         self.log("train/images_per_s", self._epoch_images / max(elapsed, 1e-9))
         self.log("train/nonfinite_batches", float(self.nonfinite_batches))
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
         images, targets = batch
         if images[0].is_cuda:
             torch.cuda.synchronize(images[0].device)  # time this batch's forward alone
@@ -128,6 +128,7 @@ class DetectionModule(L.LightningModule):
         if self.val_voc07 is not None:
             self.val_voc07.update(preds, gts)
         self.val_images.add(images, preds, targets)
+        return preds  # for callbacks (W&B predictions table)
 
     def on_validation_epoch_start(self) -> None:
         self.val_images.reset()

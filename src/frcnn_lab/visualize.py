@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -109,10 +110,17 @@ class ValImageRecorder:
                 "predictions": wandb_boxes(self.classes, pred["boxes"], pred["labels"], pred["scores"]),
                 "ground_truth": wandb_boxes(self.classes, gt_boxes, gt_labels),
             })
+        raw = pad_to_common_size(raw)  # one W&B panel needs one size; boxes stay in place (top-left origin)
         for logger in wandb_loggers:
             logger.log_image(key="val/images", images=raw, step=step, boxes=boxes,
                              caption=[p.stem for p in paths])
         return paths
+
+
+def pad_to_common_size(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """HWC images of different sizes -> the same images zero-padded at the right and bottom to the largest size."""
+    height, width = max(i.shape[0] for i in images), max(i.shape[1] for i in images)
+    return [np.pad(i, ((0, height - i.shape[0]), (0, width - i.shape[1]), (0, 0))) for i in images]
 
 
 def fresh_folder(folder: Path) -> Path:
