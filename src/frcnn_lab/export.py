@@ -28,13 +28,14 @@ from typing import Any
 import hydra
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchvision.models.detection._utils import _topk_min
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms, nms, remove_small_boxes
 
-from frcnn_lab.evaluate import load_module, training_run_dir
+from frcnn_lab.evaluate import load_module
+from frcnn_lab.inference import resize_settings
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.model.detector import FasterRCNN
 from frcnn_lab.train import CONFIG_DIR
@@ -132,17 +133,6 @@ def export_torchscript(module: DetectionModule, path: Path, metadata: dict[str, 
     return path
 
 
-def resize_settings(cfg: DictConfig) -> tuple[int, int]:
-    """(image_size, max_size): from the config, else the checkpoint's training run's ``data``."""
-    run = training_run_dir(cfg.ckpt_path)
-    data = OmegaConf.load(run / ".hydra" / "config.yaml").data if run is not None else None
-    if cfg.image_size is None and data is None:
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} is not inside a training run: set image_size (and max_size)")
-    image_size = int(cfg.image_size if cfg.image_size is not None else data.image_size)
-    max_size = cfg.max_size if cfg.max_size is not None else data.max_size if data is not None else 1333
-    return image_size, int(max(max_size, image_size))
-
-
 def output_path(cfg: DictConfig) -> Path:
     """``output``, else the checkpoint's path with the format's suffix; an existing file is refused."""
     path = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_suffix(FORMATS[cfg.format])
@@ -156,7 +146,7 @@ def export(cfg: DictConfig) -> Path:
         raise ValueError(f"format={cfg.format!r} is unknown; choose one of {list(FORMATS)}")
     path = output_path(cfg)
     module = load_module(cfg.ckpt_path, torch.device("cpu"))
-    metadata = export_metadata(module, *resize_settings(cfg))
+    metadata = export_metadata(module, *resize_settings(cfg.ckpt_path, cfg.image_size, cfg.max_size))
     path.parent.mkdir(parents=True, exist_ok=True)
     if cfg.format == "onnx":
         return export_onnx(module, path, metadata, cfg.opset)

@@ -1,0 +1,135 @@
+"""A web page and a JSON endpoint for photos:
+``python -m frcnn_lab.serve ckpt_path=<run>/checkpoints/best.ckpt [port=8000]`` (or ``model=<file>.onnx``).
+
+- ``GET /``: a page to upload a photo or pick an example; the boxes are drawn with class names and scores,
+  and a slider sets the score threshold (filtered in the page, no new request).
+- ``POST /predict`` (multipart field ``file``): ``{"width", "height", "classes", "detections": [{"box": [x1,
+  y1, x2, y2] (pixels), "label": 1..K, "class", "score"}]}``, every detection the model keeps, best first.
+  Bad uploads get a 4xx answer whose ``detail`` says what is wrong: 400 empty or not a readable image,
+  413 larger than ``max_upload_mb``.
+- ``GET /examples``: the example names; ``GET /examples/<name>``: the example as PNG. Examples are the images
+  of the ``examples`` folder, or, when it is null, scenes of the embedded synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+import threading
+from pathlib import Path
+
+import hydra
+import numpy as np
+from fastapi import FastAPI, HTTPException, UploadFile
+from fastapi.responses import HTMLResponse, Response
+from omegaconf import DictConfig
+from PIL import Image
+
+from frcnn_lab.data.images import ImageError, load
+from frcnn_lab.data.synthetic import SyntheticScenes
+from frcnn_lab.evaluate import load_module, resolve_device
+from frcnn_lab.inference import PhotoDetector, resize_settings
+from frcnn_lab.onnx_runner import OnnxDetector
+from frcnn_lab.train import CONFIG_DIR
+from frcnn_lab.visualize import CLASS_COLORS
+
+log = logging.getLogger(__name__)
+EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PAGE = (Path(__file__).parent / "serve_page.html").read_text()
+
+
+def example_images(folder: str | None, count: int = 3) -> dict[str, bytes]:
+    """name -> PNG / JPEG bytes: the images of ``folder``, else ``count`` synthetic scenes."""
+    if folder is None:
+        scenes = SyntheticScenes(count, seed=7, empty_fraction=0.0)
+        examples = {}
+        for i in range(count):
+            buffer = io.BytesIO()
+            Image.fromarray(scenes[i]["image"]).save(buffer, format="PNG")
+            examples[f"scene{i}.png"] = buffer.getvalue()
+        return examples
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"examples={folder}: no images ({', '.join(EXAMPLE_SUFFIXES)})")
+    return {p.name: p.read_bytes() for p in files}
+
+
+def read_upload(data: bytes, name: str, max_bytes: int) -> np.ndarray:
+    """Uploaded bytes -> uint8 (H, W, 3) RGB, or an HTTPException (400 / 413) that says what is wrong."""
+    if not data:
+        raise HTTPException(400, f"{name}: empty upload (0 bytes)")
+    if len(data) > max_bytes:
+        raise HTTPException(413, f"{name}: larger than the limit of {max_bytes / 2**20:g} MB (max_upload_mb)")
+    with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as file:
+        file.write(data)
+        file.flush()
+        try:
+            return load(file.name)
+        except ImageError as error:
+            raise HTTPException(400, f"{name}: {str(error).removeprefix(file.name + ': ')}") from None
+
+
+def create_app(detector: PhotoDetector, examples: dict[str, bytes], max_upload_mb: float = 20) -> FastAPI:
+    """The FastAPI app around ``detector`` (one request runs the detector at a time)."""
+    app = FastAPI(title="frcnn_lab", description="Faster R-CNN detections for photos")
+    lock = threading.Lock()
+    max_bytes = int(max_upload_mb * 2**20)
+    page = PAGE.replace("__COLORS__", str(list(CLASS_COLORS))).replace("__CLASSES__", str(detector.classes))
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/examples")
+    def example_names() -> list[str]:
+        return list(examples)
+
+    @app.get("/examples/{name}")
+    def example(name: str) -> Response:
+        if name not in examples:
+            raise HTTPException(404, f"no example {name!r}; there are {list(examples)}")
+        media = "image/png" if name.lower().endswith(".png") else "image/jpeg"
+        return Response(examples[name], media_type=media)
+
+    @app.post("/predict")
+    def predict(file: UploadFile) -> dict:  # sync: FastAPI runs it in its thread pool
+        data = file.file.read(max_bytes + 1)
+        pixels = read_upload(data, file.filename or "upload", max_bytes)
+        with lock:
+            detection = detector(pixels)
+        return {
+            "width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "classes": detector.classes,
+            "detections": [
+                {"box": [round(v, 2) for v in box], "label": label, "class": detector.classes[label - 1],
+                 "score": round(score, 4)}
+                for box, label, score in zip(detection["boxes"].tolist(), detection["labels"].tolist(),
+                                             detection["scores"].tolist(), strict=True)
+            ],
+        }
+
+    return app
+
+
+def build_detector(cfg: DictConfig) -> PhotoDetector:
+    """``model=<file>.onnx`` in onnxruntime, else the checkpoint ``ckpt_path``."""
+    if cfg.model is not None:
+        model = OnnxDetector(cfg.model)
+        return PhotoDetector(model, cfg.image_size or model.image_size, cfg.max_size or model.max_size)
+    if cfg.ckpt_path is None:
+        raise ValueError("name the detector: ckpt_path=<file>.ckpt or model=<file>.onnx")
+    module = load_module(cfg.ckpt_path, resolve_device(cfg.device))
+    return PhotoDetector(module, *resize_settings(cfg.ckpt_path, cfg.image_size, cfg.max_size))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")
+def main(cfg: DictConfig) -> None:
+    import uvicorn
+
+    app = create_app(build_detector(cfg), example_images(cfg.examples), cfg.max_upload_mb)
+    print(f"frcnn_lab demo on http://{cfg.host}:{cfg.port}/ (JSON: POST /predict with a file field)")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
