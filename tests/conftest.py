@@ -71,6 +71,29 @@ def trained_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="session")
+def initialised_checkpoint(trained_run, tmp_path_factory) -> Path:
+    """The tiny run (its .hydra config) with the ImageNet trunk and a freshly initialised RPN and head: one epoch
+    from scratch leaves nearly all scores tied, while these differ from box to box, so detections compare one to
+    one and a score threshold keeps some and drops others."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from frcnn_lab.train import build_module
+
+    run = tmp_path_factory.mktemp("initialised_run")
+    shutil.copytree(trained_run / ".hydra", run / ".hydra")
+    state = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    cfg.backbone.weights = "imagenet"
+    torch.manual_seed(0)
+    state["state_dict"] = build_module(cfg).state_dict()
+    (run / "checkpoints").mkdir()
+    torch.save(state, run / "checkpoints" / "best.ckpt")
+    return run / "checkpoints" / "best.ckpt"
+
+
 @pytest.fixture
 def one_cpu_thread(monkeypatch):
     """Torch on one thread, and OMP_NUM_THREADS=1 for subprocesses: on a shared, busy CPU, more threads only

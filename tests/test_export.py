@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose_config
@@ -18,7 +16,6 @@ from frcnn_lab.evaluate import load_module
 from frcnn_lab.export import export, export_metadata, export_onnx, export_torchscript
 from frcnn_lab.onnx_runner import OnnxDetector
 from frcnn_lab.predict import predict
-from frcnn_lab.train import build_module
 
 # (height, width) crops of a synthetic scene: after the shortest-side resize each gives another input size.
 CROPS = [(320, 320), (240, 320), (320, 200), (150, 320), (320, 97)]
@@ -49,24 +46,8 @@ def assert_same_detections(expected: dict[str, torch.Tensor], actual: dict[str, 
 
 
 @pytest.fixture(scope="module")
-def checkpoint(trained_run, tmp_path_factory):
-    """The tiny run's checkpoint with the ImageNet trunk and a freshly initialised RPN and head: one epoch from
-    scratch leaves its scores nearly all equal, and the order of ties is no property of the export."""
-    run = tmp_path_factory.mktemp("initialised_run")
-    shutil.copytree(trained_run / ".hydra", run / ".hydra")
-    state = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    cfg.backbone.weights = "imagenet"
-    torch.manual_seed(0)
-    state["state_dict"] = build_module(cfg).state_dict()
-    (run / "checkpoints").mkdir()
-    torch.save(state, run / "checkpoints" / "best.ckpt")
-    return run / "checkpoints" / "best.ckpt"
-
-
-@pytest.fixture(scope="module")
-def module(checkpoint):
-    module = load_module(checkpoint, torch.device("cpu"))
+def module(initialised_checkpoint):
+    module = load_module(initialised_checkpoint, torch.device("cpu"))
     module.detector.roi_head.score_thresh = 0.0  # keep every candidate: many detections to compare
     return module
 
@@ -97,8 +78,8 @@ def test_torchscript_matches_pytorch(module, tmp_path, one_cpu_thread):
         assert_same_detections(expected, {"boxes": boxes, "scores": scores, "labels": labels})
 
 
-def test_cli_export_then_predict_with_onnx(checkpoint, tmp_path, one_cpu_thread):
-    ckpt = checkpoint
+def test_cli_export_then_predict_with_onnx(initialised_checkpoint, tmp_path, one_cpu_thread):
+    ckpt = initialised_checkpoint
     target = tmp_path / "exported" / "best.onnx"
     path = export(compose_config("export", [f"ckpt_path={ckpt}", f"output={target}"], tmp_path))
     assert path == target and path.stat().st_size > 1_000_000
