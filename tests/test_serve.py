@@ -37,7 +37,7 @@ def server(initialised_checkpoint, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("serve")
     process = subprocess.Popen(
         [sys.executable, "-m", "frcnn_lab.serve", f"ckpt_path={initialised_checkpoint}", f"port={port}",
-         "max_upload_mb=1"], cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+         "max_upload_mb=1", "max_upload_megapixels=1"], cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -88,6 +88,8 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server):
         (("notes.txt", b"just some text", "text/plain"), 400, "not a readable image"),
         (("cut.png", png[: len(png) // 2], "image/png"), 400, "corrupt or truncated"),
         (("huge.png", os.urandom(1_200_000), "image/png"), 413, "larger than the limit of 1 MB"),
+        (("wide.png", png_bytes(np.zeros((800, 1500, 3), np.uint8)), "image/png"), 413,
+         "1500x800 pixels, more than the limit of 1 megapixels"),
     ]
     for upload, status, message in bad:
         answer = httpx.post(server + "predict", files={"file": upload}, timeout=60)
@@ -97,6 +99,12 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server):
     assert httpx.get(server + "examples/missing.png", timeout=10).status_code == 404
     answer = httpx.post(server + "predict", files={"file": ("scene0.png", png, "image/png")}, timeout=120)
     assert answer.status_code == 200 and answer.json()["detections"]
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def box_pixels(screenshot: bytes) -> int:

@@ -56,6 +56,8 @@ def find_images(spec: str) -> list[Path]:
 
 def load_detector(cfg: DictConfig, device: torch.device) -> DetectionModule | OnnxDetector:
     """``model=<file>.onnx`` in onnxruntime, else the checkpoint ``ckpt_path``."""
+    if cfg.model is not None and cfg.ckpt_path is not None:
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} and model={cfg.model}: name one of them")
     if cfg.model is not None:
         return OnnxDetector(cfg.model)
     if cfg.ckpt_path is None:

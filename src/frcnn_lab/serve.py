@@ -6,7 +6,7 @@
 - ``POST /predict`` (multipart field ``file``): ``{"width", "height", "classes", "detections": [{"box": [x1,
   y1, x2, y2] (pixels), "label": 1..K, "class", "score"}]}``, every detection the model keeps, best first.
   Bad uploads get a 4xx answer whose ``detail`` says what is wrong: 400 empty or not a readable image,
-  413 larger than ``max_upload_mb``.
+  413 larger than ``max_upload_mb`` or with more than ``max_upload_megapixels``.
 - ``GET /examples``: the example names; ``GET /examples/<name>``: the example as PNG. Examples are the images
   of the ``examples`` folder, or, when it is null, scenes of the embedded synthetic dataset.
 """
@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, Response
 from omegaconf import DictConfig
 from PIL import Image
 
-from frcnn_lab.data.images import ImageError, load
+from frcnn_lab.data.images import ImageError, load, probe
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.evaluate import load_module, resolve_device
 from frcnn_lab.inference import PhotoDetector, resize_settings
@@ -55,8 +55,10 @@ def example_images(folder: str | None, count: int = 3) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in files}
 
 
-def read_upload(data: bytes, name: str, max_bytes: int) -> np.ndarray:
-    """Uploaded bytes -> uint8 (H, W, 3) RGB, or an HTTPException (400 / 413) that says what is wrong."""
+def read_upload(data: bytes, name: str, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Uploaded bytes -> uint8 (H, W, 3) RGB, or an HTTPException (400 / 413) that says what is wrong.
+
+    The pixel count is read from the header before decoding: a small file can hold a huge picture."""
     if not data:
         raise HTTPException(400, f"{name}: empty upload (0 bytes)")
     if len(data) > max_bytes:
@@ -65,16 +67,21 @@ def read_upload(data: bytes, name: str, max_bytes: int) -> np.ndarray:
         file.write(data)
         file.flush()
         try:
+            height, width = probe(file.name)
+            if height * width > max_pixels:
+                raise HTTPException(413, f"{name}: {width}x{height} pixels, more than the limit of "
+                                         f"{max_pixels / 1e6:g} megapixels (max_upload_megapixels)")
             return load(file.name)
         except ImageError as error:
             raise HTTPException(400, f"{name}: {str(error).removeprefix(file.name + ': ')}") from None
 
 
-def create_app(detector: PhotoDetector, examples: dict[str, bytes], max_upload_mb: float = 20) -> FastAPI:
+def create_app(detector: PhotoDetector, examples: dict[str, bytes], max_upload_mb: float = 20,
+               max_upload_megapixels: float = 40) -> FastAPI:
     """The FastAPI app around ``detector`` (one request runs the detector at a time)."""
     app = FastAPI(title="frcnn_lab", description="Faster R-CNN detections for photos")
     lock = threading.Lock()
-    max_bytes = int(max_upload_mb * 2**20)
+    max_bytes, max_pixels = int(max_upload_mb * 2**20), int(max_upload_megapixels * 1e6)
     page = PAGE.replace("__COLORS__", str(list(CLASS_COLORS))).replace("__CLASSES__", str(detector.classes))
 
     @app.get("/", response_class=HTMLResponse)
@@ -95,7 +102,7 @@ def create_app(detector: PhotoDetector, examples: dict[str, bytes], max_upload_m
     @app.post("/predict")
     def predict(file: UploadFile) -> dict:  # sync: FastAPI runs it in its thread pool
         data = file.file.read(max_bytes + 1)
-        pixels = read_upload(data, file.filename or "upload", max_bytes)
+        pixels = read_upload(data, file.filename or "upload", max_bytes, max_pixels)
         with lock:
             detection = detector(pixels)
         return {
@@ -113,6 +120,8 @@ def create_app(detector: PhotoDetector, examples: dict[str, bytes], max_upload_m
 
 def build_detector(cfg: DictConfig) -> PhotoDetector:
     """``model=<file>.onnx`` in onnxruntime, else the checkpoint ``ckpt_path``."""
+    if cfg.model is not None and cfg.ckpt_path is not None:
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} and model={cfg.model}: name one of them")
     if cfg.model is not None:
         model = OnnxDetector(cfg.model)
         return PhotoDetector(model, cfg.image_size or model.image_size, cfg.max_size or model.max_size)
@@ -126,7 +135,7 @@ def build_detector(cfg: DictConfig) -> PhotoDetector:
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
-    app = create_app(build_detector(cfg), example_images(cfg.examples), cfg.max_upload_mb)
+    app = create_app(build_detector(cfg), example_images(cfg.examples), cfg.max_upload_mb, cfg.max_upload_megapixels)
     print(f"frcnn_lab demo on http://{cfg.host}:{cfg.port}/ (JSON: POST /predict with a file field)")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 
