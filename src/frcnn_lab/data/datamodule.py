@@ -160,6 +160,7 @@ class DetectionDataModule(L.LightningDataModule):
         if split not in ("official", "random"):
             raise ValueError(f"data.split={split!r} is unknown; choose official or random")
         self.name, self.classes, self.class_map = name, list(classes), dict(class_map or {})
+        self.category_ids = list(range(1, len(self.classes) + 1))  # the dataset's id of each class
         self.source_args = dict(source)
         self.image_size, self.max_size = image_size, max_size
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, dict(augment)
