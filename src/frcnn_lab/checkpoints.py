@@ -16,8 +16,6 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from frcnn_lab.lit_module import DetectionModule
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
 
 def training_run_dir(ckpt_path: str | Path) -> Path | None:
     """``<run>/checkpoints/x.ckpt`` -> ``<run>`` when ``<run>/.hydra/config.yaml`` exists, else None."""

@@ -21,7 +21,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn_lab.checkpoints import CONFIG_DIR, device_name, input_sizes, load_module, resolve_device, run_data_config
+from frcnn_lab.checkpoints import device_name, input_sizes, load_module, resolve_device, run_data_config
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,8 @@ from frcnn_lab.metrics import DetectionEvaluation, timed_forward
 from frcnn_lab.model.detector import build_detector
 from frcnn_lab.model.losses import weighted_total
 
+SCHEDULES = ("cosine", "constant")
+
 
 class DetectionModule(L.LightningModule):
     """Trains, validates and tests a FasterRCNN built from the config groups.
@@ -177,8 +179,8 @@ def validation_logs(figures: dict[str, Any], classes: list[str]) -> dict[str, fl
 
 def warmup_then_decay(warmup_steps: int, total_steps: int, schedule: str, min_ratio: float):
     """LR multiplier per step: linear warm-up from 0.001, then constant or cosine down to ``min_ratio``."""
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"optim.schedule={schedule!r} is unknown; choose cosine or constant")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule={schedule!r} is unknown; choose one of {list(SCHEDULES)}")
 
     def factor(step: int) -> float:
         if step < warmup_steps:

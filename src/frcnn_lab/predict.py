@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from frcnn_lab.checkpoints import CONFIG_DIR, input_sizes, load_module, resolve_device
+from frcnn_lab.checkpoints import input_sizes, load_module, resolve_device
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.lit_module import DetectionModule

@@ -16,8 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from frcnn_lab.callbacks import AtomicCheckpointIO, NonFiniteGuard, ValImageRecorder
-from frcnn_lab.checkpoints import CONFIG_DIR
-from frcnn_lab.config import ConfigError, refuse_local_ddp_in_multirun, validate
+from frcnn_lab.config import CONFIG_DIR, ConfigError, refuse_local_ddp_in_multirun, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.run_dir import claim_output_dir, reserve_output_dir
@@ -108,7 +107,8 @@ def main(cfg: DictConfig) -> float | None:
     """One run, or one job of a sweep; ``<run dir>/status.json`` says running, completed or failed.
 
     A failing job of a multirun is recorded (status.json with the error, W&B run finished as failed) and
-    logged, and the sweep goes on with the next job; a single run re-raises.
+    logged, and the sweep goes on with the next job; a single run re-raises (a bad config exits with its
+    message alone).
     """
     try:
         refuse_local_ddp_in_multirun(cfg)
@@ -123,6 +123,8 @@ def main(cfg: DictConfig) -> float | None:
         write_status(output_dir, "failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
                      duration_s=time.perf_counter() - start)
         if not hydra_run_identity().get("multirun"):
+            if isinstance(error, ConfigError):
+                raise SystemExit(f"error: {error}") from None  # the message says it all: no traceback
             raise
         log.exception("this job failed (%s); the sweep goes on with the next one", output_dir)
         return None

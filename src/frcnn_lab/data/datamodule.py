@@ -41,6 +41,7 @@ from frcnn_lab.data.transforms import apply_transforms, build_transforms
 
 SOURCES = ("synthetic", *FILE_SOURCES)
 SPLITS = ("train", "val", "test")
+SPLIT_MODES = ("official", "random")
 ALL_SPLITS = (*SPLITS, "negatives")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
@@ -157,8 +158,8 @@ class DetectionDataModule(L.LightningDataModule):
         super().__init__()
         if name not in SOURCES:
             raise ValueError(f"data={name!r} is unknown; choose one of {list(SOURCES)}")
-        if split not in ("official", "random"):
-            raise ValueError(f"data.split={split!r} is unknown; choose official or random")
+        if split not in SPLIT_MODES:
+            raise ValueError(f"data.split={split!r} is unknown; choose one of {list(SPLIT_MODES)}")
         self.name, self.classes, self.class_map = name, list(classes), dict(class_map or {})
         self.category_ids = list(range(1, len(self.classes) + 1))  # the dataset's id of each class
         self.source_args = dict(source)
