@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.detection import MeanAveragePrecision
+from torchmetrics.utilities import dim_zero_cat
 
 from frcnn_lab.metrics.rates import DetectionRates, mean_average_precision, metric_target
 from frcnn_lab.metrics.voc import VOC07AveragePrecision
@@ -68,17 +69,17 @@ class InferenceTime(Metric):
         self._batches = 0  # this process's updates since reset: the first is the warm-up
 
     def update(self, ms_per_image: float) -> None:
-        self.ms_per_image.append(torch.tensor([ms_per_image], dtype=torch.float64, device=self.device))
-        self.warm.append(torch.tensor([self._batches > 0], device=self.device))
+        self.ms_per_image.append(torch.tensor([ms_per_image], device=self.device))
+        self.warm.append(torch.tensor([float(self._batches > 0)], device=self.device))
         self._batches += 1
 
     def compute(self) -> Tensor:
-        def cat(state) -> Tensor:
-            return torch.cat(state) if isinstance(state, list) else state
-
-        if not self.ms_per_image:
+        # Lists before a sync, concatenated tensors after one.
+        if isinstance(self.ms_per_image, list) and not self.ms_per_image:
             return torch.tensor(float("nan"))
-        times, warm = cat(self.ms_per_image), cat(self.warm).bool()
+        times, warm = dim_zero_cat(self.ms_per_image), dim_zero_cat(self.warm) > 0
+        if not len(times):
+            return torch.tensor(float("nan"))
         return torch.quantile(times[warm] if warm.any() else times, 0.5)  # the mean of the middle two when even
 
     def reset(self) -> None:
