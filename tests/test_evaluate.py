@@ -8,7 +8,8 @@ import math
 import pytest
 
 from conftest import compose_config
-from frcnn_lab.evaluate import evaluate, evaluation_dir, format_table, training_run_dir, write_results
+from frcnn_lab.checkpoints import evaluation_dir, training_run_dir
+from frcnn_lab.evaluate import evaluate, format_table, write_results
 
 
 def test_evaluate_reports_every_figure_consistently(trained_run, tmp_path):
@@ -71,7 +72,7 @@ def test_evaluate_names_bad_input(trained_run, tmp_path):
 
 
 def test_finite_maps_missing_values_to_none():
-    from frcnn_lab.evaluate import finite
+    from frcnn_lab.metrics import finite
 
     assert finite(float("nan")) is None and finite(-1.0) is None and finite(0.25) == 0.25
     assert not math.isnan(finite(0.0))

@@ -3,10 +3,12 @@
 
 For each input image, ``<output>/<stem>.png`` shows the detections (boxes, class names, scores) at the
 image's own size; ``<output>/detections.json`` holds them in the COCO results format (``image_id``
-(index in the sorted input), ``category_id`` (label 1..K), ``bbox`` [x, y, width, height] in pixels,
-``score``, plus ``file_name`` and ``category_name``); ``<output>/predict_summary.json`` lists the inputs,
-the filters and the images that could not be read. ``score_threshold`` and ``classes`` filter what is
-kept. Existing files in ``output`` are never replaced.
+(index in the sorted input), ``category_id`` (the class's dataset id: 1..K unless the training data had its
+own), ``bbox`` [x, y, width, height] in pixels, ``score``, plus ``file_name`` and ``category_name``);
+``<output>/predict_summary.json`` lists the inputs, the filters and the images that could not be read.
+``score_threshold`` and ``classes`` filter what is kept. Images are resized as in training (the
+checkpoint's ``image_size`` / ``max_size``) unless ``image_size`` / ``max_size`` are given. Existing files
+in ``output`` are never replaced.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from frcnn_lab.checkpoints import input_sizes, load_module, resolve_device
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
-from frcnn_lab.evaluate import load_module, resolve_device, training_run_dir
 from frcnn_lab.lit_module import DetectionModule
-from frcnn_lab.train import CONFIG_DIR
 from frcnn_lab.visualize import draw_detections, save_png
 
 log = logging.getLogger(__name__)
@@ -52,17 +54,6 @@ def find_images(spec: str) -> list[Path]:
     return files
 
 
-def input_size(cfg: DictConfig) -> tuple[int, int]:
-    """(image_size, max_size): from the config, else the checkpoint's training run's ``data``."""
-    if cfg.image_size is not None:
-        return cfg.image_size, cfg.max_size if cfg.max_size is not None else max(cfg.image_size, 1333)
-    run = training_run_dir(cfg.ckpt_path)
-    if run is None:
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} is not inside a training run: set image_size (and max_size)")
-    data = OmegaConf.load(run / ".hydra" / "config.yaml").data
-    return int(data.image_size), int(cfg.max_size if cfg.max_size is not None else data.max_size)
-
-
 def class_filter(module: DetectionModule, names: list[str] | None) -> set[int]:
     """Class names to keep -> their labels (all classes when ``names`` is None)."""
     if names is None:
@@ -73,14 +64,15 @@ def class_filter(module: DetectionModule, names: list[str] | None) -> set[int]:
     return {module.classes.index(n) + 1 for n in names}
 
 
-def coco_results(image_id: int, path: Path, detection: dict[str, torch.Tensor], classes: list[str]) -> list[dict]:
-    """One image's kept detections -> COCO results entries (xywh boxes)."""
+def coco_results(image_id: int, path: Path, detection: dict[str, torch.Tensor], classes: list[str],
+                 category_ids: list[int]) -> list[dict]:
+    """One image's kept detections -> COCO results entries (xywh boxes, the dataset's category ids)."""
     entries = []
     for box, label, score in zip(detection["boxes"].tolist(), detection["labels"].tolist(),
                                  detection["scores"].tolist(), strict=True):
         x1, y1, x2, y2 = box
         entries.append({
-            "image_id": image_id, "file_name": str(path), "category_id": int(label),
+            "image_id": image_id, "file_name": str(path), "category_id": category_ids[label - 1],
             "category_name": classes[label - 1], "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)],
             "score": round(float(score), 4),
         })
@@ -99,7 +91,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     module = load_module(cfg.ckpt_path, device)
     keep_labels = class_filter(module, cfg.classes)
-    image_size, max_size = input_size(cfg)
+    image_size, max_size = input_sizes(module, cfg.ckpt_path, cfg.image_size, cfg.max_size)
     transforms = build_transforms(image_size, max_size, train=False)
     output.mkdir(parents=True, exist_ok=True)
     results, skipped, written = [], [], []
@@ -121,7 +113,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         canvas = draw_detections(torch.from_numpy(pixels).permute(2, 0, 1), module.classes, detection["boxes"],
                                  detection["labels"], detection["scores"])
         written.append(str(save_png(canvas, output / f"{path.stem}.png")))
-        results += coco_results(image_id, path, detection, module.classes)
+        results += coco_results(image_id, path, detection, module.classes, module.category_ids)
     (output / "detections.json").write_text(json.dumps(results, indent=1))
     summary = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()), "input": cfg.input, "images": len(files),

@@ -43,6 +43,7 @@ from frcnn_lab.data.transforms import apply_transforms, build_transforms
 SOURCES = ("synthetic", *FILE_SOURCES)
 SCENE_GENERATORS = {"easy": SyntheticScenes, "hard": ClutteredScenes}
 SPLITS = ("train", "val", "test")
+SPLIT_MODES = ("official", "random")
 ALL_SPLITS = (*SPLITS, "negatives")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
@@ -167,9 +168,10 @@ class DetectionDataModule(L.LightningDataModule):
         super().__init__()
         if name not in SOURCES:
             raise ValueError(f"data={name!r} is unknown; choose one of {list(SOURCES)}")
-        if split not in ("official", "random"):
-            raise ValueError(f"data.split={split!r} is unknown; choose official or random")
+        if split not in SPLIT_MODES:
+            raise ValueError(f"data.split={split!r} is unknown; choose one of {list(SPLIT_MODES)}")
         self.name, self.classes, self.class_map = name, list(classes), dict(class_map or {})
+        self.category_ids = list(range(1, len(self.classes) + 1))  # the dataset's id of each class
         self.source_args = dict(source)
         self.image_size, self.max_size = image_size, max_size
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, dict(augment)

@@ -89,14 +89,15 @@ class VOC07AveragePrecision(Metric):
         for name in ("det_boxes", "det_scores", "det_labels", "det_image",
                      "gt_boxes", "gt_labels", "gt_difficult", "gt_image"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
-        self.add_state("images", default=torch.tensor(0), dist_reduce_fx="sum")
+        self._images = 0  # this process's images since reset, for the image keys
 
     def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         for pred, target in zip(preds, targets, strict=True):
             # A process-unique image key: updates interleave across processes, so count per process.
-            key = int(self.images) * max(torch.distributed.get_world_size(), 1) + torch.distributed.get_rank() \
-                if torch.distributed.is_available() and torch.distributed.is_initialized() else int(self.images)
-            self.images += 1
+            key = self._images * torch.distributed.get_world_size() + torch.distributed.get_rank() \
+                if distributed else self._images
+            self._images += 1
             difficult = target.get("difficult", torch.zeros_like(target["labels"], dtype=torch.bool))
             self.det_boxes.append(pred["boxes"].detach().float().reshape(-1, 4))
             self.det_scores.append(pred["scores"].detach().float().reshape(-1))
@@ -106,6 +107,10 @@ class VOC07AveragePrecision(Metric):
             self.gt_labels.append(target["labels"].detach().long().reshape(-1))
             self.gt_difficult.append(difficult.detach().bool().reshape(-1))
             self.gt_image.append(torch.full((len(target["labels"]),), key, dtype=torch.long, device=self.device))
+
+    def reset(self) -> None:
+        super().reset()
+        self._images = 0
 
     def compute(self) -> dict[str, Tensor]:
         def cat(state, shape) -> Tensor:

@@ -43,14 +43,14 @@ class Backbone:
 
 
 def build_backbone(
-    name: str, weights: str = "imagenet", freeze_stages: int = 0, frozen_bn: bool = True
+    name: str, weights: str = "imagenet", freeze_stages: int = 0, frozen_bn: bool = True, pretrained: bool = True,
 ) -> Backbone:
     """Build backbone ``name`` (vgg16 | resnet50 | mobilenet_v2).
 
     ``weights``: ``imagenet`` (torchvision's IMAGENET1K_V1), ``none`` (random init), or the path of a
     state dict of the torchvision classification network. ``freeze_stages``: how many leading trunk
     stages get no gradient. ``frozen_bn``: BatchNorm layers keep the pretrained statistics
-    (not with ``weights=none``).
+    (not with ``weights=none``). ``pretrained=False`` builds the same layout without reading ``weights``.
     """
     if name not in BUILDERS:
         raise ValueError(f"backbone={name!r} is unknown; choose one of {sorted(BUILDERS)}")
@@ -58,9 +58,9 @@ def build_backbone(
     # Random statistics are not worth freezing: without pretrained weights BatchNorm trains.
     kwargs = {"norm_layer": FrozenBatchNorm2d} if frozen_bn and weights != "none" and name != "vgg16" else {}
     network = constructor(weights=None, **kwargs)
-    if weights == "imagenet":
+    if pretrained and weights == "imagenet":
         network.load_state_dict(load_state_dict(enum.IMAGENET1K_V1))
-    elif weights != "none":
+    elif pretrained and weights != "none":
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"backbone.weights={weights!r}: no such file (or use imagenet | none)")

@@ -96,16 +96,18 @@ def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int,
 
 def build_detector(
     backbone: dict[str, Any], rpn: dict[str, Any], roi_head: dict[str, Any], loss: dict[str, Any],
-    num_classes: int, mode: str = "full",
+    num_classes: int, mode: str = "full", pretrained: bool = True,
 ) -> FasterRCNN:
     """The detector from the config groups ``backbone``, ``rpn``, ``roi_head``, ``loss``.
 
     ``num_classes`` counts the object classes; the head adds background. ``rpn.num_rois`` is the number
-    of RoIs sampled per image for the head in training.
+    of RoIs sampled per image for the head in training. ``pretrained=False``: the backbone's layout follows
+    ``backbone.weights`` but no weights are read (a checkpoint's state dict fills them in).
     """
     if mode not in MODES:
         raise ValueError(f"model.mode={mode!r} is unknown; choose one of {list(MODES)}")
-    parts = build_backbone(backbone["name"], backbone["weights"], backbone["freeze_stages"], backbone["frozen_bn"])
+    parts = build_backbone(backbone["name"], backbone["weights"], backbone["freeze_stages"], backbone["frozen_bn"],
+                           pretrained=pretrained)
     rpn = dict(rpn)
     num_rois = rpn.pop("num_rois")
     region_proposals = RegionProposalNetwork(parts.out_channels, smooth_l1_beta=loss["rpn_smooth_l1_beta"], **rpn)
