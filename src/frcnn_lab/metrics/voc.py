@@ -4,24 +4,30 @@ Per class, detections of all images are ranked by score. A detection is a true p
 IoU with a ground-truth box of its class in its image exceeds 0.5 and that box is not yet taken; if the
 best box is *difficult*, the detection counts neither way; otherwise it is a false positive. Difficult
 boxes do not count as positives. AP is the mean over recall r in {0, 0.1, ..., 1} of the highest
-precision at recall >= r. Boxes are 0-based xyxy with exclusive right / bottom edges, so the plain
-IoU here equals the devkit's "+1" IoU on its 1-based inclusive coordinates.
+precision at recall >= r, with r built as the devkit builds it (``np.arange(0, 1.1, 0.1)``). Boxes are
+0-based xyxy with exclusive right / bottom edges, so the plain IoU here equals the devkit's "+1" IoU on
+its 1-based inclusive coordinates.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchvision.ops import box_iou
 
+# The devkit's thresholds, bit for bit: np.arange builds 0.3 as 3 * 0.1 = 0.30000000000000004 (likewise 0.6,
+# 0.7), so a recall of exactly 3/10 does not reach it.
+DEVKIT_RECALL_THRESHOLDS = np.arange(0.0, 1.1, 0.1).tolist()
+
 
 def voc07_ap(preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]], num_classes: int,
              iou_threshold: float = 0.5) -> dict[str, Tensor]:
     """preds: per image "boxes" (D, 4), "scores" (D,), "labels" (D,); targets: "boxes" (G, 4), "labels" (G,),
-    optional "difficult" (G,) bool. -> {"ap": (num_classes,) per label 1..K (NaN without positives),
+    optional "difficult" (G,) bool. -> {"ap": (num_classes,) float64 per label 1..K (NaN without positives),
     "map": mean over classes with positives}."""
-    ap = torch.full((num_classes,), float("nan"))
+    ap = torch.full((num_classes,), float("nan"), dtype=torch.float64)
     for label in range(1, num_classes + 1):
         positives, ranked = 0, []
         for image, (pred, target) in enumerate(zip(preds, targets, strict=True)):
@@ -64,8 +70,8 @@ def voc07_ap(preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]], n
         recall = tps / positives
         precision = tps / torch.clamp(tps + fps, min=1e-12)
         total = 0.0
-        for threshold in torch.linspace(0, 1, 11, dtype=torch.float64):
-            reached = recall >= threshold - 1e-12
+        for threshold in DEVKIT_RECALL_THRESHOLDS:
+            reached = recall >= threshold
             total += float(precision[reached].max()) if reached.any() else 0.0
         ap[label - 1] = total / 11
     valid = ~torch.isnan(ap)
