@@ -14,6 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from frcnn_lab.metrics import mean_average_precision, metric_target
 from frcnn_lab.metrics.coco_json import GROUND_TRUTH_FILE, PREDICTIONS_FILE, write_coco_files
+from frcnn_lab.metrics.tide import ERROR_TYPES, tide_errors
 from frcnn_lab.metrics.voc import voc07_ap
 
 CLASSES = ["camera", "phone", "laptop"]
@@ -116,6 +117,15 @@ def test_map_equals_pycocotools_on_the_written_json(tmp_path):
     plain = mean_average_precision()
     plain.update(preds, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
     assert abs(float(plain.compute()["map"]) - stats[0]) > 1e-3
+
+
+def test_tide_starts_from_the_same_map_50():
+    preds, targets = reference_set()
+    metric = mean_average_precision()
+    metric.update(preds, [metric_target(t) for t in targets])
+    breakdown = tide_errors(preds, targets, len(CLASSES))
+    assert breakdown["map_50"] == pytest.approx(float(metric.compute()["map_50"]), abs=1e-4)
+    assert all(breakdown["counts"][key] > 0 for key in ERROR_TYPES)  # the set holds every kind of error
 
 
 # The VOC devkit's voc_eval.py / voc_ap(use_07_metric=True), ported as written (1-based inclusive pixel boxes).
