@@ -21,7 +21,6 @@ its count still shows it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,17 +47,17 @@ def tide_errors(preds: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, 
 
     -> {"map_50": the mAP@0.5 the dAPs start from, "delta_ap": {type: dAP} for the six error types and
     "fp" / "fn", "counts": {type: number of errors}, "foreground_iou", "background_iou"}. Without any
-    ground-truth box the figures are NaN."""
+    ground-truth box to score, mAP and dAPs are None (JSON null)."""
     classes = [str(label) for label in range(1, num_classes + 1)]
     gt = hotcoco.COCO(ground_truth(targets, classes))
     evaluation = hotcoco.COCOeval(gt, gt.load_res(results(preds, range(1, num_classes + 1))), "bbox")
     evaluation.evaluate()
     found = evaluation.tide_errors(pos_thr=foreground_iou, bg_thr=background_iou)
     positives = sum(int((~t["difficult"].bool()).sum()) if "difficult" in t else len(t["labels"]) for t in targets)
-    scored, nan = positives > 0, float("nan")
+    scored = positives > 0
     return {
-        "map_50": float(found["ap_base"]) if scored else nan,
-        "delta_ap": {key: float(found["delta_ap"][name]) if scored else nan
+        "map_50": float(found["ap_base"]) if scored else None,
+        "delta_ap": {key: float(found["delta_ap"][name]) if scored else None
                      for key, name in {**ERROR_TYPES, **SPECIAL_TYPES}.items()},
         "counts": {key: int(found["counts"][name]) for key, name in ERROR_TYPES.items()},
         "foreground_iou": foreground_iou,
@@ -67,23 +66,23 @@ def tide_errors(preds: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, 
 
 
 class TideErrors(GatheredDetections):
-    """torchmetrics wrapper of ``tide_errors`` for validation: update(preds, targets) per batch; compute()
-    -> {type: dAP} for the six error types and "fp" / "fn", computed once on all gathered images."""
+    """torchmetrics wrapper of ``tide_errors``: update(preds, targets) per batch; compute() -> the breakdown,
+    computed once on all gathered images (hotcoco is fast enough for every validation epoch)."""
 
     def __init__(self, num_classes: int, foreground_iou: float = 0.5, background_iou: float = 0.1) -> None:
         super().__init__()
         self.num_classes, self.foreground_iou, self.background_iou = num_classes, foreground_iou, background_iou
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> dict[str, Any]:
         preds, targets = self.images_seen()
-        return tide_errors(preds, targets, self.num_classes, self.foreground_iou, self.background_iou)["delta_ap"]
+        return tide_errors(preds, targets, self.num_classes, self.foreground_iou, self.background_iou)
 
 
 def format_tide(breakdown: dict[str, Any]) -> str:
     """The breakdown as a Markdown table: type, what it means, dAP (mAP@0.5 points, 0..1) and count."""
 
-    def show(value: float) -> str:
-        return "–" if value is None or math.isnan(value) else f"{value:.3f}"
+    def show(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
 
     lines = [f"TIDE errors (mAP@0.5 {show(breakdown['map_50'])}; dAP = gain when the type is fixed)",
              "| error | meaning | dAP | count |", "| --- | --- | --- | --- |"]
