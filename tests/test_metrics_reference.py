@@ -119,6 +119,28 @@ def test_map_equals_pycocotools_on_the_written_json(tmp_path):
     assert abs(float(plain.compute()["map"]) - stats[0]) > 1e-3
 
 
+def test_map_equals_pycocotools_at_threshold_edges(tmp_path):
+    """IoUs exactly on COCO's thresholds (0.55, 0.6, ..., 0.95) and recalls exactly on hundredths (3/10):
+    COCOeval counts both at the threshold; float32 thresholds (torchmetrics' defaults) would not."""
+    square = [0.0, 0.0, 100.0, 100.0]
+    preds, targets = [], []
+    for i, height in enumerate([100, 95, 90, 40, 85, 80, 75, 70, 65, 60, 55, 100]):  # IoU = height / 100
+        boxes = [[0.0, 0.0, 100.0, float(height)]] + ([[150.0, 150.0, 200.0, 200.0]] if i % 4 == 3 else [])
+        preds.append({"boxes": torch.tensor(boxes), "scores": torch.tensor([1.0 - 0.05 * i, 0.97][: len(boxes)]),
+                      "labels": torch.ones(len(boxes), dtype=torch.long)})
+        targets.append({"boxes": torch.tensor([square] if i < 10 else [[0.0, 0.0, 50.0, 50.0]]),
+                         "labels": torch.ones(1, dtype=torch.long), "difficult": torch.zeros(1, dtype=torch.bool)})
+    metric = mean_average_precision()
+    metric.update(preds, [metric_target(t) for t in targets])
+    ours = metric.compute()
+    write_coco_files(tmp_path, preds, targets, CLASSES[:1])
+    stats, per_class = cocoeval(tmp_path)
+    assert 0.2 < stats[0] < 0.9
+    for key, reference in zip(("map", "map_50", "map_75"), stats[:3], strict=True):
+        assert float(ours[key]) == pytest.approx(reference, abs=1e-6), key
+    assert float(ours["map_per_class"]) == pytest.approx(per_class[1], abs=1e-6)
+
+
 def test_tide_starts_from_the_same_map_50():
     preds, targets = reference_set()
     metric = mean_average_precision()
