@@ -3,9 +3,13 @@
 Figures (DESIGN §2): mAP@0.5, COCO mAP@[.5:.95], per-class AP at both, VOC07 11-point AP for VOC, the
 share of images with objects where nothing scores >= the threshold (the thesis's false negatives), the
 share of negative images with a detection >= the threshold (false positives on the negatives set),
-detections per image and the median inference time per image (batch of one, warm, on the device used).
-They are ``DetectionEvaluation``'s, computed by ``DetectionModule.test_step`` through ``trainer.test``, as in
-validation. Printed as a table and written to ``<output dir>/evaluation.json``; the output directory is
+detections per image, the median inference time per image (batch of one, warm, on the device used) and
+the TIDE error breakdown (``error_analysis``: the mAP@0.5 lost to each error type). They are
+``DetectionEvaluation``'s, computed by ``DetectionModule.test_step`` through ``trainer.test``, as in
+validation. Printed as tables and written to ``<output dir>/evaluation.json``, beside the scored predictions
+and ground truth as COCO JSON (``predictions_coco.json``, ``ground_truth_coco.json``: the checkpoint's
+category ids, difficult / crowd boxes as ``iscrowd: 1``), so pycocotools and other COCO tools can check the
+figures. The output directory is
 ``<run>/evaluate/<date_time>/`` for a checkpoint inside a training run's ``checkpoints/`` folder (so
 ``frcnn_lab.report`` finds it), else ``outputs/evaluate/runs/<date_time>/``.
 """
@@ -24,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from frcnn_lab.checkpoints import device_name, input_sizes, load_module, resolve_device, run_data_config
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
+from frcnn_lab.metrics.coco_json import write_coco_files
+from frcnn_lab.metrics.tide import format_tide
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
@@ -42,8 +48,9 @@ def data_config(cfg: DictConfig) -> dict[str, Any]:
     return data
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Run the checkpoint on ``cfg.split`` (and the negatives set) -> the figures, as written to JSON."""
+def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run the checkpoint on ``cfg.split`` (and the negatives set) -> the figures, as written to JSON.
+    With ``coco_dir``, the scored predictions and ground truth are written there as COCO JSON."""
     if cfg.split not in SPLITS:
         raise ValueError(f"split={cfg.split!r} is unknown; choose one of {list(SPLITS)}")
     device = resolve_device(cfg.device)
@@ -75,6 +82,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, dataloaders=loaders, verbose=False)
     # One place with the whole set: module.test_outputs[i] holds loader i's (prediction, target) pairs.
     figures = module.test_results[0]
+    if coco_dir is not None:
+        preds, targets = zip(*module.test_outputs[0], strict=True)
+        write_coco_files(coco_dir, preds, targets, module.classes, module.category_ids)
     negatives = None
     if negatives_loader is not None:
         negatives = {"images": module.test_results[1]["images"],
@@ -89,7 +99,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "image_size": data["image_size"],
         "max_size": data["max_size"],
         **{key: figures[key] for key in ("map_50", "map", "ap_50_per_class", "ap_per_class", "voc07", "fn_rate",
-                                         "fp_image_rate", "detections_per_image", "ms_per_image_median")},
+                                         "fp_image_rate", "detections_per_image", "ms_per_image_median",
+                                         "error_analysis")},
         "negatives": negatives,
         "device": device_name(device),
     }
@@ -140,10 +151,12 @@ def write_results(results: dict[str, Any], output_dir: str | Path) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    results = evaluate(cfg)
+    results = evaluate(cfg, coco_dir=cfg.paths.output_dir)
     path = write_results(results, cfg.paths.output_dir)
     print(format_table(results))
-    print(f"written: {path}")
+    print()
+    print(format_tide(results["error_analysis"]))
+    print(f"written: {path} (and the scored detections as COCO JSON beside it)")
 
 
 if __name__ == "__main__":

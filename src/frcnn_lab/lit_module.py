@@ -28,7 +28,8 @@ class DetectionModule(L.LightningModule):
     ``val/map_50``, ``val/map``, ``val/ap_<class>`` (AP@[.5:.95]), ``val/ap50_<class>`` (AP@0.5),
     ``val/fn_rate``, ``val/fp_image_rate``, ``val/detections_per_image`` (the rates at ``score_threshold``),
     ``val/ms_per_image`` (median over the val batches after the first of forward time / images); with
-    ``voc07`` also ``val/voc07_map`` and ``val/voc07_ap_<class>`` (VOC07 11-point AP). The figures are
+    ``voc07`` also ``val/voc07_map`` and ``val/voc07_ap_<class>`` (VOC07 11-point AP); ``val/tide_<type>``: the
+    mAP@0.5 lost to each TIDE error type (``frcnn_lab.metrics.tide``). The figures are
     ``DetectionEvaluation``'s, as in ``frcnn_lab.evaluate``; a class absent from the val set logs NaN.
 
     ``test_step`` evaluates each test dataloader with its own ``DetectionEvaluation``: after ``trainer.test``,
@@ -172,6 +173,7 @@ def validation_logs(figures: dict[str, Any], classes: list[str]) -> dict[str, fl
             "val/ms_per_image": figures["ms_per_image_median"]}
     logs.update({f"val/ap_{name}": figures["ap_per_class"][name] for name in classes})
     logs.update({f"val/ap50_{name}": figures["ap_50_per_class"][name] for name in classes})
+    logs.update({f"val/tide_{key}": value for key, value in figures["error_analysis"]["delta_ap"].items()})
     if figures["voc07"] is not None:
         logs["val/voc07_map"] = figures["voc07"]["map"]
         logs.update({f"val/voc07_ap_{name}": figures["voc07"]["ap_per_class"][name] for name in classes})

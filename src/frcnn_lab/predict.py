@@ -4,7 +4,8 @@
 For each input image, ``<output>/<stem>.png`` shows the detections (boxes, class names, scores) at the
 image's own size; ``<output>/detections.json`` holds them in the COCO results format (``image_id``
 (index in the sorted input), ``category_id`` (the class's dataset id: 1..K unless the training data had its
-own), ``bbox`` [x, y, width, height] in pixels, ``score``, plus ``file_name`` and ``category_name``);
+own), ``bbox`` [x, y, width, height] in pixels, ``score``, plus ``file_name`` and ``category_name``), which
+pycocotools' ``COCO.loadRes`` reads; ``<output>/categories.json`` lists the categories (``id``, ``name``);
 ``<output>/predict_summary.json`` lists the inputs, the filters and the images that could not be read.
 ``score_threshold`` and ``classes`` filter what is kept. Images are resized as in training (the
 checkpoint's ``image_size`` / ``max_size``) unless ``image_size`` / ``max_size`` are given. Existing files
@@ -29,6 +30,7 @@ from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.lit_module import DetectionModule
+from frcnn_lab.metrics import coco_json
 from frcnn_lab.visualize import draw_detections, save_png
 
 log = logging.getLogger(__name__)
@@ -67,15 +69,9 @@ def class_filter(module: DetectionModule, names: list[str] | None) -> set[int]:
 def coco_results(image_id: int, path: Path, detection: dict[str, torch.Tensor], classes: list[str],
                  category_ids: list[int]) -> list[dict]:
     """One image's kept detections -> COCO results entries (xywh boxes, the dataset's category ids)."""
-    entries = []
-    for box, label, score in zip(detection["boxes"].tolist(), detection["labels"].tolist(),
-                                 detection["scores"].tolist(), strict=True):
-        x1, y1, x2, y2 = box
-        entries.append({
-            "image_id": image_id, "file_name": str(path), "category_id": category_ids[label - 1],
-            "category_name": classes[label - 1], "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)],
-            "score": round(float(score), 4),
-        })
+    entries = coco_json.results([detection], category_ids, image_ids=[image_id])
+    for entry, label in zip(entries, detection["labels"].tolist(), strict=True):
+        entry.update(file_name=str(path), category_name=classes[label - 1])
     return entries
 
 
@@ -84,7 +80,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Detect, draw and write; returns the summary that is written to ``predict_summary.json``."""
     files = find_images(cfg.input)
     output = Path(cfg.output)
-    planned = [output / f"{p.stem}.png" for p in files] + [output / "detections.json", output / "predict_summary.json"]
+    planned = [output / f"{p.stem}.png" for p in files] + [
+        output / name for name in ("detections.json", "categories.json", "predict_summary.json")]
     if existing := [str(p) for p in planned if p.exists()]:
         raise FileExistsError(f"output={output} already holds {existing[:5]}{' ...' if len(existing) > 5 else ''}; "
                               "choose another output folder")
@@ -115,6 +112,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         written.append(str(save_png(canvas, output / f"{path.stem}.png")))
         results += coco_results(image_id, path, detection, module.classes, module.category_ids)
     (output / "detections.json").write_text(json.dumps(results, indent=1))
+    categories = coco_json.categories(module.classes, module.category_ids)
+    (output / "categories.json").write_text(json.dumps(categories, indent=1))
     summary = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()), "input": cfg.input, "images": len(files),
         "pictures": written, "detections": len(results), "score_threshold": cfg.score_threshold,

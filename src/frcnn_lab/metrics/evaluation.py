@@ -1,7 +1,8 @@
 """The one set of evaluation figures, shared by validation and ``frcnn_lab.evaluate``.
 
 ``DetectionEvaluation`` holds torchmetrics states for COCO mAP@[.5:.95] (per class too), per-class AP@0.5,
-the detection rates, the inference time per image and, for VOC, the VOC07 11-point AP. Its states stay on
+the detection rates, the inference time per image, the TIDE error breakdown (``error_analysis``,
+``frcnn_lab.metrics.tide``) and, for VOC, the VOC07 11-point AP. Its states stay on
 the device of the inputs (the module's): under DDP, torchmetrics gathers every state with
 ``torch.distributed.all_gather``, and the NCCL backend gathers CUDA tensors only.
 
@@ -19,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
-from torchmetrics.detection import MeanAveragePrecision
 from torchmetrics.utilities import dim_zero_cat
 
 from frcnn_lab.metrics.rates import DetectionRates, mean_average_precision, metric_target
+from frcnn_lab.metrics.tide import TideErrors
 from frcnn_lab.metrics.voc import VOC07AveragePrecision
 
 
@@ -99,15 +100,16 @@ class DetectionEvaluation(nn.Module):
         self.classes = list(classes)
         self.coco = mean_average_precision()
         # Per-class AP@0.5: torchmetrics' per-class figures average over its IoU thresholds.
-        self.at_50 = MeanAveragePrecision(box_format="xyxy", class_metrics=True, backend="faster_coco_eval",
-                                          iou_thresholds=[0.5])
+        self.at_50 = mean_average_precision(iou_thresholds=[0.5])
         self.rates = DetectionRates(score_threshold)
         self.time = InferenceTime()
         self.voc07 = VOC07AveragePrecision(len(self.classes)) if voc07 else None
+        self.tide = TideErrors(len(self.classes))
 
     def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Any]], ms_per_image: float) -> None:
         targets = [metric_target(t) for t in targets]
-        for metric in (self.coco, self.at_50, self.rates) + ((self.voc07,) if self.voc07 is not None else ()):
+        metrics = (self.coco, self.at_50, self.rates, self.tide) + ((self.voc07,) if self.voc07 is not None else ())
+        for metric in metrics:
             metric.update(preds, targets)
         self.time.update(ms_per_image)
 
@@ -128,6 +130,7 @@ class DetectionEvaluation(nn.Module):
             "voc07": voc07,
             **{name: finite(value) for name, value in rates.items()},
             "ms_per_image_median": finite(self.time.compute()),
+            "error_analysis": self.tide.compute(),
         }
 
     def reset(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -20,9 +21,19 @@ def metric_target(target: dict[str, Any]) -> dict[str, Tensor]:
     return out
 
 
-def mean_average_precision() -> MeanAveragePrecision:
-    """COCO mAP@[.5:.95], mAP@0.5 and per-class AP on xyxy boxes, with the fast COCO backend."""
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval")
+# pycocotools' IoU and recall thresholds, in float64. torchmetrics' defaults come from torch.linspace in float32
+# (0.55 -> 0.550000011920929, 0.3 -> 0.30000001192092896), so an IoU of exactly 0.55 or a recall of exactly
+# 3/10 would miss the threshold that COCOeval counts it at.
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()
+COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101).tolist()
+
+
+def mean_average_precision(iou_thresholds: list[float] | None = None) -> MeanAveragePrecision:
+    """COCO mAP@[.5:.95], mAP@0.5 and per-class AP on xyxy boxes, with the fast COCO backend and COCOeval's
+    thresholds; ``iou_thresholds`` (e.g. [0.5]) narrows the per-class AP to those IoUs."""
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval",
+                                iou_thresholds=iou_thresholds or COCO_IOU_THRESHOLDS,
+                                rec_thresholds=COCO_RECALL_THRESHOLDS)
 
 
 class DetectionRates(Metric):
