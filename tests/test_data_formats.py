@@ -152,7 +152,8 @@ def test_voc_boxes_become_zero_based_and_keep_difficult(tmp_path):
          "</object></annotation>", r"a\.xml:3: <bndbox> has no <ymax>"),
         ("<annotation>\n<object>\n<name>dog</name><bndbox><xmin>a</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax>"
          "</bndbox></object></annotation>", r"a\.xml:3: <xmin>a</xmin> is not a number"),
-        ("<annotation><filename>../../etc/x.jpg</filename></annotation>", "is not a plain file name"),
+        ("<annotation><filename>../../etc/x.jpg</filename></annotation>", "points outside the data root"),
+        ("<Annotation><object/></Annotation>", r"a\.xml:1: not a Pascal VOC annotation"),
     ],
 )
 def test_malformed_voc_xml_names_file_and_line(tmp_path, xml, message):
@@ -199,7 +200,9 @@ def test_coco_boxes_become_xyxy_and_crowd_becomes_difficult(tmp_path):
     }
     (tmp_path / "train.json").write_text(json.dumps(document))
     issues = IssueLog()
-    first, second = read_coco(tmp_path / "train.json", None, "train", issues)
+    (first, second), category_ids = read_coco(tmp_path / "train.json", None, "train", issues)
+    assert category_ids == {"camera": 3}
+    assert first.size == (40, 50) and second.size is None
     np.testing.assert_array_equal(first.boxes, [[1, 2, 11, 22], [5, 5, 9, 9]])
     assert first.names == ["camera", "camera"] and first.difficult.tolist() == [False, True]
     assert second.image_id == "8" and second.boxes.shape == (0, 4)
