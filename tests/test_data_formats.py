@@ -75,7 +75,9 @@ def write_voc_dataset(root: Path, sets: dict[str, int], difficult_every: int = 0
         start += count
 
 
-def write_coco_dataset(root: Path, count: int = 12, seed: int = 0, name: str = "train.json") -> list[dict]:
+def write_coco_dataset(root: Path, count: int = 12, seed: int = 0, name: str = "train.json",
+                       category_ids: tuple[int, int] = (1, 2)) -> list[dict]:
+    """PNGs under root/images and root/<name>; synthetic cameras and phones get ``category_ids``."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     items = scenes(count, seed)
     images, annotations = [], []
@@ -86,10 +88,11 @@ def write_coco_dataset(root: Path, count: int = 12, seed: int = 0, name: str = "
                        "width": item["image"].shape[1]})
         for box, label in zip(item["boxes"], item["labels"], strict=True):
             x1, y1, x2, y2 = (float(v) for v in box)
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(label),
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                "category_id": category_ids[int(label) - 1],
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
     document = {"images": images, "annotations": annotations,
-                "categories": [{"id": 1, "name": "camera"}, {"id": 2, "name": "phone"}]}
+                "categories": [{"id": category_ids[0], "name": "camera"}, {"id": category_ids[1], "name": "phone"}]}
     (root / name).write_text(json.dumps(document))
     return items
 
