@@ -274,3 +274,15 @@ def _csv(root: Path) -> str:
     image = root / "images" / "0_0.png"
     (root / "a.csv").write_text(f"{image},1,1,20,20,camera\n{image.parent / '0_1.png'},1,1,20,20,camera\n")
     return str(root / "a.csv")
+
+
+def test_yolo_labels_beside_the_images(tmp_path):
+    # CVAT "YOLO 1.1": obj_train_data/ holds images and label files together, whatever the parent folders.
+    folder = tmp_path / "images" / "obj_train_data"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (40, 20)).save(folder / "a.png")
+    (folder / "a.txt").write_text("1 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "images" / "data.yaml").write_text("names: [tree, rock]\ntrain: obj_train_data\n")
+    (record,) = read_yolo(tmp_path / "images" / "data.yaml", IssueLog())["train"]
+    assert record.names == ["rock"]
+    np.testing.assert_allclose(record.boxes, [[0.25, 0.25, 0.75, 0.75]])

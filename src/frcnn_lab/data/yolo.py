@@ -8,8 +8,8 @@ yaml's folder; as in Ultralytics, an entry ``../x`` that does not exist is tried
 writes ``../train/images`` beside a ``train/`` folder).
 
 An image's labels are the ``.txt`` file of the same name with the last ``images`` folder of its path
-replaced by ``labels`` (``images/train/a.jpg`` -> ``labels/train/a.txt``), or beside the image when its
-path has no ``images`` folder. Each line is ``class cx cy w h``, normalised to [0, 1] by the image's
+replaced by ``labels`` (``images/train/a.jpg`` -> ``labels/train/a.txt``), or else beside the image
+(CVAT's and LabelImg's layout). Each line is ``class cx cy w h``, normalised to [0, 1] by the image's
 width and height; a line ``class x1 y1 ... xn yn`` (a segmentation polygon, n >= 3) gives the polygon's
 bounding box. An empty label file is an image without objects; a missing one too, counted. Malformed
 lines, class ids not in ``names``, coordinates outside [0, 1] and repeated lines are left out and
@@ -114,12 +114,14 @@ def image_paths(root: Path, value: Any, where: str) -> list[Path]:
 
 
 def label_path(image: Path) -> Path:
-    """``.../images/x/a.jpg`` -> ``.../labels/x/a.txt``; ``a.jpg`` -> ``a.txt`` beside it without an images folder."""
+    """``.../images/x/a.jpg`` -> ``.../labels/x/a.txt`` when that exists or the path has no ``images``
+    folder; else ``a.txt`` beside the image when that exists."""
     parts = list(image.parts)
     folders = [i for i, part in enumerate(parts[:-1]) if part == "images"]
     if folders:
         parts[folders[-1]] = "labels"
-    return Path(*parts).with_suffix(".txt")
+    mirrored, beside = Path(*parts).with_suffix(".txt"), image.with_suffix(".txt")
+    return beside if not mirrored.is_file() and beside.is_file() else mirrored
 
 
 def _box(values: list[float]) -> list[float] | None:
