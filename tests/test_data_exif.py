@@ -74,7 +74,7 @@ def test_voc_size_says_which_view_the_boxes_were_drawn_on(tmp_path):
         xml = voc_xml(f"{image_id}.jpg", (height, width), [("red", [box[0] + 1, box[1] + 1, box[2], box[3]], 0)])
         (tmp_path / "Annotations").mkdir(exist_ok=True)
         (tmp_path / "Annotations" / f"{image_id}.xml").write_text(xml)
-    module = datamodule("voc", {"root": str(tmp_path), "train": ["."], "val": ["."]}, ["red"])
+    module = datamodule("voc_folder", {"root": str(tmp_path), "train": ["."], "val": ["."]}, ["red"])
     check_boxes(module)
 
 

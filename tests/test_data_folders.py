@@ -17,7 +17,7 @@ from PIL import Image
 
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.records import DataError, IssueLog
-from frcnn_lab.data.voc import read_image_set
+from frcnn_lab.data.voc import read_folder_set, read_image_set
 from frcnn_lab.data.yolo import label_path, read_yolo
 from test_data_formats import scenes, voc_xml, write_coco_dataset
 
@@ -68,7 +68,7 @@ TREE_CLASS_MAP = {"Tree": "tree", "Alive": "tree", "Dead": "tree"}
 @pytest.mark.parametrize("layout", ["annotations", "label_studio", "beside"])
 def test_voc_folder_without_image_sets_reads_its_own_classes(tmp_path, layout):
     expected = write_voc_folder(tmp_path / "trees", 10, layout=layout, filename_suffix=".jpg")
-    module = datamodule("voc", {"root": str(tmp_path / "trees"), "train": ["."]}, ["tree"],
+    module = datamodule("voc_folder", {"root": str(tmp_path / "trees"), "train": ["."]}, ["tree"],
                         class_map=TREE_CLASS_MAP, split="random", split_fractions=[0.7, 0.3, 0.0])
     found = {**all_boxes(module, "train"), **all_boxes(module, "val")}
     assert set(found) == set(expected) and any(not len(boxes) for boxes in expected.values())
@@ -81,7 +81,7 @@ def test_voc_folder_without_image_sets_reads_its_own_classes(tmp_path, layout):
 def test_voc_folder_vocabulary_comes_from_the_xml_files(tmp_path):
     write_voc_folder(tmp_path, 6)
     with pytest.raises(DataError, match=r"name \['Oak'\].*its classes: \['Alive', 'Dead', 'Tree'\]"):
-        datamodule("voc", {"root": str(tmp_path), "train": ["."]}, ["tree"], class_map={"Oak": "tree"},
+        datamodule("voc_folder", {"root": str(tmp_path), "train": ["."]}, ["tree"], class_map={"Oak": "tree"},
                    split="random")
 
 
@@ -90,12 +90,12 @@ def test_voc_folder_image_sets_and_subfolders(tmp_path):
     (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
     (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("img_0_000\nimg_0_001 1\n\nimg_0_404\n")
     issues = IssueLog()
-    records = read_image_set(tmp_path, "train", "train", issues)
+    records = read_folder_set(tmp_path, "train", "train", issues)
     assert [r.image_id for r in records] == ["img_0_000", "img_0_001"]
     assert issues.counts() == {"annotation: missing file": 1}
     # Roboflow's layout: one folder per split, XML beside the images; ids keep the folder.
     write_voc_folder(tmp_path / "export" / "valid", 3, layout="beside", seed=1)
-    records = read_image_set(tmp_path / "export", "valid", "val", IssueLog())
+    records = read_folder_set(tmp_path / "export", "valid", "val", IssueLog())
     assert [r.image_id for r in records] == ["valid/img_1_000", "valid/img_1_001", "valid/img_1_002"]
     assert records[0].size == (scenes(1, 1)[0]["image"].shape[:2])
 
@@ -106,20 +106,27 @@ def test_voc_folder_image_sets_and_subfolders(tmp_path):
         ("nothing", None, r"data\.source\.train: 'nothing' is neither an image set list .*nothing\.txt nor a folder"),
         ("empty", "empty", r"data\.source\.train: 'empty': no \.xml annotation files in .*empty"),
         ("../..", None, "points outside the data root"),
-        ("2007/trainval", None, r"VOC2007/ImageSets/Main/trainval\.txt not found.*data=voc_folder"),
     ],
 )
 def test_voc_folder_bad_sets_name_the_entry(tmp_path, entry, make, message):
     if make:
         (tmp_path / make).mkdir()
     with pytest.raises(DataError, match=message):
-        read_image_set(tmp_path, entry, "train", IssueLog())
+        read_folder_set(tmp_path, entry, "train", IssueLog())
+
+
+def test_official_voc_points_own_folders_to_voc_folder(tmp_path):
+    write_voc_folder(tmp_path, 2)
+    with pytest.raises(DataError, match=r"VOC image set 'train' must be '<year>/<set>'.*use data=voc_folder"):
+        read_image_set(tmp_path, "train", "train", IssueLog())
+    with pytest.raises(DataError, match=r"VOC2007/ImageSets/Main/trainval\.txt not found.*use data=voc_folder"):
+        read_image_set(tmp_path, "2007/trainval", "train", IssueLog())
 
 
 def test_voc_folder_missing_image_is_counted(tmp_path):
     write_voc_folder(tmp_path, 8)
     (tmp_path / "JPEGImages" / "img_0_001.png").unlink()
-    module = datamodule("voc", {"root": str(tmp_path), "train": ["."]}, ["tree"], class_map=TREE_CLASS_MAP,
+    module = datamodule("voc_folder", {"root": str(tmp_path), "train": ["."]}, ["tree"], class_map=TREE_CLASS_MAP,
                         split="random")
     assert module.issues.counts()["image: missing file"] == 1
     assert any("img_0_001.xml" in e["where"] for e in module.issues.entries if e["reason"] == "image: missing file")

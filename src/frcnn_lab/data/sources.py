@@ -16,23 +16,33 @@ from frcnn_lab.data.coco import read_coco
 from frcnn_lab.data.csv_source import read_csv
 from frcnn_lab.data.openimages import read_subset
 from frcnn_lab.data.records import DataError, IssueLog, Record
-from frcnn_lab.data.voc import read_image_set
+from frcnn_lab.data.voc import read_folder_set, read_image_set
 from frcnn_lab.data.yolo import read_yolo
 
-FILE_SOURCES = ("voc", "openimages", "csv", "coco", "yolo")
+FILE_SOURCES = ("voc", "voc_folder", "openimages", "csv", "coco", "yolo")
 SPLIT_KEYS = ("train", "val", "test", "negatives")
 Records = dict[str, list[Record]]
 
 
-def _voc(source: Mapping[str, Any], issues: IssueLog) -> tuple[Records, dict[str, int]]:
+def _sets(source: Mapping[str, Any], read) -> Records:
+    """Each split's entries (one or a list) read with ``read(entry, split)``, concatenated."""
     records = {}
     for split in SPLIT_KEYS:
         sets = source.get(split)
-        if not sets:
-            continue
-        records[split] = [r for s in ([sets] if isinstance(sets, str) else sets)
-                          for r in read_image_set(source["root"], str(s), split, issues, source.get("download", False))]
-    return records, {}
+        if sets:
+            records[split] = [r for s in ([sets] if isinstance(sets, str) else sets) for r in read(str(s), split)]
+    return records
+
+
+def _voc(source: Mapping[str, Any], issues: IssueLog) -> tuple[Records, dict[str, int]]:
+    download = source.get("download", False)
+    return _sets(source, lambda entry, split: read_image_set(source["root"], entry, split, issues, download)), {}
+
+
+def _voc_folder(source: Mapping[str, Any], issues: IssueLog) -> tuple[Records, dict[str, int]]:
+    if not source.get("root"):
+        raise DataError("data.source.root is required for data=voc_folder: the exported folder")
+    return _sets(source, lambda entry, split: read_folder_set(source["root"], entry, split, issues)), {}
 
 
 def _csv(source: Mapping[str, Any], issues: IssueLog) -> tuple[Records, dict[str, int]]:
@@ -66,8 +76,9 @@ def _yolo(source: Mapping[str, Any], issues: IssueLog) -> tuple[Records, dict[st
     return read_yolo(source["yaml"], issues, source.get("negatives")), {}
 
 
-READERS = {"voc": _voc, "csv": _csv, "coco": _coco, "openimages": _openimages, "yolo": _yolo}
-REQUIRED = {"voc": "train", "csv": "train", "coco": "train", "yolo": "yaml"}
+READERS = {"voc": _voc, "voc_folder": _voc_folder, "csv": _csv, "coco": _coco, "openimages": _openimages,
+           "yolo": _yolo}
+REQUIRED = {"voc": "train", "voc_folder": "train", "csv": "train", "coco": "train", "yolo": "yaml"}
 
 
 def requested_names(classes: Sequence[str], class_map: Mapping[str, str]) -> set[str]:

@@ -1,11 +1,11 @@
-"""Pascal VOC XML: the official 2007 / 2012 sets, and any folder in the VOC layout.
+"""Pascal VOC XML: the official 2007 / 2012 sets (data=voc), and any folder in the VOC layout (data=voc_folder).
 
 Official: ``VOCdevkit/VOC<year>/{Annotations,JPEGImages,ImageSets/Main}``; an image set is named
 ``"<year>/<set>"`` (``2007/trainval``, ``2007/test``, ``2012/train``...) and image ids are ``<year>/<id>``
 (``2007/000005``).
 
-Any other entry names a set of a VOC-layout folder (what LabelImg, CVAT, Label Studio and Roboflow
-export): ``<set>`` is the list ``ImageSets/Main/<set>.txt`` of the folder when it exists, otherwise a
+A VOC-layout folder is what LabelImg, CVAT, Label Studio and Roboflow export; a set entry ``<set>`` is
+the list ``ImageSets/Main/<set>.txt`` of the folder when it exists, otherwise a
 folder under it (``.``: the folder itself) whose XML files are all read, from ``Annotations/`` when
 there is one (subfolders included), else beside the images. Image ids are the XML paths without
 ``.xml`` (relative to ``Annotations/``, prefixed by the folder entry unless it is ``.``).
@@ -200,7 +200,7 @@ def _official_set(root: str | os.PathLike, image_set: str, split: str, issues: I
         raise DataError(
             f"Pascal VOC {image_set}: {listing} not found. Set data.source.download=true (needs a network) or "
             f"unpack the VOC tars under {Path(root)} (VOCdevkit/VOC{year}/...). For a VOC-layout folder of "
-            "your own, name its sets or folders instead (data=voc_folder)"
+            "your own use data=voc_folder"
         )
     finder, records = ImageFinder([base / "JPEGImages"]), []
     for image_id, number in _listed_ids(listing):
@@ -257,8 +257,14 @@ def _folder_set(root: Path, entry: str, split: str, issues: IssueLog) -> list[Re
 
 def read_image_set(root: str | os.PathLike, image_set: str, split: str, issues: IssueLog,
                    download_missing: bool = False) -> list[Record]:
-    """Records of an official set ``"<year>/<set>"`` or of a VOC-layout folder's set or subfolder (see the
-    module docstring); images whose XML is missing are logged and left out."""
-    if OFFICIAL_SET.fullmatch(image_set):
-        return _official_set(root, image_set, split, issues, download_missing)
-    return _folder_set(Path(root), image_set, split, issues)
+    """Records of an official set ``"<year>/<set>"``; images whose XML is missing are logged and left out."""
+    if not OFFICIAL_SET.fullmatch(image_set):
+        raise DataError(f"VOC image set {image_set!r} must be '<year>/<set>' with year in {list(YEARS)}; for a "
+                        "VOC-layout folder of your own use data=voc_folder")
+    return _official_set(root, image_set, split, issues, download_missing)
+
+
+def read_folder_set(root: str | os.PathLike, entry: str, split: str, issues: IssueLog) -> list[Record]:
+    """Records of a VOC-layout folder's ``ImageSets/Main/<entry>.txt`` list, or of every XML file in the
+    folder ``entry`` under ``root``; images whose XML is missing are logged and left out."""
+    return _folder_set(Path(root), entry, split, issues)
