@@ -32,14 +32,14 @@ def test_box_transpose_matches_pil_exif_transpose(orientation):
     np.testing.assert_array_equal(turned[0], upright.getbbox())
 
 
-def write_rotated_photo(path: Path) -> None:
-    """A JPEG stored 60 x 40 with a red rectangle at RAW_BOX and EXIF orientation 6."""
+def write_rotated_photo(path: Path, orientation: int = ORIENTATION) -> None:
+    """A JPEG stored 60 x 40 with a red rectangle at RAW_BOX and an EXIF orientation."""
     pixels = np.full((*STORED, 3), 90, np.uint8)
     x1, y1, x2, y2 = (int(v) for v in RAW_BOX)
     pixels[y1:y2, x1:x2] = (255, 0, 0)
     image = Image.fromarray(pixels)
     exif = image.getexif()
-    exif[0x0112] = ORIENTATION
+    exif[0x0112] = orientation
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, exif=exif, quality=95)
 
@@ -92,3 +92,17 @@ def test_coco_size_says_which_view_the_boxes_were_drawn_on(tmp_path):
     for sample in module.datasets["train"].source.samples:
         sample.image_id = Path(sample.path).stem  # COCO ids are numbers: name the samples by file for the checks
     check_boxes(module)
+
+
+def test_a_size_that_fits_both_views_keeps_the_boxes_and_is_counted(tmp_path):
+    # Orientation 3 (turned 180 degrees) keeps the size: the file cannot tell which view was annotated.
+    for image_id in ("a", "b"):
+        write_rotated_photo(tmp_path / f"{image_id}.jpg", orientation=3)
+        xml = voc_xml(f"{image_id}.jpg", STORED, [("red", [RAW_BOX[0] + 1, RAW_BOX[1] + 1, *RAW_BOX[2:]], 0)])
+        (tmp_path / f"{image_id}.xml").write_text(xml)
+    module = datamodule("voc_folder", {"root": str(tmp_path), "train": ["."], "val": ["."]}, ["red"])
+    for sample in module.datasets["train"].source.samples:
+        np.testing.assert_allclose(sample.boxes, [RAW_BOX])
+    reason = "image: EXIF-rotated, annotated size fits both views, boxes taken as drawn on the upright image"
+    entries = [e for e in module.issues.entries if e["split"] == "train" and e["reason"] == reason]
+    assert len(entries) == 2 and "(EXIF orientation 3)" in entries[0]["where"]

@@ -150,8 +150,8 @@ def _orient_boxes(record: Record, probed: Probe, split: str, issues: IssueLog) -
         record.boxes = exif_transpose_boxes(record.boxes, probed.orientation, *stored)
         issues.add(split, record.where, "image: EXIF-rotated, boxes drawn on the stored pixels turned with it")
     elif stated == upright:
-        issues.add(split, record.where, f"image: EXIF orientation {probed.orientation} and the annotated size fit "
-                                        "both views, boxes taken as drawn on the upright image")
+        issues.add(split, f"{record.where} (EXIF orientation {probed.orientation})",
+                   "image: EXIF-rotated, annotated size fits both views, boxes taken as drawn on the upright image")
     else:
         sizes = f" (annotated {stated[1]}x{stated[0]}, file {upright[1]}x{upright[0]})"
         issues.add(split, record.where + sizes, "image: annotated size differs from the file's, boxes used as they are")
