@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import TINY_RUN
 from frcnn_lab.data import openimages
-from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.records import DataError
 from frcnn_lab.train import train
 from test_data_folders import write_coco_with_ids, write_voc_folder, write_yolo_export
@@ -87,21 +87,15 @@ def test_yolo_export_trains(make_config, tmp_path):
     assert summary["splits"]["train"]["images"] == 10 and summary["splits"]["val"]["images"] == 4
 
 
-def test_coco_with_its_own_category_ids_trains(make_config, tmp_path, monkeypatch):
+def test_coco_with_its_own_category_ids_trains(make_config, tmp_path):
     write_coco_with_ids(tmp_path / "coco", count=10)
-    seen = {}
-    setup = DetectionDataModule.setup
-
-    def record_ids(self, stage=None):
-        setup(self, stage)
-        seen["category_ids"] = self.category_ids
-
-    monkeypatch.setattr(DetectionDataModule, "setup", record_ids)
     run_and_check(make_config, tmp_path, ["data=coco", "data.classes=[phone,smartphone,camera]",
                                           f"data.source.train.annotations={tmp_path / 'coco' / 'train.json'}",
                                           f"data.source.train.images={tmp_path / 'coco' / 'images'}"],
                   ["phone", "smartphone", "camera"])
-    assert seen["category_ids"] == [3, 7, 42]
+    # The datamodule's category ids, in data.classes order, reach the checkpoint.
+    checkpoint = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["category_ids"] == [3, 7, 42]
 
 
 @pytest.mark.parametrize(("source", "file"), [("csv", "train.csv"), ("coco", "train.json")])

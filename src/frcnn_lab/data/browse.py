@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torchvision.utils import draw_bounding_boxes
 
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.transforms import resized_scale
 from frcnn_lab.run_dir import claim_output_dir
@@ -34,7 +35,6 @@ from frcnn_lab.visualize import CLASS_COLORS, class_name, save_png
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 THUMBNAIL = 256
 CAPTION = 14
 log = logging.getLogger(__name__)
