@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from frcnn_lab.config import ConfigError, validate
-from frcnn_lab.train import CONFIG_DIR
+import frcnn_lab.train as train_entry
+from frcnn_lab.config import CONFIG_DIR, ConfigError, validate
 
 GROUPS = {
     group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
     for group in ("backbone", "rpn", "roi_head", "loss", "optim", "data", "trainer", "logger", "callbacks", "debug")
 }
+
+DATA_PRESETS = {"synthetic_hard": "synthetic"}  # data options that configure another source
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
@@ -23,7 +25,7 @@ def test_every_group_option_composes_and_validates(make_config, group, option):
     cfg = make_config([f"{group}={option}"])
     validate(cfg)
     if group in ("backbone", "data"):
-        assert cfg[group].name == option
+        assert cfg[group].name == DATA_PRESETS.get(option, option)
 
 
 def test_the_documented_usage_sets_backbone_and_num_rois(make_config):
@@ -36,8 +38,8 @@ def test_the_documented_usage_sets_backbone_and_num_rois(make_config):
     "override,expected",
     [
         ("rpn.num_rois=0", "rpn.num_rois=0 must be an integer >= 1"),
-        ("data.image_size=0", "data.image_size=0 must be > 0"),
-        ("data.image_size=-300", "data.image_size=-300 must be > 0"),
+        ("data.image_size=0", "data.image_size=0 must be an integer >= 1"),
+        ("data.image_size=-300", "data.image_size=-300 must be an integer >= 1"),
         ("rpn.positive_fraction=1.5", "rpn.positive_fraction=1.5 must be in [0, 1]"),
         ("roi_head.bg_iou_lo=0.5", "roi_head.bg_iou_lo < roi_head.bg_iou_hi"),
         (
@@ -46,7 +48,8 @@ def test_the_documented_usage_sets_backbone_and_num_rois(make_config):
         ),
         (
             "backbone.name=alexnet",
-            "backbone.name='alexnet' is unknown; choose one of ['mobilenet_v2', 'resnet50', 'vgg16']",
+            "backbone.name='alexnet' is unknown; choose one of "
+            "['mobilenet_v2', 'mobilenet_v2_fpn', 'resnet50', 'resnet50_fpn', 'vgg16']",
         ),
         ("model.mode=two_stage", "model.mode='two_stage' is unknown"),
         ("data.name=imagenet", "data.name='imagenet' is unknown"),
@@ -70,6 +73,57 @@ def test_missing_required_key_is_named(make_config):
     cfg = make_config(["backbone.weights=???"])
     with pytest.raises(ConfigError, match="backbone.weights"):
         validate(cfg)
+
+
+BAD_VALUES = [
+    (["data.image_size=abc"], "data.image_size='abc' must be an integer >= 1"),
+    (["data.image_size=-5"], "data.image_size=-5 must be an integer >= 1"),
+    (["data.max_size=100"], "data.max_size=100 must be an integer >= data.image_size (320)"),
+    (["optim.schedule=linear"], "optim.schedule='linear' is unknown; choose one of ['constant', 'cosine']"),
+    (["data=csv", "data.split=weird"], "data.split='weird' is unknown; choose one of ['official', 'random']"),
+    (["roi_head.pooler=foo"],
+     "roi_head.pooler='foo' is unknown; choose one of ['crop_resize', 'roi_align', 'roi_pool']"),
+    (["rpn.anchor_sizes=[]"], "rpn.anchor_sizes=[] must be a non-empty list of numbers > 0"),
+    (["rpn.anchor_sizes=[[32],[64,-1]]"],
+     "rpn.anchor_sizes=[[32], [64, -1]] must be a non-empty list of numbers > 0"),
+    (["rpn.aspect_ratios=[[]]"], "rpn.aspect_ratios=[[]] must be a non-empty list of numbers > 0"),
+    (["rpn.num_rois=2.5"], "rpn.num_rois=2.5 must be an integer >= 1"),
+    (["rpn.fg_iou=high"], "rpn.fg_iou='high' must be in [0, 1]"),
+    (["roi_head.pool_size=0"], "roi_head.pool_size=0 must be an integer >= 1"),
+    (["roi_head.box_weights=[10,10,5]"], "roi_head.box_weights=[10, 10, 5] must be 4 numbers > 0"),
+    (["optim.min_lr_ratio=2"], "optim.min_lr_ratio=2 must be in [0, 1]"),
+    (["backbone.weights=/no/such/weights.pth"],
+     "backbone.weights='/no/such/weights.pth' must be imagenet, none or the path of an existing file"),
+    (["backbone.freeze_stages=-1"], "backbone.freeze_stages=-1 must be an integer >= 0"),
+    (["model.mode=two_stage"], "model.mode='two_stage' is unknown; choose one of ['full', 'rpn_only']"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
+def test_the_cli_refuses_a_bad_value_with_one_message_before_building_anything(overrides, expected, tmp_path,
+                                                                                monkeypatch, capsys):
+    """``python -m frcnn_lab.train <bad value>`` through its main function: one message naming the key and the
+    valid choices or range, exit without a traceback, and no model or data code reached."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    def unreachable(*args, **kwargs):
+        raise AssertionError("model or data code ran before the config was checked")
+
+    monkeypatch.setattr(train_entry, "build_module", unreachable)
+    monkeypatch.setattr(train_entry, "DetectionDataModule", unreachable)
+    monkeypatch.setattr(sys, "argv", ["frcnn_lab.train", *overrides, "logger=csv", f"hydra.run.dir={tmp_path}"])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as stop:
+        train_entry.main()
+    GlobalHydra.instance().clear()
+    message = str(stop.value.code)
+    assert message.startswith("error: invalid config:") and expected in message
+    assert message.count("\n  ") == 1, f"one problem expected, got: {message}"
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_per_level_anchor_sizes_pass(make_config):
+    validate(make_config(["rpn.anchor_sizes=[[32],[64],[128,256]]", "rpn.aspect_ratios=[[0.5,1.0,2.0]]"]))
 
 
 def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:

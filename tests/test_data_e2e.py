@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import TINY_RUN
 from frcnn_lab.data import openimages
 from frcnn_lab.data.records import DataError
 from frcnn_lab.train import train
+from test_data_folders import write_coco_with_ids, write_voc_folder, write_yolo_export
 from test_data_formats import write_coco_dataset, write_csv_dataset, write_voc_dataset
 from test_data_openimages import CAMERA, PHONE, box_row, bucket, command, publish  # noqa: F401 (bucket: a fixture)
 
@@ -64,6 +66,36 @@ def test_openimages_subset_trains_with_merged_classes(make_config, tmp_path, buc
     ], ["device"])
     assert summary["splits"]["train"]["images"] + summary["splits"]["val"]["images"] == 8
     assert summary["splits"]["train"]["boxes_per_class"]["device"] == summary["splits"]["train"]["images"]
+
+
+def test_voc_layout_folder_with_its_own_classes_trains(make_config, tmp_path):
+    # PNG images, no ImageSets, object names Tree / Alive / Dead merged into one class (as the README shows).
+    write_voc_folder(tmp_path / "trees", 12, suffix=".png")
+    summary = run_and_check(make_config, tmp_path, [
+        "data=voc_folder", f"data.source.root={tmp_path / 'trees'}", "data.classes=[tree]",
+        "data.class_map={Tree: tree, Alive: tree, Dead: tree}",
+    ], ["tree"])
+    assert summary["splits"]["train"]["images"] + summary["splits"]["val"]["images"] == 12
+    assert summary["skipped_or_changed"] == {}
+
+
+def test_yolo_export_trains(make_config, tmp_path):
+    write_yolo_export(tmp_path / "yolo", {"train": 10, "val": 4})
+    summary = run_and_check(make_config, tmp_path, ["data=yolo", "data.classes=[camera,phone]",
+                                                    f"data.source.yaml={tmp_path / 'yolo' / 'data.yaml'}"],
+                            ["camera", "phone"])
+    assert summary["splits"]["train"]["images"] == 10 and summary["splits"]["val"]["images"] == 4
+
+
+def test_coco_with_its_own_category_ids_trains(make_config, tmp_path):
+    write_coco_with_ids(tmp_path / "coco", count=10)
+    run_and_check(make_config, tmp_path, ["data=coco", "data.classes=[phone,smartphone,camera]",
+                                          f"data.source.train.annotations={tmp_path / 'coco' / 'train.json'}",
+                                          f"data.source.train.images={tmp_path / 'coco' / 'images'}"],
+                  ["phone", "smartphone", "camera"])
+    # The datamodule's category ids, in data.classes order, reach the checkpoint.
+    checkpoint = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["category_ids"] == [3, 7, 42]
 
 
 @pytest.mark.parametrize(("source", "file"), [("csv", "train.csv"), ("coco", "train.json")])

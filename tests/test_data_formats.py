@@ -75,7 +75,9 @@ def write_voc_dataset(root: Path, sets: dict[str, int], difficult_every: int = 0
         start += count
 
 
-def write_coco_dataset(root: Path, count: int = 12, seed: int = 0, name: str = "train.json") -> list[dict]:
+def write_coco_dataset(root: Path, count: int = 12, seed: int = 0, name: str = "train.json",
+                       category_ids: tuple[int, int] = (1, 2)) -> list[dict]:
+    """PNGs under root/images and root/<name>; synthetic cameras and phones get ``category_ids``."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     items = scenes(count, seed)
     images, annotations = [], []
@@ -86,10 +88,11 @@ def write_coco_dataset(root: Path, count: int = 12, seed: int = 0, name: str = "
                        "width": item["image"].shape[1]})
         for box, label in zip(item["boxes"], item["labels"], strict=True):
             x1, y1, x2, y2 = (float(v) for v in box)
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(label),
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                "category_id": category_ids[int(label) - 1],
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
     document = {"images": images, "annotations": annotations,
-                "categories": [{"id": 1, "name": "camera"}, {"id": 2, "name": "phone"}]}
+                "categories": [{"id": category_ids[0], "name": "camera"}, {"id": category_ids[1], "name": "phone"}]}
     (root / name).write_text(json.dumps(document))
     return items
 
@@ -152,7 +155,8 @@ def test_voc_boxes_become_zero_based_and_keep_difficult(tmp_path):
          "</object></annotation>", r"a\.xml:3: <bndbox> has no <ymax>"),
         ("<annotation>\n<object>\n<name>dog</name><bndbox><xmin>a</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax>"
          "</bndbox></object></annotation>", r"a\.xml:3: <xmin>a</xmin> is not a number"),
-        ("<annotation><filename>../../etc/x.jpg</filename></annotation>", "is not a plain file name"),
+        ("<annotation><filename>../../etc/x.jpg</filename></annotation>", "points outside the data root"),
+        ("<Annotation><object/></Annotation>", r"a\.xml:1: not a Pascal VOC annotation"),
     ],
 )
 def test_malformed_voc_xml_names_file_and_line(tmp_path, xml, message):
@@ -199,7 +203,9 @@ def test_coco_boxes_become_xyxy_and_crowd_becomes_difficult(tmp_path):
     }
     (tmp_path / "train.json").write_text(json.dumps(document))
     issues = IssueLog()
-    first, second = read_coco(tmp_path / "train.json", None, "train", issues)
+    (first, second), category_ids = read_coco(tmp_path / "train.json", None, "train", issues)
+    assert category_ids == {"camera": 3}
+    assert first.size == (40, 50) and second.size is None
     np.testing.assert_array_equal(first.boxes, [[1, 2, 11, 22], [5, 5, 9, 9]])
     assert first.names == ["camera", "camera"] and first.difficult.tolist() == [False, True]
     assert second.image_id == "8" and second.boxes.shape == (0, 4)

@@ -31,7 +31,7 @@ def test_exif_rotated_photo_is_turned_upright_and_probe_agrees(tmp_path):
     exif[0x0112] = 6
     image.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
     pixels = load(tmp_path / "rotated.jpg")
-    assert pixels.shape == (40, 20, 3) and probe(tmp_path / "rotated.jpg") == (40, 20)
+    assert pixels.shape == (40, 20, 3) and probe(tmp_path / "rotated.jpg") == (40, 20, 6)
     assert pixels[5, 10, 0] > 200 and pixels[35, 10, 0] < 60  # the red half is now on top
 
 
@@ -55,7 +55,7 @@ def test_truncated_jpeg_is_found_by_decoding(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(tmp_path / "t.jpg")
     data = (tmp_path / "t.jpg").read_bytes()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
-    assert probe(tmp_path / "t.jpg") == (64, 64)  # the header alone looks fine
+    assert probe(tmp_path / "t.jpg")[:2] == (64, 64)  # the header alone looks fine
     with pytest.raises(ImageError, match="t.jpg: corrupt or truncated image"):
         probe(tmp_path / "t.jpg", decode=True)
     with pytest.raises(ImageError, match="t.jpg: corrupt or truncated image"):
@@ -69,7 +69,7 @@ def test_one_pixel_image_loads(tmp_path):
 
 def test_ten_thousand_pixel_jpeg_loads_at_reduced_scale_for_a_600_px_input(tmp_path):
     Image.new("L", (10000, 10000), 128).save(tmp_path / "huge.jpg", quality=50)
-    assert probe(tmp_path / "huge.jpg") == (10000, 10000)
+    assert probe(tmp_path / "huge.jpg")[:2] == (10000, 10000)
     pixels = load(tmp_path / "huge.jpg", min_side=600, max_side=1000)
     # Decoded at 1/8 scale: 1250 px >= 600 px needed, instead of 300 MB of full-size pixels.
     assert pixels.shape == (1250, 1250, 3)

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from conftest import compose_config
-from frcnn_lab.evaluate import evaluate, evaluation_dir, format_table, training_run_dir, write_results
+from frcnn_lab.checkpoints import evaluation_dir, training_run_dir
+from frcnn_lab.evaluate import evaluate, format_table, write_results
 
 
 def test_evaluate_reports_every_figure_consistently(trained_run, tmp_path):
@@ -71,7 +72,41 @@ def test_evaluate_names_bad_input(trained_run, tmp_path):
 
 
 def test_finite_maps_missing_values_to_none():
-    from frcnn_lab.evaluate import finite
+    from frcnn_lab.metrics import finite
 
     assert finite(float("nan")) is None and finite(-1.0) is None and finite(0.25) == 0.25
     assert not math.isnan(finite(0.0))
+
+
+def test_evaluate_explains_its_errors_and_writes_what_it_scored(trained_run, tmp_path):
+    import contextlib
+    import csv
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from frcnn_lab.metrics.coco_json import GROUND_TRUTH_FILE, PREDICTIONS_FILE
+    from frcnn_lab.metrics.tide import ERROR_TYPES, format_tide
+
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    results = evaluate(compose_config("evaluate", [f"ckpt_path={ckpt}", "split=val"], tmp_path), coco_dir=tmp_path)
+    analysis = results["error_analysis"]
+    assert analysis["map_50"] == pytest.approx(results["map_50"], abs=1e-6)  # TIDE starts from the same mAP@0.5
+    assert set(analysis["delta_ap"]) == {*ERROR_TYPES, "fp", "fn"}
+    assert all(0 <= v <= 1 for v in analysis["delta_ap"].values())
+    assert sum(analysis["counts"].values()) > 0  # an untrained detector makes errors
+    assert "| miss | missed |" in format_tide(analysis)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(tmp_path / GROUND_TRUTH_FILE))
+        scored = COCOeval(gt, gt.loadRes(str(tmp_path / PREDICTIONS_FILE)), "bbox")
+        scored.evaluate()
+        scored.accumulate()
+        scored.summarize()
+    assert len(gt.getImgIds()) == results["images"]
+    assert scored.stats[0] == pytest.approx(results["map"], abs=1e-4)
+    assert scored.stats[1] == pytest.approx(results["map_50"], abs=1e-4)
+    # Validation logs the breakdown every epoch.
+    with (trained_run / "csv" / "metrics.csv").open() as f:
+        header = next(csv.reader(f))
+    assert {f"val/tide_{k}" for k in analysis["delta_ap"]} <= set(header)

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from conftest import compose_config
+from frcnn_lab.checkpoints import load_module
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
-from frcnn_lab.evaluate import load_module
 from frcnn_lab.export import export, export_metadata, export_onnx, export_torchscript
 from frcnn_lab.onnx_runner import OnnxDetector
 from frcnn_lab.predict import predict

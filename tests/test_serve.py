@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn_lab.evaluate import load_module
-from frcnn_lab.inference import PhotoDetector, resize_settings
+from frcnn_lab.checkpoints import input_sizes, load_module
+from frcnn_lab.inference import PhotoDetector
 from frcnn_lab.serve import example_images
 from frcnn_lab.visualize import CLASS_COLORS
 
@@ -72,7 +72,7 @@ def test_predict_answers_the_checkpoints_detections(server, initialised_checkpoi
     assert (body["height"], body["width"]) == pixels.shape[:2]
 
     module = load_module(initialised_checkpoint, torch.device("cpu"))
-    expected = PhotoDetector(module, *resize_settings(initialised_checkpoint))(pixels)
+    expected = PhotoDetector(module, *input_sizes(module, initialised_checkpoint))(pixels)
     detections = body["detections"]
     assert len(detections) == len(expected["boxes"]) > 0
     for got, box, label, score in zip(detections, expected["boxes"].tolist(), expected["labels"].tolist(),

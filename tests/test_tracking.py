@@ -15,8 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from frcnn_lab.checkpoints import load_module
 from frcnn_lab.data.datamodule import DetectionDataModule
-from frcnn_lab.evaluate import load_module
 from frcnn_lab.tracking import compact_line, match_counts
 from test_outputs import wandb_records
 

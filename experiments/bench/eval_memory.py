@@ -3,7 +3,7 @@
 Each size runs in a fresh process (``ru_maxrss`` only ever grows), which builds the default detector
 (random weights), then validates ``N`` small synthetic images on the CPU and reports its resident set size
 before validation and its peak. Bounded memory means the peak grows far slower than the image count:
-predictions are moved to the CPU as they come and only the metric states (boxes, scores, labels) accumulate.
+only the metric states (boxes, scores, labels per image) accumulate.
 
     .venv/bin/python experiments/bench/eval_memory.py            # prints the figures, writes eval_memory.json
 """

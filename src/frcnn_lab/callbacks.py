@@ -1,16 +1,25 @@
-"""Training safeguards: checkpoints written atomically and loaded safely, and the non-finite loss guard's pieces."""
+"""Training callbacks: checkpoints written atomically and loaded safely, the non-finite guard, and the
+validation pictures."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
+
+from frcnn_lab.visualize import draw_detections, fresh_folder, pad_to_common_size, save_png, wandb_boxes
+
+log = logging.getLogger(__name__)
 
 NONFINITE_ACTIONS = ("stop", "skip")
 
@@ -68,3 +77,116 @@ def nonfinite_names(named_tensors: Iterable[tuple[str, torch.Tensor | None]]) ->
 def describe_nonfinite(step: int, what: str, names: Sequence[str], image_ids: Sequence[Any]) -> str:
     """One line naming the global step, the non-finite parts and the batch's image ids."""
     return f"non-finite {what} at global step {step}: {', '.join(names)}; batch image ids: {list(image_ids)}"
+
+
+class NonFiniteGuard(L.Callback):
+    """Stops or skips training batches that turn a loss part, a gradient or a weight NaN or infinite.
+
+    ``action="stop"``: such a batch stops the run with ``NonFiniteLossError`` naming the global step, the
+    parts and the batch's image ids. ``action="skip"``: the batch makes no optimiser step, a warning says why,
+    and ``train/nonfinite_batches`` counts it. Non-finite weights always stop the run.
+    The module leaves a batch's non-finite loss parts in ``nonfinite_losses`` and back-propagates nothing
+    then; gradients are checked before the optimiser step (unless an AMP grad scaler, which skips steps with
+    infinite gradients itself, is active), weights after it.
+    """
+
+    def __init__(self, action: str = "stop") -> None:
+        if action not in NONFINITE_ACTIONS:
+            raise ValueError(f"train.on_nonfinite={action!r} is unknown; choose one of {list(NONFINITE_ACTIONS)}")
+        self.action, self.skipped = action, 0
+        self._step, self._image_ids = 0, []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._step, self._image_ids = trainer.global_step, [t.get("image_id") for t in batch[1]]
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if pl_module.nonfinite_losses or getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return  # a skipped loss has no gradients; the AMP scaler handles infinite gradients
+        nonfinite = nonfinite_names((name, p.grad) for name, p in pl_module.named_parameters())
+        if nonfinite:
+            self.stop_or_skip("gradients", nonfinite)
+            optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left untouched by the step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if pl_module.nonfinite_losses:
+            self.stop_or_skip("loss", pl_module.nonfinite_losses)
+        nonfinite = nonfinite_names((name, p) for name, p in pl_module.named_parameters() if p.requires_grad)
+        if nonfinite:
+            raise NonFiniteLossError(describe_nonfinite(self._step, "weights", nonfinite, self._image_ids))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("train/nonfinite_batches", float(self.skipped))
+
+    def stop_or_skip(self, what: str, names: list[str]) -> None:
+        message = describe_nonfinite(self._step, what, names, self._image_ids)
+        if self.action == "stop":
+            raise NonFiniteLossError(message + " (set train.on_nonfinite=skip to skip such batches)")
+        self.skipped += 1
+        log.warning("%s; batch skipped (%d so far)", message, self.skipped)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = state_dict["skipped"]
+
+
+class ValImageRecorder(L.Callback):
+    """The first ``count`` validation images of each evaluation, with predictions and ground truth.
+
+    Draws them into ``<dirpath>/epoch_<NNN>/<index>_<image_id>.png`` (1-based epoch; predictions with score
+    >= ``score_threshold``; an existing folder gets a numbered sibling) and logs them to every W&B logger as
+    ``val/images``, boxes attached; ``dirpath=None`` writes no files. The val loader is not shuffled, so they
+    are the same images every evaluation. Rank 0 draws its own first images; sanity checks draw nothing.
+    The module's ``validation_step`` returns the batch's predictions.
+    """
+
+    def __init__(self, classes: Sequence[str], dirpath: str | Path | None, count: int = 4,
+                 score_threshold: float = 0.5) -> None:
+        self.classes, self.count, self.score_threshold = list(classes), count, score_threshold
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.samples: list[tuple[Tensor, dict[str, Tensor], dict]] = []
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.samples = []
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        for image, pred, target in zip(batch[0], outputs, batch[1], strict=True):
+            if len(self.samples) >= self.count:
+                return
+            self.samples.append((image.detach().cpu(), {k: v.detach().cpu() for k, v in pred.items()},
+                                 {k: v.cpu() if torch.is_tensor(v) else v for k, v in target.items()}))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        folder = self.dirpath / f"epoch_{trainer.current_epoch + 1:03d}" if self.dirpath is not None else None
+        self.write(folder, wandb_loggers, step=trainer.global_step)
+
+    def write(self, folder: Path | None, wandb_loggers: Sequence = (), step: int | None = None) -> list[Path]:
+        """PNGs into ``folder`` (when given) and the pictures to ``wandb_loggers`` -> the PNGs' paths."""
+        if not self.samples:
+            return []
+        folder = fresh_folder(folder) if folder is not None else None
+        paths, raw, boxes, captions = [], [], [], []
+        for index, (image, pred, target) in enumerate(self.samples):
+            gt_boxes, gt_labels = target["boxes"], target["labels"]
+            canvas = draw_detections(image, self.classes, pred["boxes"], pred["labels"], pred["scores"],
+                                     gt_boxes, gt_labels, self.score_threshold)
+            name = f"{index:02d}_{str(target.get('image_id', index)).replace('/', '_')}"
+            captions.append(name)
+            if folder is not None:
+                paths.append(save_png(canvas, folder / f"{name}.png"))
+            raw.append((image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+            boxes.append({
+                "predictions": wandb_boxes(self.classes, pred["boxes"], pred["labels"], pred["scores"]),
+                "ground_truth": wandb_boxes(self.classes, gt_boxes, gt_labels),
+            })
+        raw = pad_to_common_size(raw)  # one W&B panel needs one size; boxes stay in place (top-left origin)
+        for logger in wandb_loggers:
+            logger.log_image(key="val/images", images=raw, step=step, boxes=boxes, caption=captions)
+        return paths

@@ -1,6 +1,13 @@
-"""Checks of the composed config, before any heavy work: one error listing every problem."""
+"""The config's one schema check: keys, types, ranges and choices, before any model or data is built.
+
+``validate`` raises one ConfigError listing every problem, each naming the key, its value and the valid
+choices or range. Constructors keep only the checks that protect direct Python use.
+"""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -8,15 +15,39 @@ from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironme
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from frcnn_lab.callbacks import NONFINITE_ACTIONS
-from frcnn_lab.data.datamodule import SOURCES
-from frcnn_lab.model.backbones import BUILDERS
+from frcnn_lab.data.datamodule import SOURCES, SPLIT_MODES
+from frcnn_lab.lit_module import SCHEDULES
 from frcnn_lab.model.detector import MODES
 from frcnn_lab.model.roi_pooling import POOLERS
 from frcnn_lab.tracking import WANDB_MODES
 
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 class ConfigError(ValueError):
     """The config names an unknown choice, lacks a required key or holds an impossible value."""
+
+
+def backbone_choices() -> list[str]:
+    """The ``name`` of every ``conf/backbone/*.yaml``: the backbones the config groups offer."""
+    files = sorted((Path(CONFIG_DIR) / "backbone").glob("*.yaml"))
+    return sorted(str(OmegaConf.load(f).get("name", f.stem)) for f in files)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_numbers(values) -> bool:
+    """A non-empty list of numbers > 0, or a non-empty list of such lists (one per feature level)."""
+    if not isinstance(values, (list, tuple, ListConfig)) or not values:
+        return False
+    if all(isinstance(v, (list, tuple, ListConfig)) for v in values):
+        return all(positive_numbers(v) for v in values)
+    return all(is_number(v) and v > 0 for v in values)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -31,47 +62,76 @@ def validate(cfg: DictConfig) -> None:
         if value not in allowed:
             problems.append(f"{key}={value!r} is unknown; choose one of {sorted(allowed)}")
 
-    def check(key: str, ok, expected: str) -> None:
+    def check(key: str, ok, expected: str, kind=is_number) -> bool:
         value = OmegaConf.select(cfg, key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
+        good = kind(value) and ok(value)
+        if not good:
             problems.append(f"{key}={value!r} must be {expected}")
+        return good
 
-    choice("backbone.name", BUILDERS)
+    def integer(key: str, minimum: int) -> bool:
+        return check(key, lambda v: v >= minimum, f"an integer >= {minimum}", kind=is_int)
+
+    def present(key: str) -> bool:
+        return OmegaConf.select(cfg, key, default=None) is not None
+
+    choice("backbone.name", backbone_choices())
+    weights = cfg.backbone.weights
+    if weights not in ("imagenet", "none") and not (isinstance(weights, str) and Path(weights).is_file()):
+        problems.append(f"backbone.weights={weights!r} must be imagenet, none or the path of an existing file")
+    integer("backbone.freeze_stages", 0)
     choice("roi_head.pooler", POOLERS)
     choice("data.name", SOURCES)
+    if present("data.split"):
+        choice("data.split", SPLIT_MODES)
     choice("model.mode", MODES)
-    check("rpn.num_rois", lambda v: v >= 1, "an integer >= 1")
-    check("rpn.batch_size_per_image", lambda v: v >= 1, "an integer >= 1")
-    check("data.image_size", lambda v: v > 0, "> 0")
-    check("data.max_size", lambda v: v >= cfg.data.image_size, f">= data.image_size ({cfg.data.image_size})")
-    check("data.batch_size", lambda v: v >= 1, "an integer >= 1")
-    for key in ("rpn.positive_fraction", "roi_head.positive_fraction", "rpn.fg_iou", "rpn.bg_iou",
-                "roi_head.fg_iou", "roi_head.bg_iou_lo", "roi_head.bg_iou_hi", "rpn.nms_iou", "roi_head.nms_iou",
-                "eval.score_threshold"):
-        check(key, lambda v: 0 <= v <= 1, "in [0, 1]")
-    if cfg.rpn.bg_iou > cfg.rpn.fg_iou:
+    choice("optim.schedule", SCHEDULES)
+    choice("train.on_nonfinite", NONFINITE_ACTIONS)
+    if OmegaConf.select(cfg, "logger.wandb") is not None:
+        choice("logger.wandb.mode", WANDB_MODES)
+    for key in ("rpn.num_rois", "rpn.batch_size_per_image", "data.batch_size", "rpn.pre_nms_top_n_train",
+                "rpn.post_nms_top_n_train", "rpn.pre_nms_top_n_test", "rpn.post_nms_top_n_test",
+                "roi_head.detections_per_image"):
+        integer(key, 1)
+    for key in ("data.num_workers", "optim.warmup_steps", "eval.val_images"):
+        integer(key, 0)
+    if integer("data.image_size", 1):
+        image_size = cfg.data.image_size
+        check("data.max_size", lambda v: v >= image_size, f"an integer >= data.image_size ({image_size})", kind=is_int)
+    else:
+        integer("data.max_size", 1)
+    if present("roi_head.pool_size"):
+        integer("roi_head.pool_size", 1)
+    if cfg.backbone.name == "vgg16" and cfg.roi_head.pool_size not in (None, 7):
+        problems.append(f"roi_head.pool_size={cfg.roi_head.pool_size} must be 7 (or null) for vgg16: fc6 expects 7x7")
+    fractions = ("rpn.positive_fraction", "roi_head.positive_fraction", "rpn.fg_iou", "rpn.bg_iou", "roi_head.fg_iou",
+                 "roi_head.bg_iou_lo", "roi_head.bg_iou_hi", "rpn.nms_iou", "roi_head.nms_iou", "eval.score_threshold",
+                 "optim.min_lr_ratio")
+    valid = {key: check(key, lambda v: 0 <= v <= 1, "in [0, 1]") for key in fractions}
+    if valid["rpn.bg_iou"] and valid["rpn.fg_iou"] and cfg.rpn.bg_iou > cfg.rpn.fg_iou:
         problems.append(f"rpn.bg_iou={cfg.rpn.bg_iou} must be <= rpn.fg_iou={cfg.rpn.fg_iou}")
-    if not cfg.roi_head.bg_iou_lo < cfg.roi_head.bg_iou_hi <= cfg.roi_head.fg_iou:
+    band = ("roi_head.bg_iou_lo", "roi_head.bg_iou_hi", "roi_head.fg_iou")
+    if all(valid[key] for key in band) and not cfg.roi_head.bg_iou_lo < cfg.roi_head.bg_iou_hi <= cfg.roi_head.fg_iou:
         problems.append(
             "the background band needs roi_head.bg_iou_lo < roi_head.bg_iou_hi <= roi_head.fg_iou, got "
             f"{cfg.roi_head.bg_iou_lo}, {cfg.roi_head.bg_iou_hi}, {cfg.roi_head.fg_iou}"
         )
-    if cfg.backbone.name == "vgg16" and cfg.roi_head.pool_size not in (None, 7):
-        problems.append(f"roi_head.pool_size={cfg.roi_head.pool_size} must be 7 (or null) for vgg16: fc6 expects 7x7")
-    choice("train.on_nonfinite", NONFINITE_ACTIONS)
-    if OmegaConf.select(cfg, "logger.wandb") is not None:
-        choice("logger.wandb.mode", WANDB_MODES)
-    for key in ("rpn.pre_nms_top_n_train", "rpn.post_nms_top_n_train", "rpn.pre_nms_top_n_test",
-                "rpn.post_nms_top_n_test", "roi_head.detections_per_image"):
-        check(key, lambda v: v >= 1, "an integer >= 1")
+    for key in ("rpn.min_size", "rpn.score_thresh", "roi_head.min_size", "roi_head.score_thresh"):
+        check(key, lambda v: 0 <= v < float("inf"), "finite and >= 0")
     for key in [f"loss.weights.{part}" for part in cfg.loss.weights] + ["loss.rpn_smooth_l1_beta",
                                                                          "loss.roi_smooth_l1_beta"]:
         check(key, lambda v: 0 <= v < float("inf"), "finite and >= 0")
     check("optim.optimizer.lr", lambda v: 0 < v < float("inf"), "finite and > 0")
     for key in ("rpn.anchor_sizes", "rpn.aspect_ratios"):
         values = OmegaConf.select(cfg, key)
-        if not values or not all(isinstance(v, (int, float)) and v > 0 for v in values):
-            problems.append(f"{key}={values} must be a non-empty list of numbers > 0")
+        if not positive_numbers(values):
+            shown = OmegaConf.to_container(values) if isinstance(values, ListConfig) else values
+            problems.append(f"{key}={shown} must be a non-empty list of numbers > 0 (or of such lists, one per level)")
+    for key in ("rpn.box_weights", "roi_head.box_weights"):
+        values = OmegaConf.select(cfg, key)
+        if not (positive_numbers(values) and len(values) == 4 and all(is_number(v) for v in values)):
+            shown = OmegaConf.to_container(values) if isinstance(values, ListConfig) else values
+            problems.append(f"{key}={shown} must be 4 numbers > 0 (dx, dy, dw, dh)")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

@@ -12,8 +12,10 @@ The exported graph takes one image and holds the rest of inference:
 
 Outside the graph, and done by ``frcnn_lab.onnx_runner``: decoding the file, the resize, and scaling the
 boxes back to the original image. The file's metadata (ONNX ``metadata_props``; TorchScript extra file
-``frcnn_lab.json``) holds ``classes``, ``image_size`` and ``max_size`` for that. The ONNX graph comes from
-PyTorch's TorchScript-based exporter (``dynamo=False``), the one torchvision's detection tests use.
+``frcnn_lab.json``) holds ``classes``, their ``category_ids``, ``image_size`` and ``max_size`` for that.
+Detectors with one feature level (the C4 backbones) export; FPN backbones are refused with an error.
+The ONNX graph comes from PyTorch's TorchScript-based exporter (``dynamo=False``), the one torchvision's
+detection tests use.
 An existing output file is never replaced.
 """
 
@@ -34,11 +36,10 @@ from torchvision.models.detection._utils import _topk_min
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms, nms, remove_small_boxes
 
-from frcnn_lab.evaluate import load_module
-from frcnn_lab.inference import resize_settings
+from frcnn_lab.checkpoints import input_sizes, load_module
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.model.detector import FasterRCNN
-from frcnn_lab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -51,10 +52,16 @@ class SingleImageDetector(nn.Module):
 
     It uses the detector's own modules and settings; sizes are read as tensors (``_shape_as_tensor``) and the
     top-N uses torchvision's ``_topk_min``, so nothing about the example image's size is frozen into the trace.
+    Detectors with one feature level (C4 trunks) only: ``backbone`` names the trunk in the error otherwise.
     """
 
-    def __init__(self, detector: FasterRCNN) -> None:
+    def __init__(self, detector: FasterRCNN, backbone: str = "?") -> None:
         super().__init__()
+        levels = len(detector.rpn.anchor_generator.sizes)
+        pooled = len(detector.roi_head.pooler.strides) if detector.roi_head is not None else 1
+        if levels != 1 or pooled != 1:
+            raise ValueError(f"backbone={backbone} gives {levels} feature levels to the RPN and {pooled} to the "
+                             "RoI pooler; export supports detectors with one level (C4 backbones) only")
         self.detector = detector.eval()
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -65,11 +72,12 @@ class SingleImageDetector(nn.Module):
         padded = F.pad((image - detector.image_mean) / detector.image_std,
                        (0, (width + d - 1) // d * d - width, 0, (height + d - 1) // d * d - height))[None]
         features = detector.trunk(padded)
+        (level,) = features.values()
 
-        objectness, deltas = rpn.head(features)
+        objectness, deltas = rpn.head(level)
         objectness = objectness.permute(0, 2, 3, 1).reshape(-1)
         deltas = deltas.reshape(1, -1, 4, deltas.shape[-2], deltas.shape[-1]).permute(0, 3, 4, 1, 2).reshape(-1, 4)
-        anchors = rpn.anchor_generator(ImageList(padded, [(height, width)]), [features])[0]
+        anchors = rpn.anchor_generator(ImageList(padded, [(height, width)]), [level])[0]
         boxes = rpn.box_coder.decode_single(deltas, anchors)
         objectness, top = objectness.topk(_topk_min(objectness, rpn.pre_nms_top_n["test"], 0))
         boxes, scores = torch.min(boxes[top].clamp(min=0), limits), objectness.sigmoid()
@@ -94,17 +102,22 @@ class SingleImageDetector(nn.Module):
         return boxes[keep], scores[keep], labels[keep]
 
 
+def traceable(module: DetectionModule) -> SingleImageDetector:
+    return SingleImageDetector(module.detector, module.hparams.backbone["name"]).cpu().eval()
+
+
 def export_metadata(module: DetectionModule, image_size: int, max_size: int) -> dict[str, Any]:
-    """What a runner needs beside the graph: class names (label i is ``classes[i - 1]``) and the resize."""
-    return {"classes": list(module.classes), "image_size": int(image_size), "max_size": int(max_size),
-            "mode": module.hparams.mode}
+    """What a runner needs beside the graph: class names (label i is ``classes[i - 1]``), their COCO category
+    ids and the resize."""
+    return {"classes": list(module.classes), "category_ids": list(module.category_ids),
+            "image_size": int(image_size), "max_size": int(max_size), "mode": module.hparams.mode}
 
 
 def export_onnx(module: DetectionModule, path: Path, metadata: dict[str, Any], opset: int = 17) -> Path:
     """Trace ``module``'s detector on an example image of the training size and write an ONNX file."""
     import onnx
 
-    graph = SingleImageDetector(module.detector).cpu().eval()
+    graph = traceable(module)
     example = torch.rand(3, metadata["image_size"], metadata["image_size"] * 4 // 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes: the sizes are read as tensors on purpose
@@ -124,7 +137,7 @@ def export_onnx(module: DetectionModule, path: Path, metadata: dict[str, Any], o
 
 def export_torchscript(module: DetectionModule, path: Path, metadata: dict[str, Any]) -> Path:
     """Trace ``module``'s detector into a TorchScript file, the metadata as its extra file ``frcnn_lab.json``."""
-    graph = SingleImageDetector(module.detector).cpu().eval()
+    graph = traceable(module)
     example = torch.rand(3, metadata["image_size"], metadata["image_size"] * 4 // 3)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -146,7 +159,7 @@ def export(cfg: DictConfig) -> Path:
         raise ValueError(f"format={cfg.format!r} is unknown; choose one of {list(FORMATS)}")
     path = output_path(cfg)
     module = load_module(cfg.ckpt_path, torch.device("cpu"))
-    metadata = export_metadata(module, *resize_settings(cfg.ckpt_path, cfg.image_size, cfg.max_size))
+    metadata = export_metadata(module, *input_sizes(module, cfg.ckpt_path, cfg.image_size, cfg.max_size))
     path.parent.mkdir(parents=True, exist_ok=True)
     if cfg.format == "onnx":
         return export_onnx(module, path, metadata, cfg.opset)

@@ -3,29 +3,13 @@ checkpoint's module or an exported ONNX model, boxes back in the photo's pixels.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
-from frcnn_lab.evaluate import training_run_dir
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.onnx_runner import OnnxDetector
-
-
-def resize_settings(ckpt_path: str | Path, image_size: int | None = None, max_size: int | None = None
-                    ) -> tuple[int, int]:
-    """(image_size, max_size): the values given, else the checkpoint's training run's ``data``."""
-    run = training_run_dir(ckpt_path)
-    data = OmegaConf.load(run / ".hydra" / "config.yaml").data if run is not None else None
-    if image_size is None and data is None:
-        raise ValueError(f"ckpt_path={ckpt_path} is not inside a training run: set image_size (and max_size)")
-    image_size = int(image_size if image_size is not None else data.image_size)
-    max_size = max_size if max_size is not None else data.max_size if data is not None else 1333
-    return image_size, int(max(max_size, image_size))
 
 
 class PhotoDetector:

@@ -1,8 +1,9 @@
 """Run a detector exported by ``frcnn_lab.export`` with onnxruntime, with the checkpoint's interface.
 
-``OnnxDetector(path)`` reads the class names and the resize from the file's metadata; called like the
-trained module (``detector([image], original_sizes=[(h, w)])``) it returns per image "boxes" (D, 4) xyxy,
-"scores" (D,) and "labels" (D,) as tensors, in the coordinates of ``original_sizes`` when given.
+``OnnxDetector(path)`` reads the class names, their COCO category ids (1..K in files without them) and the
+resize from the file's metadata; called like the trained module (``detector([image], original_sizes=[(h, w)])``)
+it returns per image "boxes" (D, 4) xyxy, "scores" (D,) and "labels" (D,) as tensors, in the coordinates of
+``original_sizes`` when given.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class OnnxDetector:
         self.classes: list[str] = json.loads(metadata["classes"])
         self.image_size: int = json.loads(metadata["image_size"])
         self.max_size: int = json.loads(metadata["max_size"])
+        self.category_ids: list[int] = (json.loads(metadata["category_ids"]) if "category_ids" in metadata
+                                        else list(range(1, len(self.classes) + 1)))
 
     def __call__(
         self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None,

@@ -4,10 +4,13 @@ exported model run by onnxruntime: ``model=<file>.onnx`` instead of ``ckpt_path`
 
 For each input image, ``<output>/<stem>.png`` shows the detections (boxes, class names, scores) at the
 image's own size; ``<output>/detections.json`` holds them in the COCO results format (``image_id``
-(index in the sorted input), ``category_id`` (label 1..K), ``bbox`` [x, y, width, height] in pixels,
-``score``, plus ``file_name`` and ``category_name``); ``<output>/predict_summary.json`` lists the inputs,
-the filters and the images that could not be read. ``score_threshold`` and ``classes`` filter what is
-kept. Existing files in ``output`` are never replaced.
+(index in the sorted input), ``category_id`` (the class's dataset id: 1..K unless the training data had its
+own), ``bbox`` [x, y, width, height] in pixels, ``score``, plus ``file_name`` and ``category_name``), which
+pycocotools' ``COCO.loadRes`` reads; ``<output>/categories.json`` lists the categories (``id``, ``name``);
+``<output>/predict_summary.json`` lists the inputs, the filters and the images that could not be read.
+``score_threshold`` and ``classes`` filter what is kept. Images are resized as in training (the
+checkpoint's ``image_size`` / ``max_size``) unless ``image_size`` / ``max_size`` are given. Existing files
+in ``output`` are never replaced.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from frcnn_lab.checkpoints import input_sizes, load_module, resolve_device
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
-from frcnn_lab.evaluate import load_module, resolve_device, training_run_dir
 from frcnn_lab.lit_module import DetectionModule
+from frcnn_lab.metrics import coco_json
 from frcnn_lab.onnx_runner import OnnxDetector
-from frcnn_lab.train import CONFIG_DIR
 from frcnn_lab.visualize import draw_detections, save_png
 
 log = logging.getLogger(__name__)
@@ -66,16 +70,14 @@ def load_detector(cfg: DictConfig, device: torch.device) -> DetectionModule | On
 
 
 def input_size(cfg: DictConfig, module: DetectionModule | OnnxDetector) -> tuple[int, int]:
-    """(image_size, max_size): from the config, else the exported model's or the checkpoint's training run's."""
-    if cfg.image_size is None and isinstance(module, OnnxDetector):
-        return module.image_size, cfg.max_size if cfg.max_size is not None else module.max_size
-    if cfg.image_size is not None:
-        return cfg.image_size, cfg.max_size if cfg.max_size is not None else max(cfg.image_size, 1333)
-    run = training_run_dir(cfg.ckpt_path)
-    if run is None:
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} is not inside a training run: set image_size (and max_size)")
-    data = OmegaConf.load(run / ".hydra" / "config.yaml").data
-    return int(data.image_size), int(cfg.max_size if cfg.max_size is not None else data.max_size)
+    """(image_size, max_size): from the config, else the exported model's or the checkpoint's (an
+    ``image_size`` given alone keeps the trained ratio of the two)."""
+    if isinstance(module, OnnxDetector):
+        if cfg.image_size is None:
+            return module.image_size, cfg.max_size if cfg.max_size is not None else module.max_size
+        trained_ratio_max = max(cfg.image_size, round(module.max_size * cfg.image_size / module.image_size))
+        return cfg.image_size, cfg.max_size if cfg.max_size is not None else trained_ratio_max
+    return input_sizes(module, cfg.ckpt_path, cfg.image_size, cfg.max_size)
 
 
 def class_filter(module: DetectionModule | OnnxDetector, names: list[str] | None) -> set[int]:
@@ -88,17 +90,12 @@ def class_filter(module: DetectionModule | OnnxDetector, names: list[str] | None
     return {module.classes.index(n) + 1 for n in names}
 
 
-def coco_results(image_id: int, path: Path, detection: dict[str, torch.Tensor], classes: list[str]) -> list[dict]:
-    """One image's kept detections -> COCO results entries (xywh boxes)."""
-    entries = []
-    for box, label, score in zip(detection["boxes"].tolist(), detection["labels"].tolist(),
-                                 detection["scores"].tolist(), strict=True):
-        x1, y1, x2, y2 = box
-        entries.append({
-            "image_id": image_id, "file_name": str(path), "category_id": int(label),
-            "category_name": classes[label - 1], "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)],
-            "score": round(float(score), 4),
-        })
+def coco_results(image_id: int, path: Path, detection: dict[str, torch.Tensor], classes: list[str],
+                 category_ids: list[int]) -> list[dict]:
+    """One image's kept detections -> COCO results entries (xywh boxes, the dataset's category ids)."""
+    entries = coco_json.results([detection], category_ids, image_ids=[image_id])
+    for entry, label in zip(entries, detection["labels"].tolist(), strict=True):
+        entry.update(file_name=str(path), category_name=classes[label - 1])
     return entries
 
 
@@ -107,7 +104,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Detect, draw and write; returns the summary that is written to ``predict_summary.json``."""
     files = find_images(cfg.input)
     output = Path(cfg.output)
-    planned = [output / f"{p.stem}.png" for p in files] + [output / "detections.json", output / "predict_summary.json"]
+    planned = [output / f"{p.stem}.png" for p in files] + [
+        output / name for name in ("detections.json", "categories.json", "predict_summary.json")]
     if existing := [str(p) for p in planned if p.exists()]:
         raise FileExistsError(f"output={output} already holds {existing[:5]}{' ...' if len(existing) > 5 else ''}; "
                               "choose another output folder")
@@ -136,8 +134,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         canvas = draw_detections(torch.from_numpy(pixels).permute(2, 0, 1), module.classes, detection["boxes"],
                                  detection["labels"], detection["scores"])
         written.append(str(save_png(canvas, output / f"{path.stem}.png")))
-        results += coco_results(image_id, path, detection, module.classes)
+        results += coco_results(image_id, path, detection, module.classes, module.category_ids)
     (output / "detections.json").write_text(json.dumps(results, indent=1))
+    categories = coco_json.categories(module.classes, module.category_ids)
+    (output / "categories.json").write_text(json.dumps(categories, indent=1))
     summary = {
         "checkpoint": str(Path(cfg.model or cfg.ckpt_path).resolve()), "input": cfg.input, "images": len(files),
         "pictures": written, "detections": len(results), "score_threshold": cfg.score_threshold,

@@ -10,7 +10,8 @@ thesis's figures 12-17 (overlapping proposals, classifier accuracy, RPN and head
 epoch time), mAP@0.5 per epoch, and the ablation bars with error bars. Then "which choice mattered": for
 every two configurations that differ in one key, the difference of best val mAP@0.5 with a 95 % confidence
 interval over seeds (paired by seed, else Welch; ``frcnn_lab.comparisons``), the keys ranked by effect,
-and a plot of the differences. Failed, interrupted or empty runs stay in the report, marked as such.
+and a plot of the differences; where runs have them, the TIDE error breakdown per configuration (table
+and stacked bars). Failed, interrupted or empty runs stay in the report, marked as such.
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from frcnn_lab.comparisons import Difference, KeyEffect, format_interval, one_key_differences, rank_keys  # noqa: E402
+from frcnn_lab.metrics.tide import DESCRIPTIONS as TIDE_DESCRIPTIONS  # noqa: E402
+from frcnn_lab.metrics.tide import ERROR_TYPES as TIDE_ERROR_TYPES  # noqa: E402
+from frcnn_lab.metrics.tide import SPECIAL_TYPES as TIDE_SPECIAL_TYPES  # noqa: E402
 from frcnn_lab.tracking import flat_config  # noqa: E402
 
+TIDE_TYPES = (*TIDE_ERROR_TYPES, *TIDE_SPECIAL_TYPES)
 IGNORED_KEYS = ("seed", "tags", "ckpt_path", "task_name")
 IGNORED_PREFIXES = ("paths.", "logger.", "callbacks.progress_bar.", "hydra.", "trainer.default_root_dir")
 CURVES = (  # (title, [(CSV column, legend)]): the thesis's figures 12-17
@@ -398,6 +403,77 @@ def plot_differences(differences: list[Difference], configurations: dict[str, di
     return path
 
 
+def tide_figures(run: Run) -> tuple[dict[str, float | None], str] | None:
+    """A run's TIDE dAPs ({type: dAP}) and their source: its latest evaluation's ``error_analysis``, else
+    the best epoch's ``val/tide_<type>``; None when neither has them."""
+    analysis = (run.evaluation or {}).get("error_analysis")
+    if analysis:
+        return dict(analysis["delta_ap"]), "evaluate"
+    values = {key: run.at_best(f"val/tide_{key}") for key in TIDE_TYPES}
+    return (values, "val") if any(v is not None for v in values.values()) else None
+
+
+def tide_means(groups: dict[str, list[Run]]) -> dict[str, tuple[dict[str, float | None], str]]:
+    """Configuration -> (mean dAP per TIDE type over its runs, sources); configurations without figures left out."""
+    means = {}
+    for label, runs in groups.items():
+        found = [f for f in (tide_figures(r) for r in runs) if f is not None]
+        if found:
+            means[label] = ({key: finite_mean([values.get(key) for values, _ in found]) for key in TIDE_TYPES},
+                            " + ".join(sorted({source for _, source in found})))
+    return means
+
+
+def finite_mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.mean(present) if present else None
+
+
+def tide_table(means: dict[str, tuple[dict[str, float | None], str]]) -> str:
+    """One row per configuration: the mean dAP of each TIDE type (mAP@0.5 points lost to it)."""
+    lines = ["| configuration | " + " | ".join(f"{key} ({TIDE_DESCRIPTIONS[key]})" for key in TIDE_TYPES)
+             + " | source |", "|" + " --- |" * (len(TIDE_TYPES) + 2)]
+    for label, (values, source) in means.items():
+        cells = ["–" if values[k] is None else f"{values[k]:.3f}" for k in TIDE_TYPES]
+        lines.append(f"| `{label}` | " + " | ".join(cells) + f" | {source} |")
+    return "\n".join(lines)
+
+
+def plot_tide(means: dict[str, tuple[dict[str, float | None], str]], path: Path) -> Path:
+    """Stacked bars per configuration: the mean dAP of each of the six TIDE error types."""
+    labels = list(means)
+    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(labels)), 5))
+    bottom = [0.0] * len(labels)
+    for key in TIDE_ERROR_TYPES:
+        heights = [means[label][0][key] or 0.0 for label in labels]
+        axis.bar(range(len(labels)), heights, bottom=bottom, label=f"{key} ({TIDE_DESCRIPTIONS[key]})",
+                 edgecolor="black", linewidth=0.5)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ticks = ["\n".join(part.rsplit(".", 1)[-1] for part in label.split(" ")) for label in labels]
+    axis.set_xticks(list(range(len(labels))), ticks, fontsize=7)
+    axis.set_ylabel("mAP@0.5 lost per error type (TIDE dAP, mean over runs)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def tide_section(groups: dict[str, list[Run]], output: Path) -> list[str]:
+    """The report's error-analysis section and its plot, or nothing when no run has TIDE figures."""
+    means = tide_means(groups)
+    if not means:
+        return []
+    plot = plot_tide(means, output / "tide_errors.png")
+    return [
+        "", "## Where the AP is lost (TIDE)", "", tide_table(means), "",
+        "dAP: how much mAP@0.5 rises when one error type is fixed by an oracle (Bolya et al., 2020); the types "
+        "overlap, so they do not sum to 1 - mAP. fp / fn: all false positives / all false negatives fixed. "
+        "Source `evaluate`: the run's latest `frcnn_lab.evaluate`; `val`: the best epoch's validation.",
+        "", f"![{plot.stem}]({plot.name})",
+    ]
+
+
 def write_report(root: Path, output: Path, overwrite: bool = False) -> Path:
     """Read the runs below ``root``; write ``output/report.md`` and the plots; return the report's path."""
     runs = find_runs(root)
@@ -446,6 +522,7 @@ def write_report(root: Path, output: Path, overwrite: bool = False) -> Path:
     lines += ["", "## Runs", "", runs_table(groups, root), "", "## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += [f"- `{label}`: [{p.name}]({p.name})" for label, p in zip(groups, curves, strict=True)]
+    lines += tide_section(groups, output)
     path = output / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -26,12 +26,12 @@ from fastapi.responses import HTMLResponse, Response
 from omegaconf import DictConfig
 from PIL import Image
 
+from frcnn_lab.checkpoints import input_sizes, load_module, resolve_device
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load, probe
 from frcnn_lab.data.synthetic import SyntheticScenes
-from frcnn_lab.evaluate import load_module, resolve_device
-from frcnn_lab.inference import PhotoDetector, resize_settings
+from frcnn_lab.inference import PhotoDetector
 from frcnn_lab.onnx_runner import OnnxDetector
-from frcnn_lab.train import CONFIG_DIR
 from frcnn_lab.visualize import CLASS_COLORS
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def build_detector(cfg: DictConfig) -> PhotoDetector:
     if cfg.ckpt_path is None:
         raise ValueError("name the detector: ckpt_path=<file>.ckpt or model=<file>.onnx")
     module = load_module(cfg.ckpt_path, resolve_device(cfg.device))
-    return PhotoDetector(module, *resize_settings(cfg.ckpt_path, cfg.image_size, cfg.max_size))
+    return PhotoDetector(module, *input_sizes(module, cfg.ckpt_path, cfg.image_size, cfg.max_size))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")

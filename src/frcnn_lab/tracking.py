@@ -207,10 +207,12 @@ class WandbPredictions(L.Callback):
         for image, target, pred in zip(*batch, outputs, strict=True):
             if len(self.rows) >= self.images:
                 return
+            pred = {k: v.detach().cpu() for k, v in pred.items()}
+            target = {k: v.cpu() if torch.is_tensor(v) else v for k, v in target.items()}
             tp, fp, fn = match_counts(pred, target, self.score_threshold, self.iou_threshold)
             pixels = (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
             boxes = {"predictions": wandb_boxes(classes, pred["boxes"], pred["labels"], pred["scores"]),
-                     "ground_truth": wandb_boxes(classes, target["boxes"].cpu(), target["labels"].cpu())}
+                     "ground_truth": wandb_boxes(classes, target["boxes"], target["labels"])}
             self.rows.append([trainer.current_epoch + 1, str(target.get("image_id", len(self.rows))),
                               wandb.Image(pixels, boxes=boxes), len(target["boxes"]), tp + fp, tp, fp, fn])
 

@@ -15,14 +15,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from frcnn_lab.callbacks import AtomicCheckpointIO
-from frcnn_lab.config import ConfigError, refuse_local_ddp_in_multirun, validate
+from frcnn_lab.callbacks import AtomicCheckpointIO, NonFiniteGuard, ValImageRecorder
+from frcnn_lab.config import CONFIG_DIR, ConfigError, refuse_local_ddp_in_multirun, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.run_dir import claim_output_dir, reserve_output_dir
 from frcnn_lab.tracking import finish_wandb_runs, flat_config, hydra_run_identity, name_wandb_run, write_status
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger(__name__)
 
 
@@ -30,8 +29,15 @@ def build_module(cfg: DictConfig) -> DetectionModule:
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "rpn", "roi_head", "loss", "optim")}
     return DetectionModule(
         **groups, classes=list(cfg.data.classes), mode=cfg.model.mode, score_threshold=cfg.eval.score_threshold,
-        on_nonfinite=cfg.train.on_nonfinite, val_images=cfg.eval.val_images, voc07=cfg.data.name == "voc",
+        voc07=cfg.data.name == "voc", image_size=cfg.data.image_size, max_size=cfg.data.max_size,
     )
+
+
+def training_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The non-finite guard and the validation pictures, then the ``callbacks`` group's."""
+    recorder = ValImageRecorder(cfg.data.classes, Path(cfg.paths.output_dir) / "val_images", cfg.eval.val_images)
+    configured = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    return [NonFiniteGuard(cfg.train.on_nonfinite), recorder, *configured]
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -46,9 +52,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             name_wandb_run(cfg.logger.wandb, identity)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+        cfg.trainer, logger=loggers or False, callbacks=training_callbacks(cfg), plugins=[AtomicCheckpointIO()]
     )
     if trainer.is_global_zero:
         datamodule.write_summary(cfg.paths.output_dir)  # printed, and data_summary.json in the run directory
@@ -102,7 +107,8 @@ def main(cfg: DictConfig) -> float | None:
     """One run, or one job of a sweep; ``<run dir>/status.json`` says running, completed or failed.
 
     A failing job of a multirun is recorded (status.json with the error, W&B run finished as failed) and
-    logged, and the sweep goes on with the next job; a single run re-raises.
+    logged, and the sweep goes on with the next job; a single run re-raises (a bad config exits with its
+    message alone).
     """
     try:
         refuse_local_ddp_in_multirun(cfg)
@@ -117,6 +123,8 @@ def main(cfg: DictConfig) -> float | None:
         write_status(output_dir, "failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
                      duration_s=time.perf_counter() - start)
         if not hydra_run_identity().get("multirun"):
+            if isinstance(error, ConfigError):
+                raise SystemExit(f"error: {error}") from None  # the message says it all: no traceback
             raise
         log.exception("this job failed (%s); the sweep goes on with the next one", output_dir)
         return None

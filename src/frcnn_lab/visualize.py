@@ -70,53 +70,6 @@ def wandb_boxes(
     return {"box_data": box_data, "class_labels": class_labels}
 
 
-class ValImageRecorder:
-    """The first ``count`` validation images of an evaluation, with predictions and ground truth.
-
-    ``add`` takes a batch (images (3, H, W) in [0, 1], predictions and targets with "boxes" / "labels",
-    predictions also "scores", all in the images' pixels) until ``count`` are kept; ``write`` draws them
-    into ``<folder>/<index>_<image_id>.png`` (predictions with score >= ``score_threshold``) and logs them
-    to every W&B logger given, boxes attached. The val loader is not shuffled, so they are the same
-    images every evaluation.
-    """
-
-    def __init__(self, classes: Sequence[str], count: int = 4, score_threshold: float = 0.5) -> None:
-        self.classes, self.count, self.score_threshold = list(classes), count, score_threshold
-        self.samples: list[tuple[Tensor, dict[str, Tensor], dict]] = []
-
-    def reset(self) -> None:
-        self.samples = []
-
-    def add(self, images: Sequence[Tensor], preds: Sequence[dict[str, Tensor]], targets: Sequence[dict]) -> None:
-        for image, pred, target in zip(images, preds, targets, strict=True):
-            if len(self.samples) >= self.count:
-                return
-            self.samples.append((image.detach().cpu(), pred, target))
-
-    def write(self, folder: Path, wandb_loggers: Sequence = (), step: int | None = None) -> list[Path]:
-        """PNGs into ``folder`` (a new one: an existing folder gets a numbered sibling) -> their paths."""
-        if not self.samples:
-            return []
-        folder = fresh_folder(folder)
-        paths, raw, boxes = [], [], []
-        for index, (image, pred, target) in enumerate(self.samples):
-            gt_boxes, gt_labels = target["boxes"].cpu(), target["labels"].cpu()
-            canvas = draw_detections(image, self.classes, pred["boxes"], pred["labels"], pred["scores"],
-                                     gt_boxes, gt_labels, self.score_threshold)
-            image_id = str(target.get("image_id", index)).replace("/", "_")
-            paths.append(save_png(canvas, folder / f"{index:02d}_{image_id}.png"))
-            raw.append((image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
-            boxes.append({
-                "predictions": wandb_boxes(self.classes, pred["boxes"], pred["labels"], pred["scores"]),
-                "ground_truth": wandb_boxes(self.classes, gt_boxes, gt_labels),
-            })
-        raw = pad_to_common_size(raw)  # one W&B panel needs one size; boxes stay in place (top-left origin)
-        for logger in wandb_loggers:
-            logger.log_image(key="val/images", images=raw, step=step, boxes=boxes,
-                             caption=[p.stem for p in paths])
-        return paths
-
-
 def pad_to_common_size(images: Sequence[np.ndarray]) -> list[np.ndarray]:
     """HWC images of different sizes -> the same images zero-padded at the right and bottom to the largest size."""
     height, width = max(i.shape[0] for i in images), max(i.shape[1] for i in images)

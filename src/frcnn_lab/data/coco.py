@@ -2,7 +2,9 @@
 
 Reads ``images`` (id, file_name, width, height), ``annotations`` (image_id, category_id, bbox
 ``[x, y, width, height]`` in pixels, iscrowd) and ``categories`` (id, name); category names are the class
-names. ``file_name`` is relative to the images folder. A crowd box (``iscrowd: 1``) covers a group of
+names; each class keeps its category id (``read_coco`` returns name -> id, the first category of a name
+when several share it). ``width`` / ``height``, when given, are the size the boxes were drawn on.
+``file_name`` is relative to the images folder. A crowd box (``iscrowd: 1``) covers a group of
 objects: like a VOC difficult box it is left out of training (unless ``data.use_difficult``) and marked
 ``difficult`` in evaluation splits, so evaluation neither rewards nor penalises detections on it.
 """
@@ -43,8 +45,16 @@ def category_names(path: str | os.PathLike) -> list[str]:
     return [str(c.get("name")) for c in _load(Path(path))["categories"]]
 
 
-def read_coco(path: str | os.PathLike, images: str | os.PathLike | None, split: str, issues: IssueLog) -> list[Record]:
-    """Records of every image in the file (images without annotations have no boxes)."""
+def _size(image: dict) -> tuple[int, int] | None:
+    height, width = image.get("height"), image.get("width")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (height, width))
+    return (int(height), int(width)) if numbers else None
+
+
+def read_coco(path: str | os.PathLike, images: str | os.PathLike | None, split: str,
+              issues: IssueLog) -> tuple[list[Record], dict[str, int]]:
+    """Records of every image in the file (images without annotations have no boxes), and category name ->
+    category id in file order."""
     path = Path(path)
     image_dir = Path(images) if images else path.parent
     data = _load(path)
@@ -52,6 +62,11 @@ def read_coco(path: str | os.PathLike, images: str | os.PathLike | None, split: 
         categories = {c["id"]: str(c["name"]) for c in data["categories"]}
     except (KeyError, TypeError):
         raise DataError(f"{path}: every category needs an 'id' and a 'name'") from None
+    if bad := [i for i in categories if not isinstance(i, int) or isinstance(i, bool)]:
+        raise DataError(f"{path}: category ids must be integers, got {bad[0]!r}")
+    category_ids: dict[str, int] = {}
+    for category_id, name in categories.items():
+        category_ids.setdefault(name, category_id)
     records: dict = {}
     for position, image in enumerate(data["images"]):
         where = f"{path}: images[{position}]"
@@ -61,7 +76,7 @@ def read_coco(path: str | os.PathLike, images: str | os.PathLike | None, split: 
             raise DataError(f"{where}: duplicate image id {image['id']!r}")
         file = inside_root(image_dir, str(image["file_name"]), where)
         records[image["id"]] = Record(str(image["id"]), file, np.zeros((0, 4), np.float32), [], np.zeros(0, bool),
-                                      f"{where} ({image['file_name']})")
+                                      f"{where} ({image['file_name']})", size=_size(image))
     if not records:
         raise DataError(f"{path}: no images in the annotation file")
     boxes: dict = {key: [] for key in records}
@@ -87,4 +102,4 @@ def read_coco(path: str | os.PathLike, images: str | os.PathLike | None, split: 
             coordinates, names, crowd, wheres = zip(*boxes[key], strict=True)
             record.boxes = np.array(coordinates, np.float32).reshape(-1, 4)
             record.names, record.difficult, record.box_where = list(names), np.array(crowd, bool), list(wheres)
-    return list(records.values())
+    return list(records.values()), category_ids

@@ -43,6 +43,7 @@ from frcnn_lab.data.transforms import apply_transforms, build_transforms
 SOURCES = ("synthetic", *FILE_SOURCES)
 SCENE_GENERATORS = {"easy": SyntheticScenes, "hard": ClutteredScenes}
 SPLITS = ("train", "val", "test")
+SPLIT_MODES = ("official", "random")
 ALL_SPLITS = (*SPLITS, "negatives")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
@@ -154,6 +155,10 @@ class DetectionDataModule(L.LightningDataModule):
     ``verify_images``: decode every image once at setup, so corrupt files are reported, not hit mid-run.
     ``group_aspect_ratio``: batch landscape and portrait images apart. ``augment``: ``hflip``, ``vflip``,
     ``rot90`` probabilities and ``extra`` albumentations transforms (train only).
+
+    ``category_ids``: the id of each class in ``classes`` order for results files: 1..K, or for data=coco
+    (after ``setup``) the source's own category ids; a class that merges several categories takes the id
+    of the first of them in the file's category list.
     """
 
     def __init__(
@@ -167,9 +172,10 @@ class DetectionDataModule(L.LightningDataModule):
         super().__init__()
         if name not in SOURCES:
             raise ValueError(f"data={name!r} is unknown; choose one of {list(SOURCES)}")
-        if split not in ("official", "random"):
-            raise ValueError(f"data.split={split!r} is unknown; choose official or random")
+        if split not in SPLIT_MODES:
+            raise ValueError(f"data.split={split!r} is unknown; choose one of {list(SPLIT_MODES)}")
         self.name, self.classes, self.class_map = name, list(classes), dict(class_map or {})
+        self.category_ids = list(range(1, len(self.classes) + 1))  # the dataset's id of each class
         self.source_args = dict(source)
         self.image_size, self.max_size = image_size, max_size
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, dict(augment)
@@ -177,6 +183,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.limit, self.include, self.exclude = limit, include, exclude
         self.use_difficult, self.num_negatives = use_difficult, num_negatives
         self.verify_images, self.group_aspect_ratio = verify_images, group_aspect_ratio
+        self.category_ids = list(range(1, len(self.classes) + 1))
         self.issues = IssueLog()
         self.notes: list[str] = []
         self.datasets: dict[str, DetectionDataset] = {}
@@ -201,8 +208,13 @@ class DetectionDataModule(L.LightningDataModule):
         return set().union(*(read_id_list(p) for p in ([paths] if isinstance(paths, str) else paths)))
 
     def _files(self) -> dict[str, FileImages]:
-        records = read_records(self.name, self.source_args, self.classes, self.class_map, self.issues)
+        records, source_ids = read_records(self.name, self.source_args, self.classes, self.class_map, self.issues)
         lookup = class_lookup(self.classes, self.class_map)
+        if source_ids:
+            first = {}
+            for name, category_id in source_ids.items():
+                first.setdefault(lookup.get(name), category_id)
+            self.category_ids = [first.get(label, label) for label in range(1, len(self.classes) + 1)]
         include, exclude = self._id_list(self.include), self._id_list(self.exclude) or set()
         if include is not None:
             known = {r.image_id for part in records.values() for r in part}

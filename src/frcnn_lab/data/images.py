@@ -1,8 +1,9 @@
 """Reading image files the same way everywhere: EXIF orientation applied, any mode converted to 8-bit RGB.
 
-``probe(path)`` -> (height, width) as displayed (after EXIF rotation), reading only the header unless
-``decode=True``; ``load(path, min_side, max_side)`` -> uint8 (H, W, 3) RGB plus the factor it was reduced by.
-Both raise ``ImageError`` naming the file and what is wrong with it.
+``probe(path)`` -> ``Probe(height, width, orientation)``: the size as displayed (after EXIF rotation) and
+the EXIF orientation, reading only the header unless ``decode=True``; ``load(path, min_side, max_side)`` ->
+uint8 (H, W, 3) RGB. Both raise ``ImageError`` naming the file and what is wrong with it.
+``exif_transpose_boxes`` turns boxes drawn on a file's raw pixels the way ``load`` turns the pixels.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -21,6 +23,20 @@ SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 class ImageError(ValueError):
     """An image file that is missing, empty, unreadable, corrupt, truncated or too large."""
+
+
+class Probe(NamedTuple):
+    """What the header says: size as displayed (EXIF orientation applied) and the orientation (1: none)."""
+
+    height: int
+    width: int
+    orientation: int
+
+    @property
+    def raw_size(self) -> tuple[int, int]:
+        """(height, width) of the stored pixels, before the EXIF orientation is applied."""
+        swapped = self.orientation in SWAPPING_ORIENTATIONS
+        return (self.width, self.height) if swapped else (self.height, self.width)
 
 
 def _open(path: Path) -> Image.Image:
@@ -56,19 +72,39 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def probe(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]:
-    """(height, width) of the image as displayed; ``decode=True`` also decodes every pixel (finds truncation)."""
+def probe(path: str | os.PathLike, decode: bool = False) -> Probe:
+    """Size of the image as displayed and its EXIF orientation; ``decode=True`` also decodes every pixel
+    (finds truncation)."""
     path = Path(path)
     with _open(path) as image:
         width, height = image.size
-        if _orientation(image) in SWAPPING_ORIENTATIONS:
+        orientation = _orientation(image)
+        if orientation in SWAPPING_ORIENTATIONS:
             width, height = height, width
         if decode:
             try:
                 image.load()
             except (OSError, SyntaxError, ValueError) as error:
                 raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
-    return height, width
+    return Probe(height, width, orientation if 1 <= orientation <= 8 else 1)
+
+
+def exif_transpose_boxes(boxes: np.ndarray, orientation: int, height: int, width: int) -> np.ndarray:
+    """Boxes (N, 4) xyxy on the raw pixels of a (height, width) file -> the same boxes on the image as
+    ``ImageOps.exif_transpose`` turns it for EXIF ``orientation`` (1..8)."""
+    x1, y1, x2, y2 = boxes.T
+    w, h = width, height
+    turned = {
+        1: (x1, y1, x2, y2),
+        2: (w - x2, y1, w - x1, y2),          # mirrored left-right
+        3: (w - x2, h - y2, w - x1, h - y1),  # turned 180 degrees
+        4: (x1, h - y2, x2, h - y1),          # mirrored top-bottom
+        5: (y1, x1, y2, x2),                  # transposed
+        6: (h - y2, x1, h - y1, x2),          # turned 90 degrees clockwise
+        7: (h - y2, w - x2, h - y1, w - x1),  # transversed
+        8: (y1, w - x2, y2, w - x1),          # turned 90 degrees counter-clockwise
+    }[orientation]
+    return np.stack(turned, axis=1).astype(np.float32).reshape(-1, 4)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

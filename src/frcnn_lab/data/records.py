@@ -2,9 +2,16 @@
 
 A ``Record`` is one image as its annotation file describes it: a path, boxes in pixels of the image as
 displayed (or normalised to [0, 1] when ``normalized``), the source's class names, a ``difficult`` flag
-per box and ``where`` (file and line) for messages. ``prepare`` checks the image file and every box,
-maps class names to labels 1..K and returns ``Sample``s; whatever it drops goes to an ``IssueLog`` with
-the reason, so the dataset summary can count it.
+per box, ``where`` (file and line) for messages and, where the format states it, the image size the
+boxes were drawn on. ``prepare`` checks the image file and every box, maps class names to labels 1..K
+and returns ``Sample``s; whatever it drops or changes goes to an ``IssueLog`` with the reason, so the
+dataset summary can count it.
+
+EXIF orientation: images are used upright (``images.load`` applies the orientation tag). When the
+annotation states a size that matches the stored, un-rotated pixels and not the upright view, its boxes
+were drawn on the stored pixels; they are turned with the image (``exif_transpose_boxes``) and counted.
+When the stated size fits both views (a 180-degree turn, a mirror, a square image) the boxes are taken
+as drawn on the upright image, as viewers and most annotation tools show it, and counted too.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frcnn_lab.data.images import ImageError, probe
+from frcnn_lab.data.images import ImageError, Probe, exif_transpose_boxes, probe
 
 
 class DataError(ValueError):
@@ -38,6 +45,7 @@ class Record:
     where: str
     normalized: bool = False
     box_where: list[str] = field(default_factory=list)  # per box, where formats give each box its own line
+    size: tuple[int, int] | None = None  # (height, width) the annotation says its boxes were drawn on
 
     def locate(self, box: int) -> str:
         return self.box_where[box] if self.box_where else f"{self.where} (box {box + 1})"
@@ -116,9 +124,9 @@ def class_lookup(classes: Sequence[str], class_map: Mapping[str, str] | None) ->
     return lookup
 
 
-def _probe_all(records: Sequence[Record], decode: bool, workers: int) -> list[tuple[int, int] | ImageError]:
-    """(height, width) or the ImageError of each record's file; decoding runs in threads (PIL frees the GIL)."""
-    def one(record: Record) -> tuple[int, int] | ImageError:
+def _probe_all(records: Sequence[Record], decode: bool, workers: int) -> list[Probe | ImageError]:
+    """Probe or ImageError of each record's file; decoding runs in threads (PIL frees the GIL)."""
+    def one(record: Record) -> Probe | ImageError:
         try:
             return probe(record.path, decode=decode)
         except ImageError as error:
@@ -128,6 +136,25 @@ def _probe_all(records: Sequence[Record], decode: bool, workers: int) -> list[tu
         return [one(r) for r in records]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, records))
+
+
+def _orient_boxes(record: Record, probed: Probe, split: str, issues: IssueLog) -> None:
+    """Bring boxes drawn on a file's stored pixels onto the upright image (see the module docstring)."""
+    if record.size is None or record.normalized:
+        return
+    upright, stored = (probed.height, probed.width), probed.raw_size
+    stated = tuple(record.size)
+    if stated == upright and (probed.orientation == 1 or stated != stored):
+        return
+    if stated == stored and stated != upright:
+        record.boxes = exif_transpose_boxes(record.boxes, probed.orientation, *stored)
+        issues.add(split, record.where, "image: EXIF-rotated, boxes drawn on the stored pixels turned with it")
+    elif stated == upright:
+        issues.add(split, f"{record.where} (EXIF orientation {probed.orientation})",
+                   "image: EXIF-rotated, annotated size fits both views, boxes taken as drawn on the upright image")
+    else:
+        sizes = f" (annotated {stated[1]}x{stated[0]}, file {upright[1]}x{upright[0]})"
+        issues.add(split, record.where + sizes, "image: annotated size differs from the file's, boxes used as they are")
 
 
 def _check_boxes(record: Record, height: int, width: int, split: str, issues: IssueLog) -> np.ndarray:
@@ -175,7 +202,8 @@ def prepare(
         if isinstance(probed, ImageError):
             issues.add(split, record.where, f"image: {str(probed).rsplit(': ', 1)[-1]}")
             continue
-        height, width = probed
+        height, width = probed.height, probed.width
+        _orient_boxes(record, probed, split, issues)
         keep = _check_boxes(record, height, width, split, issues)
         labels = np.zeros(len(record.names), np.int64)
         for i, name in enumerate(record.names):

@@ -4,24 +4,31 @@ Per class, detections of all images are ranked by score. A detection is a true p
 IoU with a ground-truth box of its class in its image exceeds 0.5 and that box is not yet taken; if the
 best box is *difficult*, the detection counts neither way; otherwise it is a false positive. Difficult
 boxes do not count as positives. AP is the mean over recall r in {0, 0.1, ..., 1} of the highest
-precision at recall >= r. Boxes are 0-based xyxy with exclusive right / bottom edges, so the plain
-IoU here equals the devkit's "+1" IoU on its 1-based inclusive coordinates.
+precision at recall >= r, with r built as the devkit builds it (``np.arange(0, 1.1, 0.1)``). Boxes are
+0-based xyxy with exclusive right / bottom edges, so the plain IoU here equals the devkit's "+1" IoU on
+its 1-based inclusive coordinates.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchvision.ops import box_iou
+
+from frcnn_lab.metrics.gathered import GatheredDetections
+
+# The devkit's thresholds, bit for bit: np.arange builds 0.3 as 3 * 0.1 = 0.30000000000000004 (likewise 0.6,
+# 0.7), so a recall of exactly 3/10 does not reach it.
+DEVKIT_RECALL_THRESHOLDS = np.arange(0.0, 1.1, 0.1).tolist()
 
 
 def voc07_ap(preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]], num_classes: int,
              iou_threshold: float = 0.5) -> dict[str, Tensor]:
     """preds: per image "boxes" (D, 4), "scores" (D,), "labels" (D,); targets: "boxes" (G, 4), "labels" (G,),
-    optional "difficult" (G,) bool. -> {"ap": (num_classes,) per label 1..K (NaN without positives),
+    optional "difficult" (G,) bool. -> {"ap": (num_classes,) float64 per label 1..K (NaN without positives),
     "map": mean over classes with positives}."""
-    ap = torch.full((num_classes,), float("nan"))
+    ap = torch.full((num_classes,), float("nan"), dtype=torch.float64)
     for label in range(1, num_classes + 1):
         positives, ranked = 0, []
         for image, (pred, target) in enumerate(zip(preds, targets, strict=True)):
@@ -64,15 +71,15 @@ def voc07_ap(preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]], n
         recall = tps / positives
         precision = tps / torch.clamp(tps + fps, min=1e-12)
         total = 0.0
-        for threshold in torch.linspace(0, 1, 11, dtype=torch.float64):
-            reached = recall >= threshold - 1e-12
+        for threshold in DEVKIT_RECALL_THRESHOLDS:
+            reached = recall >= threshold
             total += float(precision[reached].max()) if reached.any() else 0.0
         ap[label - 1] = total / 11
     valid = ~torch.isnan(ap)
     return {"ap": ap, "map": ap[valid].mean() if valid.any() else torch.tensor(float("nan"))}
 
 
-class VOC07AveragePrecision(Metric):
+class VOC07AveragePrecision(GatheredDetections):
     """torchmetrics wrapper of ``voc07_ap``: update(preds, targets) per batch, compute() -> {"ap", "map"}.
 
     torchmetrics squeezes one-element results, so with a single class "ap" is 0-dimensional: read it
@@ -81,44 +88,10 @@ class VOC07AveragePrecision(Metric):
     Keeps every image's detections and ground truth; under DDP they are gathered from all processes.
     """
 
-    full_state_update = False
-
     def __init__(self, num_classes: int, iou_threshold: float = 0.5) -> None:
         super().__init__()
         self.num_classes, self.iou_threshold = num_classes, iou_threshold
-        for name in ("det_boxes", "det_scores", "det_labels", "det_image",
-                     "gt_boxes", "gt_labels", "gt_difficult", "gt_image"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-        self.add_state("images", default=torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
-        for pred, target in zip(preds, targets, strict=True):
-            # A process-unique image key: updates interleave across processes, so count per process.
-            key = int(self.images) * max(torch.distributed.get_world_size(), 1) + torch.distributed.get_rank() \
-                if torch.distributed.is_available() and torch.distributed.is_initialized() else int(self.images)
-            self.images += 1
-            difficult = target.get("difficult", torch.zeros_like(target["labels"], dtype=torch.bool))
-            self.det_boxes.append(pred["boxes"].detach().float().reshape(-1, 4))
-            self.det_scores.append(pred["scores"].detach().float().reshape(-1))
-            self.det_labels.append(pred["labels"].detach().long().reshape(-1))
-            self.det_image.append(torch.full((len(pred["labels"]),), key, dtype=torch.long, device=self.device))
-            self.gt_boxes.append(target["boxes"].detach().float().reshape(-1, 4))
-            self.gt_labels.append(target["labels"].detach().long().reshape(-1))
-            self.gt_difficult.append(difficult.detach().bool().reshape(-1))
-            self.gt_image.append(torch.full((len(target["labels"]),), key, dtype=torch.long, device=self.device))
 
     def compute(self) -> dict[str, Tensor]:
-        def cat(state, shape) -> Tensor:
-            if isinstance(state, Tensor):
-                return state.cpu()
-            return torch.cat([s.cpu() for s in state]) if state else torch.zeros(shape)
-
-        det_image, gt_image = cat(self.det_image, (0,)).long(), cat(self.gt_image, (0,)).long()
-        keys = torch.unique(torch.cat([det_image, gt_image]))
-        det = (cat(self.det_boxes, (0, 4)), cat(self.det_scores, (0,)), cat(self.det_labels, (0,)).long())
-        gt = (cat(self.gt_boxes, (0, 4)), cat(self.gt_labels, (0,)).long(), cat(self.gt_difficult, (0,)).bool())
-        preds = [{"boxes": det[0][det_image == k], "scores": det[1][det_image == k], "labels": det[2][det_image == k]}
-                 for k in keys]
-        targets = [{"boxes": gt[0][gt_image == k], "labels": gt[1][gt_image == k], "difficult": gt[2][gt_image == k]}
-                   for k in keys]
+        preds, targets = self.images_seen()
         return voc07_ap(preds, targets, self.num_classes, self.iou_threshold)

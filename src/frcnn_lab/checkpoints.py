@@ -1,0 +1,100 @@
+"""Checkpoints and run folders, for the entry points that use a trained model (evaluate, predict).
+
+A checkpoint written by ``frcnn_lab.train`` stands alone: its hyperparameters hold the model config, the
+classes and their dataset category ids, the input sizes and the normalisation, and loading it builds the
+network without any pretrained weights before its own state dict fills it in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from frcnn_lab.lit_module import DetectionModule
+
+
+def training_run_dir(ckpt_path: str | Path) -> Path | None:
+    """``<run>/checkpoints/x.ckpt`` -> ``<run>`` when ``<run>/.hydra/config.yaml`` exists, else None."""
+    path = Path(ckpt_path).resolve()
+    run = path.parent.parent
+    if path.parent.name == "checkpoints" and (run / ".hydra" / "config.yaml").is_file():
+        return run
+    return None
+
+
+def run_data_config(ckpt_path: str | Path) -> dict[str, Any] | None:
+    """The ``data`` group of the checkpoint's training run, or None outside a run folder."""
+    run = training_run_dir(ckpt_path)
+    if run is None:
+        return None
+    return OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml").data, resolve=True)
+
+
+def evaluation_dir(ckpt_path: str, log_dir: str) -> str:
+    """Parent of an evaluation's output folder: the training run's ``evaluate/``, else ``<log_dir>/evaluate/runs``."""
+    run = training_run_dir(ckpt_path)
+    return str(run / "evaluate") if run else str(Path(log_dir) / "evaluate" / "runs")
+
+
+class EvaluationRunDir(Callback):
+    """Hydra callback of ``conf/evaluate.yaml``: puts the run folder under ``evaluation_dir`` (beside the
+    checkpoint's training run, where ``frcnn_lab.report`` looks) before Hydra creates it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if OmegaConf.is_missing(config, "ckpt_path") or any(
+                o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
+            return  # the task names the missing key; a folder given on the command line is kept
+        parent = evaluation_dir(str(config.ckpt_path), str(config.paths.log_dir))
+        with read_write(config.hydra.run):
+            config.hydra.run.dir = f"{parent}/{Path(config.hydra.run.dir).name}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available) | ``cpu`` | ``cuda`` | ``cuda:N`` -> the device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def load_module(ckpt_path: str | Path, device: torch.device | str = "cpu") -> DetectionModule:
+    """The trained DetectionModule in eval mode on ``device``, built from the checkpoint alone (no pretrained
+    weights read or downloaded); a missing file is named."""
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    module = DetectionModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True,
+                                                  pretrained_backbone=False)
+    return module.eval().to(device)
+
+
+def input_sizes(module: DetectionModule, ckpt_path: str | Path, image_size: int | None = None,
+                max_size: int | None = None, fallback: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(image_size, max_size) to feed the checkpoint's detector: the given ones, else what it was trained at.
+
+    Trained sizes come from the checkpoint, else (checkpoints written before they carried them) its training
+    run's ``data``, else ``fallback``. A given ``image_size`` without ``max_size`` keeps the trained ratio of
+    the two. Raises ValueError when a size is needed and nothing gives it.
+    """
+    trained = None
+    if module.hparams.get("image_size") is not None:
+        trained = int(module.hparams.image_size), int(module.hparams.max_size)
+    elif (data := run_data_config(ckpt_path)) is not None:
+        trained = int(data["image_size"]), int(data["max_size"])
+    trained = trained or fallback
+    if trained is None and (image_size is None or max_size is None):
+        raise ValueError(f"ckpt_path={ckpt_path} records no input size and is not inside a training run: "
+                         "set image_size and max_size")
+    if image_size is None:
+        return trained[0], max_size if max_size is not None else trained[1]
+    if max_size is None:
+        max_size = max(image_size, round(trained[1] * image_size / trained[0]))
+    return int(image_size), int(max_size)

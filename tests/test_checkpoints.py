@@ -1,0 +1,99 @@
+"""A checkpoint stands alone: evaluate and predict work from the .ckpt file only, offline, with no pretrained
+weights anywhere, and with the input size it was trained at."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+import frcnn_lab.model.backbones as backbones
+from conftest import compose_config
+from frcnn_lab.checkpoints import load_module
+from frcnn_lab.data.synthetic import SyntheticScenes
+from frcnn_lab.evaluate import evaluate
+from frcnn_lab.model.weights import OFFLINE_ENV
+from frcnn_lab.predict import predict
+from frcnn_lab.train import train
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+SIZE = 64
+TINY = [
+    "logger=csv", "data.source.num_train=2", "data.source.num_val=2", "data.source.num_test=2", "data.num_negatives=0",
+    "data.batch_size=2", f"data.image_size={SIZE}", f"data.max_size={SIZE}", "trainer.max_epochs=1", "rpn.num_rois=8",
+    "rpn.post_nms_top_n_test=10",
+    "callbacks.progress_bar.refresh_rate=0", "+callbacks.model_checkpoint.save_weights_only=true",
+    "callbacks.model_checkpoint.save_last=false", "~callbacks.step_checkpoint", "eval.val_images=0",
+]
+
+
+def stand_in_weights(weights):
+    """Stands in for the ImageNet file while training: a state dict of the right shapes, made without
+    initialising a network (unit variances, zeros elsewhere)."""
+    constructor = next(c for c, enum, _ in backbones.BUILDERS.values() if weights in list(enum))
+    with torch.device("meta"):
+        shapes = constructor(weights=None).state_dict()
+    return {k: (torch.ones if k.endswith("running_var") else torch.zeros)(v.shape, dtype=v.dtype)
+            for k, v in shapes.items()}
+
+
+def refuse_pretrained(weights):
+    raise AssertionError(f"pretrained weights {weights} were loaded")
+
+
+@pytest.mark.parametrize("backbone", [pytest.param("vgg16", marks=pytest.mark.slow),
+                                      pytest.param("resnet50", marks=pytest.mark.slow), "mobilenet_v2"])
+def test_evaluate_and_predict_from_the_checkpoint_file_alone(backbone, tmp_path, monkeypatch):
+    # Trained "from ImageNet" (frozen BatchNorm, frozen stages: the layout that pretrained weights give).
+    monkeypatch.setattr(backbones, "load_state_dict", stand_in_weights)
+    run = tmp_path / "run"
+    train(compose_config("config", [f"backbone={backbone}", "backbone.weights=imagenet", *TINY], run))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    ckpt = shutil.copy(run / "checkpoints" / "best.ckpt", alone / "model.ckpt")
+
+    # Elsewhere: no run folder, an empty torchvision cache, downloads forbidden, and any weights read is a failure.
+    monkeypatch.setattr(backbones, "load_state_dict", refuse_pretrained)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    monkeypatch.chdir(alone)
+
+    module = load_module(ckpt)
+    trained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in trained.items())
+    assert module.hparams.image_size == SIZE and module.hparams.max_size == SIZE
+    assert module.classes == ["camera", "phone"] and module.category_ids == [1, 2]
+    assert module.hparams.normalization["mean"] == pytest.approx(backbones.IMAGENET_MEAN)
+    assert module.hparams.normalization["std"] == pytest.approx(backbones.IMAGENET_STD)
+
+    results = evaluate(compose_config("evaluate", [f"ckpt_path={ckpt}", "data=synthetic", "data.source.num_test=2",
+                                                   "data.num_negatives=0", "score_threshold=0.0"], alone / "eval"))
+    assert results["images"] == 2 and (results["image_size"], results["max_size"]) == (SIZE, SIZE)
+    assert 0 <= results["map_50"] <= 1 and results["ms_per_image_median"] > 0
+
+    photos = alone / "photos"
+    photos.mkdir()
+    Image.fromarray(SyntheticScenes(1, seed=3)[0]["image"]).save(photos / "scene.png")
+    summary = predict(compose_config("predict", [f"ckpt_path={ckpt}", f"input={photos}", f"output={alone / 'out'}",
+                                                 "score_threshold=0.0"], alone))
+    assert (summary["image_size"], summary["max_size"]) == (SIZE, SIZE)  # as trained, not a default
+    assert (alone / "out" / "scene.png").is_file() and summary["skipped"] == []
+
+
+def test_a_given_image_size_keeps_the_trained_ratio_and_a_sizeless_loose_checkpoint_is_refused(trained_run, tmp_path):
+    from frcnn_lab.checkpoints import input_sizes
+
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    module = load_module(ckpt)
+    image_size, max_size = module.hparams.image_size, module.hparams.max_size
+    assert input_sizes(module, ckpt) == (image_size, max_size)
+    assert input_sizes(module, ckpt, image_size=2 * image_size) == (2 * image_size, 2 * max_size)
+    assert input_sizes(module, ckpt, image_size=100, max_size=150) == (100, 150)
+    module.hparams.image_size = module.hparams.max_size = None  # as written before checkpoints carried sizes
+    assert input_sizes(module, ckpt) == (image_size, max_size)  # from the training run's .hydra/config.yaml
+    loose = shutil.copy(ckpt, tmp_path / "loose.ckpt")
+    with pytest.raises(ValueError, match="set image_size and max_size"):
+        input_sizes(module, loose, image_size=300)
