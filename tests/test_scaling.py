@@ -38,7 +38,7 @@ def test_losses_and_detections_stay_fp32_under_bf16_autocast():
         group("rpn"), group("roi_head"), group("loss"), num_classes=2,
     )
     trunk_dtypes = []
-    detector.trunk.register_forward_hook(lambda module, inputs, output: trunk_dtypes.append(output.dtype))
+    detector.trunk.register_forward_hook(lambda module, inputs, output: trunk_dtypes.append(output["c4"].dtype))
     images = [torch.rand(3, 128, 128), torch.rand(3, 96, 128)]
     targets = [
         {"boxes": torch.tensor([[10.0, 20.0, 70.0, 90.0]]), "labels": torch.tensor([1])},

@@ -1,56 +1,91 @@
-"""Backbones split the way Faster R-CNN uses them: a stride-16 trunk and a tail that is the RoI head.
+"""Backbones: a trunk that returns named feature levels with their strides, and a box head for pooled RoIs.
 
-Each builder takes a torchvision classification network, loads its weights, and cuts it in two:
+Each builder takes a torchvision classification network, loads its weights, and returns a ``Backbone``:
 
-- ``trunk``: ``(B, 3, H, W) -> (B, C, ceil(H/16), ceil(W/16))``, an ``nn.Sequential`` of stages so the
-  first ``freeze_stages`` can be frozen;
-- ``tail``: ``(R, C, P, P) -> (R, D)``, applied to every pooled RoI.
+- ``trunk``: ``(B, 3, H, W) -> OrderedDict{level: (B, C, ceil(H/s), ceil(W/s))}``, finest level first,
+  with an ``out_channels`` attribute (C, the same at every level), as torchvision's detectors take it;
+- ``tail``: the box head, ``(R, C, P, P) -> (R, D)``, applied to every pooled RoI.
 
-| name | trunk (C) | RoI size P | tail (D) |
-| --- | --- | --- | --- |
-| vgg16 | conv1_1 .. conv5_3 (512) | 7 | fc6, fc7 with dropout (4096) |
-| resnet50 | stem .. stage 4, the "C4" layout (1024) | 14 | stage 5 + average pool (2048) |
-| mobilenet_v2 | blocks 0 .. 13 (96) | 7 | blocks 14 .. 18 + average pool (1280) |
+C4 layouts have one level at stride 16, and their box head is the rest of the classification network
+(the paper's layout). FPN layouts add torchvision's ``FeaturePyramidNetwork`` (256 channels, top-down and
+lateral connections, ``LastLevelMaxPool`` for the extra "pool" level at twice the last stride) and a
+two-layer MLP box head (torchvision's ``TwoMLPHead``, 1024). RoIs are pooled from every level but "pool".
+
+| name | levels (stride) | C | RoI size P | box head (D) |
+| --- | --- | --- | --- | --- |
+| vgg16 | c4 (16): conv1_1 .. conv5_3 | 512 | 7 | fc6, fc7 with dropout (4096) |
+| resnet50 | c4 (16): stem .. stage 4 | 1024 | 14 | stage 5 + average pool (2048) |
+| mobilenet_v2 | c4 (16): blocks 0 .. 13 | 96 | 7 | blocks 14 .. 18 + average pool (1280) |
+| resnet50_fpn | 0-3 (4, 8, 16, 32) from stages 2-5, pool (64) | 256 | 7 | TwoMLPHead (1024) |
+| mobilenet_v2_fpn | 0-2 (8, 16, 32) from blocks 6, 13, 17, pool (64) | 256 | 7 | TwoMLPHead (1024) |
+
+``resnet50_fpn`` is the layout of torchvision's ``fasterrcnn_resnet50_fpn`` (same modules, same names).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision import models
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from frcnn_lab.model.weights import load_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FPN_CHANNELS = 256
+MLP_HEAD_SIZE = 1024
 
 
 @dataclass
 class Backbone:
-    trunk: nn.Sequential
-    tail: nn.Module
-    out_channels: int
+    """The parts a backbone gives the detector (see the module docstring for the shapes)."""
+
+    trunk: nn.Module
+    tail: nn.Module  # the box head
     representation_size: int
     pool_size: int
-    stride: int = 16
+    strides: dict[str, int]  # every level of the trunk's output, in order -> its stride in input pixels
+    pooled_levels: tuple[str, ...]  # the levels RoIs are pooled from
+    stages: list[nn.Module]  # the trunk's stages from the input on: ``freeze_stages`` counts these
     # torchvision's ImageNet weights expect RGB in [0, 1] normalised with these.
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
     image_std: tuple[float, float, float] = IMAGENET_STD
 
+    @property
+    def out_channels(self) -> int:
+        return self.trunk.out_channels
+
+
+class SingleLevel(nn.Sequential):
+    """A stride-16 trunk of stages: ``(B, 3, H, W) -> {"c4": (B, C, ceil(H/16), ceil(W/16))}``."""
+
+    def __init__(self, stages: list[nn.Module], out_channels: int) -> None:
+        super().__init__(*stages)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return OrderedDict(c4=super().forward(x))
+
 
 def build_backbone(
-    name: str, weights: str = "imagenet", freeze_stages: int = 0, frozen_bn: bool = True, pretrained: bool = True,
+    name: str, weights: str = "imagenet", freeze_stages: int = 0, frozen_bn: bool = True,
+    pool_size: int | None = None, pretrained: bool = True,
 ) -> Backbone:
-    """Build backbone ``name`` (vgg16 | resnet50 | mobilenet_v2).
+    """Build backbone ``name`` (one of ``BUILDERS``).
 
     ``weights``: ``imagenet`` (torchvision's IMAGENET1K_V1), ``none`` (random init), or the path of a
     state dict of the torchvision classification network. ``freeze_stages``: how many leading trunk
     stages get no gradient. ``frozen_bn``: BatchNorm layers keep the pretrained statistics
-    (not with ``weights=none``). ``pretrained=False`` builds the same layout without reading ``weights``.
+    (not with ``weights=none``). ``pool_size``: the RoI size P the box head takes (None: the backbone's).
+    ``pretrained=False`` builds the same layout without reading ``weights``.
     """
     if name not in BUILDERS:
         raise ValueError(f"backbone={name!r} is unknown; choose one of {sorted(BUILDERS)}")
@@ -65,37 +100,73 @@ def build_backbone(
         if not path.is_file():
             raise FileNotFoundError(f"backbone.weights={weights!r}: no such file (or use imagenet | none)")
         network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    backbone = split(network)
-    if not 0 <= freeze_stages <= len(backbone.trunk):
-        raise ValueError(f"backbone.freeze_stages={freeze_stages} must be in [0, {len(backbone.trunk)}] for {name}")
-    for stage in backbone.trunk[:freeze_stages]:
+    backbone = split(network, pool_size)
+    if not 0 <= freeze_stages <= len(backbone.stages):
+        raise ValueError(f"backbone.freeze_stages={freeze_stages} must be in [0, {len(backbone.stages)}] for {name}")
+    for stage in backbone.stages[:freeze_stages]:
         stage.requires_grad_(False)
     return backbone
 
 
-def split_vgg16(network: models.VGG) -> Backbone:
+def split_vgg16(network: models.VGG, pool_size: int | None) -> Backbone:
+    if pool_size not in (None, 7):
+        raise ValueError(f"roi_head.pool_size={pool_size} must be 7 (or null) for vgg16: fc6 expects 7x7")
     f = network.features  # the last max-pool (index 30) is dropped: conv5_3 stays at stride 16
-    stages = [f[0:5], f[5:10], f[10:17], f[17:24], f[24:30]]
+    trunk = SingleLevel([f[0:5], f[5:10], f[10:17], f[17:24], f[24:30]], out_channels=512)
     tail = nn.Sequential(nn.Flatten(), *network.classifier[:-1])  # fc6, relu, dropout, fc7, relu, dropout
-    return Backbone(nn.Sequential(*stages), tail, out_channels=512, representation_size=4096, pool_size=7)
+    return Backbone(trunk, tail, 4096, 7, {"c4": 16}, ("c4",), list(trunk))
 
 
-def split_resnet50(network: models.ResNet) -> Backbone:
+def split_resnet50(network: models.ResNet, pool_size: int | None) -> Backbone:
     n = network
-    stages = [nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool), n.layer1, n.layer2, n.layer3]
+    trunk = SingleLevel([nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool), n.layer1, n.layer2, n.layer3], 1024)
     tail = nn.Sequential(n.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return Backbone(nn.Sequential(*stages), tail, out_channels=1024, representation_size=2048, pool_size=14)
+    return Backbone(trunk, tail, 2048, pool_size or 14, {"c4": 16}, ("c4",), list(trunk))
 
 
-def split_mobilenet_v2(network: models.MobileNetV2) -> Backbone:
+def split_mobilenet_v2(network: models.MobileNetV2, pool_size: int | None) -> Backbone:
     f = network.features
-    stages = [f[0:2], f[2:4], f[4:7], f[7:11], f[11:14]]
+    trunk = SingleLevel([f[0:2], f[2:4], f[4:7], f[7:11], f[11:14]], out_channels=96)
     tail = nn.Sequential(f[14:], nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return Backbone(nn.Sequential(*stages), tail, out_channels=96, representation_size=1280, pool_size=7)
+    return Backbone(trunk, tail, 1280, pool_size or 7, {"c4": 16}, ("c4",), list(trunk))
+
+
+def with_fpn(
+    network: nn.Module, return_layers: dict[str, str], in_channels: list[int], strides: list[int],
+    stages: list[nn.Module], pool_size: int | None,
+) -> Backbone:
+    """torchvision's FPN on the ``return_layers`` of ``network`` (levels "0", "1", ... and "pool"), with a
+    two-layer MLP box head."""
+    trunk = BackboneWithFPN(network, return_layers, in_channels, FPN_CHANNELS, extra_blocks=LastLevelMaxPool())
+    pool_size = pool_size or 7
+    levels = {str(i): stride for i, stride in enumerate(strides)}
+    return Backbone(
+        trunk, TwoMLPHead(FPN_CHANNELS * pool_size**2, MLP_HEAD_SIZE), MLP_HEAD_SIZE, pool_size,
+        {**levels, "pool": 2 * strides[-1]}, tuple(levels), stages,
+    )
+
+
+def split_resnet50_fpn(network: models.ResNet, pool_size: int | None) -> Backbone:
+    n = network
+    return with_fpn(
+        n, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}, [256, 512, 1024, 2048], [4, 8, 16, 32],
+        [nn.ModuleList([n.conv1, n.bn1]), n.layer1, n.layer2, n.layer3, n.layer4], pool_size,
+    )
+
+
+def split_mobilenet_v2_fpn(network: models.MobileNetV2, pool_size: int | None) -> Backbone:
+    f = network.features  # block 18 (the 1x1 conv to 1280 channels) is left out
+    return with_fpn(
+        f, {"6": "0", "13": "1", "17": "2"}, [32, 96, 320], [8, 16, 32],
+        [f[0:2], f[2:4], f[4:7], f[7:11], f[11:14], f[14:18]], pool_size,
+    )
 
 
 BUILDERS = {
     "vgg16": (models.vgg16, models.VGG16_Weights, split_vgg16),
     "resnet50": (models.resnet50, models.ResNet50_Weights, split_resnet50),
     "mobilenet_v2": (models.mobilenet_v2, models.MobileNet_V2_Weights, split_mobilenet_v2),
+    "resnet50_fpn": (models.resnet50, models.ResNet50_Weights, split_resnet50_fpn),
+    "mobilenet_v2_fpn": (models.mobilenet_v2, models.MobileNet_V2_Weights, split_mobilenet_v2_fpn),
 }
+"""name -> (torchvision constructor, its weights enum, the function that cuts it into a Backbone)."""

@@ -1,4 +1,5 @@
-"""The detector: backbone trunk -> RPN -> RoI pooling -> RoI head, or the RPN alone (``mode=rpn_only``)."""
+"""The detector: backbone trunk (named feature levels) -> RPN -> RoI pooling -> RoI head, or the RPN alone
+(``mode=rpn_only``)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class FasterRCNN(nn.Module):
     """images [(3, H_i, W_i)] RGB in [0, 1] (already resized) -> DetectorOutput.
 
     Images are normalised with the backbone's mean/std and zero-padded into one batch whose sides are
-    multiples of ``size_divisible``. Targets: dicts with "boxes" (G_i, 4) xyxy pixels and "labels" (G_i,)
+    multiples of ``size_divisible``; the trunk turns them into named feature levels that the RPN and the
+    RoI head read. Targets: dicts with "boxes" (G_i, 4) xyxy pixels and "labels" (G_i,)
     in [1, K). Detections: "boxes", "scores", "labels" per image, in the coordinates of ``original_sizes``
     when given (e.g. the image before resizing), else of the input images. Without a RoI head the RPN is
     a single-class detector: its proposals are the detections, objectness is the score, the label is 1.
@@ -101,21 +103,25 @@ def build_detector(
     """The detector from the config groups ``backbone``, ``rpn``, ``roi_head``, ``loss``.
 
     ``num_classes`` counts the object classes; the head adds background. ``rpn.num_rois`` is the number
-    of RoIs sampled per image for the head in training. ``pretrained=False``: the backbone's layout follows
+    of RoIs sampled per image for the head in training. ``rpn.anchor_sizes`` is split in order over the
+    backbone's levels (see ``anchor_sizes_per_level``). ``pretrained=False``: the backbone's layout follows
     ``backbone.weights`` but no weights are read (a checkpoint's state dict fills them in).
     """
     if mode not in MODES:
         raise ValueError(f"model.mode={mode!r} is unknown; choose one of {list(MODES)}")
-    parts = build_backbone(backbone["name"], backbone["weights"], backbone["freeze_stages"], backbone["frozen_bn"],
-                           pretrained=pretrained)
+    head = dict(roi_head)
+    parts = build_backbone(
+        backbone["name"], backbone["weights"], backbone["freeze_stages"], backbone["frozen_bn"], head.pop("pool_size"),
+        pretrained=pretrained,
+    )
     rpn = dict(rpn)
     num_rois = rpn.pop("num_rois")
+    rpn["anchor_sizes"] = anchor_sizes_per_level(rpn["anchor_sizes"], list(parts.strides), backbone["name"])
     region_proposals = RegionProposalNetwork(parts.out_channels, smooth_l1_beta=loss["rpn_smooth_l1_beta"], **rpn)
     if mode == "rpn_only":
         return FasterRCNN(parts, region_proposals, None)
-    head = dict(roi_head)
     pooler = RoIPooler(
-        head.pop("pooler"), head.pop("pool_size") or parts.pool_size, 1 / parts.stride,
+        head.pop("pooler"), parts.pool_size, {level: parts.strides[level] for level in parts.pooled_levels},
         head.pop("sampling_ratio"), head.pop("aligned"),
     )
     box_head = RoIHead(
@@ -123,3 +129,18 @@ def build_detector(
         smooth_l1_beta=loss["roi_smooth_l1_beta"], **head,
     )
     return FasterRCNN(parts, region_proposals, box_head)
+
+
+def anchor_sizes_per_level(sizes: list[float], levels: list[str], backbone: str) -> list[list[float]]:
+    """The flat ``rpn.anchor_sizes`` split in order into equal parts, one per level, finest level first.
+
+    One level (C4) takes all sizes; five levels (FPN) and five sizes give one size per level, as
+    torchvision's FPN detectors have it.
+    """
+    if len(sizes) % len(levels):
+        raise ValueError(
+            f"rpn.anchor_sizes={list(sizes)} has {len(sizes)} sizes for the {len(levels)} levels {levels} of "
+            f"backbone={backbone}: give a multiple of {len(levels)} sizes, split in order over the levels"
+        )
+    per_level = len(sizes) // len(levels)
+    return [list(sizes[i : i + per_level]) for i in range(0, len(sizes), per_level)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
@@ -16,21 +15,14 @@ from torchvision.ops import MultiScaleRoIAlign
 from frcnn_lab.model.detector import FasterRCNN
 
 
-class TensorBackbone(nn.Module):
-    """A trunk the way torchvision's detector takes it: (B, 3, H, W) -> (B, C, h, w), with ``out_channels``."""
-
-    def __init__(self, trunk: nn.Module, out_channels: int) -> None:
-        super().__init__()
-        self.body, self.out_channels = trunk, out_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-
 def torchvision_equivalent(
     ours: FasterRCNN, rpn: dict[str, Any], roi_head: dict[str, Any], min_size: int, share_modules: bool = False
 ) -> TorchvisionFasterRCNN:
     """torchvision's FasterRCNN with ``ours``'s trunk, tail and weights and the ``rpn`` / ``roi_head`` settings.
+
+    Our trunk is torchvision's backbone as it is (named levels and ``out_channels``); each level gets our
+    anchor sizes and the RoIs are pooled by ``MultiScaleRoIAlign`` from our pooler's levels. For
+    ``resnet50_fpn`` its state dict is that of ``fasterrcnn_resnet50_fpn``, key for key.
 
     ``min_size``: the short side torchvision resizes to (the images' own short side: no resizing).
     ``share_modules``: use ``ours``'s trunk and tail objects instead of copies. Raises ValueError for
@@ -41,7 +33,7 @@ def torchvision_equivalent(
     if tuple(rpn["box_weights"]) != (1.0, 1.0, 1.0, 1.0):
         raise ValueError(f"rpn.box_weights={rpn['box_weights']} differ from torchvision's fixed (1, 1, 1, 1)")
     share = (lambda module: module) if share_modules else copy.deepcopy
-    in_channels = ours.rpn.head.conv.in_channels
+    in_channels = ours.trunk.out_channels
     rpn_head = RPNHead(in_channels, ours.rpn.head.cls_logits.out_channels)
     rpn_head.conv[0][0].load_state_dict(ours.rpn.head.conv.state_dict())
     rpn_head.cls_logits.load_state_dict(ours.rpn.head.cls_logits.state_dict())
@@ -50,17 +42,19 @@ def torchvision_equivalent(
     box_predictor = FastRCNNPredictor(predictor.cls_score.in_features, predictor.cls_score.out_features)
     box_predictor.load_state_dict(predictor.state_dict())
     return TorchvisionFasterRCNN(
-        TensorBackbone(share(ours.trunk), in_channels),
+        share(ours.trunk),
         min_size=min_size, max_size=10 * min_size,
         image_mean=ours.image_mean.flatten().tolist(), image_std=ours.image_std.flatten().tolist(),
-        rpn_anchor_generator=AnchorGenerator((tuple(rpn["anchor_sizes"]),), (tuple(rpn["aspect_ratios"]),)),
+        rpn_anchor_generator=AnchorGenerator(ours.rpn.anchor_generator.sizes, ours.rpn.anchor_generator.aspect_ratios),
         rpn_head=rpn_head,
         rpn_pre_nms_top_n_train=rpn["pre_nms_top_n_train"], rpn_post_nms_top_n_train=rpn["post_nms_top_n_train"],
         rpn_pre_nms_top_n_test=rpn["pre_nms_top_n_test"], rpn_post_nms_top_n_test=rpn["post_nms_top_n_test"],
         rpn_nms_thresh=rpn["nms_iou"], rpn_fg_iou_thresh=rpn["fg_iou"], rpn_bg_iou_thresh=rpn["bg_iou"],
         rpn_batch_size_per_image=rpn["batch_size_per_image"], rpn_positive_fraction=rpn["positive_fraction"],
         rpn_score_thresh=rpn["score_thresh"],
-        box_roi_pool=MultiScaleRoIAlign(["0"], ours.roi_head.pooler.output_size, roi_head["sampling_ratio"]),
+        box_roi_pool=MultiScaleRoIAlign(
+            list(ours.roi_head.pooler.strides), ours.roi_head.pooler.output_size, roi_head["sampling_ratio"]
+        ),
         box_head=share(ours.roi_head.tail), box_predictor=box_predictor,
         box_score_thresh=roi_head["score_thresh"], box_nms_thresh=roi_head["nms_iou"],
         box_detections_per_img=roi_head["detections_per_image"], box_fg_iou_thresh=roi_head["fg_iou"],

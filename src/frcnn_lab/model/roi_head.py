@@ -1,12 +1,14 @@
 """RoI head (the Fast R-CNN stage): sample RoIs, pool them, classify them and refine their boxes.
 
-Usable on any feature map: ``RoIHead(RoIPooler(...), tail, representation_size, num_classes)`` takes
-``(B, C, h, w)`` features and per-image proposals in image pixels.
+Usable on any feature maps: ``RoIHead(RoIPooler(...), tail, representation_size, num_classes)`` takes named
+levels ``{name: (B, C, h_l, w_l)}`` and per-image proposals in image pixels. ``tail`` is the box head,
+pooled RoIs (R, C, P, P) -> (R, representation_size): the backbone's last stages for a C4 trunk, a
+two-layer MLP for FPN.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +57,7 @@ def assign_roi_labels(
 
 
 class RoIHead(nn.Module):
-    """Sampling + RoIPooler + backbone tail + BoxPredictor + post-processing.
+    """Sampling + RoIPooler + box head (``tail``) + BoxPredictor + post-processing.
 
     forward(features, proposals, image_sizes, targets) -> (detections, losses, stats).
     Training (targets given): losses and stats, no detections. Inference: per image a dict with
@@ -94,7 +96,7 @@ class RoIHead(nn.Module):
 
     def forward(
         self,
-        features: Tensor,
+        features: Mapping[str, Tensor],
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
@@ -107,7 +109,7 @@ class RoIHead(nn.Module):
         losses = roi_losses(class_logits, box_deltas, labels, target_deltas, self.smooth_l1_beta)
         return [], losses, head_stats(class_logits.detach(), labels, len(targets))
 
-    def predict(self, features: Tensor, boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def predict(self, features: Mapping[str, Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Pooled, tail, predictor -> class logits (R, K) and deltas (R, 4K), fp32 also under autocast."""
         class_logits, box_deltas = self.predictor(self.tail(self.pooler(features, boxes)))
         return class_logits.float(), box_deltas.float()

@@ -1,20 +1,21 @@
 """Region Proposal Network: anchors, objectness and box deltas, training targets, proposals.
 
-Usable on any feature map: ``RegionProposalNetwork(in_channels=C, ...)`` takes a ``(B, C, h, w)``
-feature map of images padded to ``(H, W)`` and returns per-image proposals. Used alone (with the RPN
-losses only), it is a single-class detector whose objectness is the class score.
+Usable on any feature maps: ``RegionProposalNetwork(in_channels=C, anchor_sizes=((32, 64),), ...)`` takes
+named levels ``{name: (B, C, h_l, w_l)}`` of images padded to ``(H, W)`` (one level for a C4 trunk, several
+for FPN, each with its own anchor sizes and the same shared head) and returns per-image proposals. Used
+alone (with the RPN losses only), it is a single-class detector whose objectness is the class score.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxes
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from frcnn_lab.model.losses import rpn_losses
 
@@ -61,17 +62,19 @@ def assign_anchor_labels(anchors: Tensor, gt_boxes: Tensor, fg_iou: float, bg_io
 
 
 class RegionProposalNetwork(nn.Module):
-    """Anchors + RPNHead + targets + proposal filtering (top-N, clip, min size, NMS, top-N).
+    """Anchors + RPNHead + targets + proposal filtering (top-N per level, clip, min size, NMS per level, top-N).
 
     forward(images, features, targets) -> (proposals [(P_i, 4)], scores [(P_i,)], losses, stats)
-    ``images`` is an ImageList: padded tensor (B, 3, H, W) and the unpadded sizes; ``features`` (B, C, h, w).
-    Losses and stats are computed when ``targets`` (dicts with "boxes" (G_i, 4)) are given.
+    ``images`` is an ImageList: padded tensor (B, 3, H, W) and the unpadded sizes; ``features`` the named
+    levels {name: (B, C, h_l, w_l)}, finest first, one per entry of ``anchor_sizes`` (anchor sides in input
+    pixels per level; every level has the same number of sizes, as the head is shared). Losses and stats
+    are computed when ``targets`` (dicts with "boxes" (G_i, 4)) are given.
     """
 
     def __init__(
         self,
         in_channels: int,
-        anchor_sizes: Sequence[int] = (128, 256, 512),
+        anchor_sizes: Sequence[Sequence[float]] = ((128, 256, 512),),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         head_channels: int | None = None,
         fg_iou: float = 0.7,
@@ -89,8 +92,11 @@ class RegionProposalNetwork(nn.Module):
         smooth_l1_beta: float = 1.0 / 9,
     ) -> None:
         super().__init__()
-        self.anchor_generator = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
-        self.head = RPNHead(in_channels, len(anchor_sizes) * len(aspect_ratios), head_channels)
+        sizes = tuple(tuple(level) for level in anchor_sizes)
+        if not sizes or len({len(level) for level in sizes}) != 1 or not sizes[0]:
+            raise ValueError(f"anchor_sizes={anchor_sizes} must give each level the same number (>= 1) of sizes")
+        self.anchor_generator = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(aspect_ratios),) * len(sizes))
+        self.head = RPNHead(in_channels, len(sizes[0]) * len(aspect_ratios), head_channels)
         self.box_coder = BoxCoder(tuple(box_weights))
         self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
         self.fg_iou, self.bg_iou = fg_iou, bg_iou
@@ -100,19 +106,32 @@ class RegionProposalNetwork(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
 
     def forward(
-        self, images: ImageList, features: Tensor, targets: list[dict[str, Tensor]] | None = None
+        self, images: ImageList, features: Mapping[str, Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        # fp32 from here on under autocast: proposals, losses and scores keep full precision
-        objectness, deltas = (t.float() for t in self.head(features))
+        levels = list(features.values())
+        if len(levels) != len(self.anchor_generator.sizes):
+            raise ValueError(
+                f"the RPN has anchor sizes for {len(self.anchor_generator.sizes)} level(s), "
+                f"the features have {len(levels)}: {list(features)}"
+            )
         num_images = len(images.image_sizes)
-        # (B, A, h, w) -> (B, h*w*A): the order of AnchorGenerator's anchors (location-major)
-        objectness = objectness.permute(0, 2, 3, 1).reshape(num_images, -1)
-        deltas = deltas.reshape(num_images, -1, 4, *deltas.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(num_images, -1, 4)
-        anchors = self.anchor_generator(images, [features])[0]  # (h*w*A, 4), the same for every image
+        objectness, deltas = [], []
+        for level in levels:
+            # fp32 from here on under autocast: proposals, losses and scores keep full precision
+            level_objectness, level_deltas = (t.float() for t in self.head(level))
+            # (B, A, h, w) -> (B, h*w*A): the order of AnchorGenerator's anchors (location-major)
+            objectness.append(level_objectness.permute(0, 2, 3, 1).reshape(num_images, -1))
+            deltas.append(
+                level_deltas.reshape(num_images, -1, 4, *level_deltas.shape[-2:])
+                .permute(0, 3, 4, 1, 2).reshape(num_images, -1, 4)
+            )
+        anchors_per_level = [o.shape[1] for o in objectness]
+        objectness, deltas = torch.cat(objectness, dim=1), torch.cat(deltas, dim=1)
+        anchors = self.anchor_generator(images, levels)[0]  # (sum h*w*A, 4), the same for every image
 
         boxes = self.box_coder.decode_single(deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
         proposals, scores = self.filter_proposals(
-            boxes.reshape(num_images, -1, 4), objectness.detach(), images.image_sizes
+            boxes.reshape(num_images, -1, 4), objectness.detach(), images.image_sizes, anchors_per_level
         )
 
         losses: dict[str, Tensor] = {}
@@ -143,22 +162,31 @@ class RegionProposalNetwork(nn.Module):
         return torch.cat(labels), torch.cat(target_deltas), positive | negative, stats
 
     def filter_proposals(
-        self, boxes: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]]
+        self, boxes: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]], anchors_per_level: list[int]
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Per image: top-N by objectness, clip, drop tiny boxes and low scores, NMS, keep top-N.
+        """Per image: top-N by objectness in each level, clip, drop tiny boxes and low scores, NMS within
+        each level, keep the top-N of all levels (torchvision's order of steps).
 
-        boxes (B, A, 4), objectness logits (B, A) -> proposals [(P_i, 4)], objectness probabilities [(P_i,)].
+        boxes (B, A, 4), objectness logits (B, A), A = sum of ``anchors_per_level`` (level by level)
+        -> proposals [(P_i, 4)], objectness probabilities [(P_i,)], highest first.
         """
         stage = "train" if self.training else "test"
-        top_n = min(self.pre_nms_top_n[stage], objectness.shape[1])
-        objectness, top_idx = objectness.topk(top_n, dim=1)
-        boxes = boxes[torch.arange(len(boxes), device=boxes.device)[:, None], top_idx]
+        top_idx, top_levels, start = [], [], 0
+        for level, count in enumerate(anchors_per_level):
+            top_n = min(self.pre_nms_top_n[stage], count)
+            top_idx.append(objectness[:, start : start + count].topk(top_n, dim=1).indices + start)
+            top_levels.append(torch.full((top_n,), level, device=objectness.device))
+            start += count
+        top_idx, top_levels = torch.cat(top_idx, dim=1), torch.cat(top_levels)
+        rows = torch.arange(len(boxes), device=boxes.device)[:, None]
+        boxes, objectness = boxes[rows, top_idx], objectness[rows, top_idx]
         proposals, scores = [], []
         for image_boxes, image_scores, size in zip(boxes, objectness.sigmoid(), image_sizes, strict=True):
             image_boxes = clip_boxes_to_image(image_boxes, size)
             keep = remove_small_boxes(image_boxes, self.min_size)
             keep = keep[image_scores[keep] >= self.score_thresh]
-            keep = keep[nms(image_boxes[keep], image_scores[keep], self.nms_iou)][: self.post_nms_top_n[stage]]
+            keep = keep[batched_nms(image_boxes[keep], image_scores[keep], top_levels[keep], self.nms_iou)]
+            keep = keep[: self.post_nms_top_n[stage]]
             proposals.append(image_boxes[keep])
             scores.append(image_scores[keep])
         return proposals, scores
