@@ -132,7 +132,8 @@ def test_resnet50_fpn_has_the_modules_of_torchvisions_fasterrcnn_resnet50_fpn():
     theirs = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     ours = {f"backbone.{k}": v.shape for k, v in parts.trunk.state_dict().items()}
     ours |= {f"roi_heads.box_head.{k}": v.shape for k, v in parts.tail.state_dict().items()}
-    expected = {k: v.shape for k, v in theirs.state_dict().items() if k.startswith(("backbone.", "roi_heads.box_head."))}
+    parts_of_theirs = ("backbone.", "roi_heads.box_head.")
+    expected = {k: v.shape for k, v in theirs.state_dict().items() if k.startswith(parts_of_theirs)}
     assert ours == expected
 
 

@@ -179,9 +179,8 @@ def test_roi_pool_and_roi_align_are_torchvisions_ops():
     boxes = torch.cat([corners, corners + 10 + torch.rand(7, 2) * 100], dim=1)
     per_image = [boxes[:3], boxes[3:]]
     levels = {"c4": features}
-    torch.testing.assert_close(
-        RoIPooler("roi_pool", 5, {"c4": 16})(levels, per_image), torchvision.ops.roi_pool(features, per_image, 5, 1 / 16)
-    )
+    expected = torchvision.ops.roi_pool(features, per_image, 5, 1 / 16)
+    torch.testing.assert_close(RoIPooler("roi_pool", 5, {"c4": 16})(levels, per_image), expected)
     for sampling_ratio, aligned in [(2, False), (0, True)]:
         torch.testing.assert_close(
             RoIPooler("roi_align", 5, {"c4": 16}, sampling_ratio, aligned)(levels, per_image),
