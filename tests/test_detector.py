@@ -63,6 +63,61 @@ def test_every_backbone_and_pooler_trains(make_config, backbone, pooler):
     assert len(detections) == 2 and all(d["boxes"].shape[1] == 4 for d in detections)
 
 
+@pytest.mark.parametrize("backbone", ["resnet50_fpn", "mobilenet_v2_fpn"])
+def test_fpn_backbones_train_and_gradients_reach_trunk_fpn_and_heads(make_config, backbone):
+    """A few SGD steps change the trunk's last stage, the FPN's lateral and output convs, the RPN head and
+    the MLP box head; the anchors have one size per level and RoIs are pooled from every level but "pool"."""
+    torch.manual_seed(0)
+    cfg = groups(make_config, f"backbone={backbone}", "backbone.weights=none")
+    detector = build_detector(**cfg, num_classes=2).train()
+    levels = ["0", "1", "2", "3"] if backbone == "resnet50_fpn" else ["0", "1", "2"]
+    assert all(len(sizes) == 1 for sizes in detector.rpn.anchor_generator.sizes)
+    assert len(detector.rpn.anchor_generator.sizes) == len(levels) + 1
+    assert list(detector.roi_head.pooler.strides) == levels
+    images, targets = scene_batch(2)
+    images = [torch.nn.functional.interpolate(i[None], scale_factor=0.5)[0] for i in images]
+    targets = [{"boxes": t["boxes"] * 0.5, "labels": t["labels"]} for t in targets]
+    watched = {
+        "trunk": detector.trunk.body[list(detector.trunk.body)[-1]],
+        "fpn lateral": detector.trunk.fpn.inner_blocks[0],
+        "fpn output": detector.trunk.fpn.layer_blocks[0],
+        "rpn head": detector.rpn.head.conv,
+        "box head": detector.roi_head.tail.fc6,
+    }
+    before = {name: [p.detach().clone() for p in module.parameters()] for name, module in watched.items()}
+    optimizer = torch.optim.SGD([p for p in detector.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        output = detector(images, targets)
+        assert set(output.losses) == set(LOSS_PARTS)
+        total = sum(output.losses.values())
+        assert torch.isfinite(total)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    for name, module in watched.items():
+        changed = [not torch.equal(p, old) for p, old in zip(module.parameters(), before[name], strict=True)]
+        assert any(changed), f"no gradient reached the {name}"
+    detector.eval()
+    with torch.no_grad():
+        detections = detector(images).detections
+    assert len(detections) == 2 and all(d["boxes"].shape[1] == 4 for d in detections)
+
+
+def test_anchor_sizes_that_do_not_split_over_the_levels_are_named(make_config):
+    """Four sizes cannot be shared out over resnet50_fpn's five levels: the error names the key and the levels."""
+    cfg = groups(make_config, "backbone=resnet50_fpn", "backbone.weights=none", "rpn.anchor_sizes=[32,64,128,256]")
+    with pytest.raises(ValueError, match=r"rpn.anchor_sizes=\[32, 64, 128, 256\] has 4 sizes for the 5 levels"):
+        build_detector(**cfg, num_classes=2)
+
+
+def test_two_sizes_per_level_split_in_order(make_config):
+    """Eight sizes over mobilenet_v2_fpn's four levels: two per level, finest level first."""
+    cfg = groups(make_config, "backbone=mobilenet_v2_fpn", "backbone.weights=none",
+                 "rpn.anchor_sizes=[8,16,32,64,128,256,512,1024]")
+    detector = build_detector(**cfg, num_classes=2, mode="rpn_only")
+    assert detector.rpn.anchor_generator.sizes == ((8, 16), (32, 64), (128, 256), (512, 1024))
+
+
 @pytest.mark.parametrize("num_rois", [4, 50])
 def test_num_rois_is_the_number_of_rois_sampled_per_image(make_config, num_rois):
     cfg = groups(make_config, "backbone.weights=none", f"rpn.num_rois={num_rois}", "roi_head.positive_fraction=0.5")

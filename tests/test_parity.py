@@ -1,11 +1,14 @@
-"""Parity with torchvision: the project's Faster R-CNN and ``torchvision.models.detection.FasterRCNN``,
-configured alike and sharing every weight, give the same proposals and detections at inference.
+"""Parity with torchvision: the project's Faster R-CNN and torchvision's, configured alike and sharing
+every weight, give the same proposals and detections at inference.
 
-Both sides use this project's MobileNetV2 trunk and tail (``weights="none"``, seeded). With random
-weights and BatchNorm's default statistics the activations shrink to ~1e-9 by the end of the tail and
-every class score ties at 1/K, which would make the comparison empty; so the BatchNorm statistics are
-estimated on the test images and the RPN head and box predictor get larger random weights. The
-images are given at their final size: torchvision's transform is set so that it does not resize.
+Two layouts: the C4 ``mobilenet_v2`` (this project's trunk and tail inside ``torchvision.models.detection
+.FasterRCNN``) and ``resnet50_fpn`` against torchvision's own ``fasterrcnn_resnet50_fpn(weights=None,
+weights_backbone=None)``, into which our weights are loaded key for key (strict). Weights are random
+(``weights="none"``, seeded). With random weights and BatchNorm's default statistics the activations
+shrink or blow up through the trunk and every class score ties at 1/K, which would make the comparison
+empty; so the BatchNorm statistics are estimated on the test images and the RPN head and box predictor
+get larger random weights. The images are given at their final size: torchvision's transform is set so
+that it does not resize.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.model.detector import FasterRCNN, build_detector
@@ -55,6 +59,13 @@ def estimate_batchnorm_statistics(module: nn.Module, inputs: Tensor) -> Tensor:
     return outputs
 
 
+def center_logits(layer: nn.Module, logits: Tensor, spread: float) -> None:
+    """Rescale ``layer`` so that its ``logits`` get mean 0 and standard deviation ``spread``."""
+    scale = spread / logits.std()
+    layer.weight.mul_(scale)
+    layer.bias.copy_((layer.bias - logits.mean(dim=0)) * scale)
+
+
 class Models:
     """The two detectors, sharing trunk, tail and weights, and the test images."""
 
@@ -62,21 +73,23 @@ class Models:
         self.ours, self.theirs, self.images = ours, theirs, images
 
 
-@pytest.fixture(scope="module")
-def models() -> Iterator[Models]:
+@pytest.fixture(scope="module", params=["mobilenet_v2", "resnet50_fpn"])
+def models(request) -> Iterator[Models]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small CPU work: more threads only contend with other processes
     try:
-        yield build_models()
+        yield build_models(request.param)
     finally:
         torch.set_num_threads(threads)
 
 
-def build_models() -> Models:
+def build_models(backbone: str) -> Models:
     torch.manual_seed(0)
     rpn_config = config_group("rpn", **RPN)
+    if backbone == "resnet50_fpn":  # conf/backbone/resnet50_fpn.yaml: torchvision's FPN anchors
+        rpn_config["anchor_sizes"] = [32, 64, 128, 256, 512]
     ours = build_detector(
-        {"name": "mobilenet_v2", "weights": "none", "freeze_stages": 0, "frozen_bn": True},
+        {"name": backbone, "weights": "none", "freeze_stages": 0, "frozen_bn": True},
         rpn_config, config_group("roi_head", **HEAD), config_group("loss"), num_classes=NUM_CLASSES,
     ).eval()
     images = [scene(h, w, seed) for seed, (h, w) in enumerate(IMAGE_SIZES)]
@@ -90,14 +103,38 @@ def build_models() -> Models:
         for layer in (head.conv, head.cls_logits, head.bbox_pred, predictor.cls_score):
             layer.weight.normal_(std=0.05)
         predictor.bbox_pred.weight.normal_(std=0.01)
+        if backbone == "resnet50_fpn":  # FPN features are larger: objectness and class logits would saturate
+            hidden = [torch.relu(head.conv(level)) for level in features.values()]
+            center_logits(head.cls_logits, torch.cat([head.cls_logits(h).flatten() for h in hidden]), spread=0.5)
+            pooled = ours.roi_head.tail(ours.roi_head.pooler(features, [boxes] * len(images)))
+            center_logits(predictor.cls_score, predictor.cls_score(pooled), spread=2.0)
 
     theirs = torchvision_equivalent(ours, rpn_config, config_group("roi_head", **HEAD), 320, share_modules=True)
+    if backbone == "resnet50_fpn":
+        theirs = torchvisions_resnet50_fpn(theirs)
     theirs.eval()
     assert theirs.transform.size_divisible == ours.size_divisible == 32
     assert theirs.roi_heads.box_coder.weights == ours.roi_head.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
     assert theirs.rpn.box_coder.weights == ours.rpn.box_coder.weights
     assert ours.rpn.min_size == theirs.rpn.min_size and ours.roi_head.min_size == 1e-2  # torchvision's fixed values
     return Models(ours, theirs, images)
+
+
+def torchvisions_resnet50_fpn(equivalent: TorchvisionFasterRCNN) -> TorchvisionFasterRCNN:
+    """torchvision's ``fasterrcnn_resnet50_fpn`` with the settings and (strictly loaded) weights of ``equivalent``."""
+    rpn, heads = equivalent.rpn, equivalent.roi_heads
+    model = fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1, min_size=320, max_size=3200,
+        rpn_pre_nms_top_n_test=rpn._pre_nms_top_n["testing"], rpn_post_nms_top_n_test=rpn._post_nms_top_n["testing"],
+        rpn_nms_thresh=rpn.nms_thresh, rpn_score_thresh=rpn.score_thresh, box_score_thresh=heads.score_thresh,
+        box_nms_thresh=heads.nms_thresh, box_detections_per_img=heads.detections_per_img,
+    )
+    model.load_state_dict(equivalent.state_dict(), strict=True)
+    # the defaults of fasterrcnn_resnet50_fpn are the layout ours was built with
+    assert model.rpn.anchor_generator.sizes == equivalent.rpn.anchor_generator.sizes
+    assert model.roi_heads.box_roi_pool.featmap_names == equivalent.roi_heads.box_roi_pool.featmap_names
+    assert model.roi_heads.box_roi_pool.output_size == equivalent.roi_heads.box_roi_pool.output_size
+    return model
 
 
 def without_resizing(model: TorchvisionFasterRCNN, images: list[Tensor]) -> TorchvisionFasterRCNN:
@@ -129,7 +166,7 @@ def test_rpn_proposals_match_torchvision(models, case):
     with torch.no_grad():
         theirs_model = without_resizing(models.theirs, images)
         image_list, _ = theirs_model.transform(images)
-        theirs, _ = theirs_model.rpn(image_list, {"0": theirs_model.backbone(image_list.tensors)})
+        theirs, _ = theirs_model.rpn(image_list, theirs_model.backbone(image_list.tensors))
         batch = models.ours.batch_images(images)
         ours, scores, _, _ = models.ours.rpn(batch, models.ours.trunk(batch.tensors))
     for our_boxes, their_boxes, our_scores in zip(ours, theirs, scores, strict=True):
