@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from frcnn_lab.model.roi_pooling import RoIPooler, crop_and_resize
+from frcnn_lab.model.roi_pooling import POOLERS, RoIPooler, crop_and_resize
 
 
 def ramp(height: int = 8, width: int = 8) -> torch.Tensor:
@@ -239,7 +239,7 @@ def test_roi_align_over_levels_matches_torchvisions_multiscale_roi_align():
     torch.testing.assert_close(ours, theirs)
 
 
-@pytest.mark.parametrize("op", ["roi_pool", "roi_align", "crop_resize"])
+@pytest.mark.parametrize("op", sorted(POOLERS))
 def test_every_op_pools_each_box_from_its_level_in_box_order(op):
     """Each output equals the single-level op on the level Eqn. 1 gives, at that level's stride."""
     features, boxes = fpn_levels(), boxes_of_every_size(seed=1)
@@ -254,7 +254,7 @@ def test_every_op_pools_each_box_from_its_level_in_box_order(op):
     torch.testing.assert_close(pooled, torch.cat(expected))
 
 
-@pytest.mark.parametrize("op", ["roi_pool", "roi_align", "crop_resize"])
+@pytest.mark.parametrize("op", sorted(POOLERS))
 @pytest.mark.parametrize(
     "side,level", [(20.0, 0), (111.9, 0), (112.0, 1), (223.9, 1), (224.0, 2), (447.9, 2), (448.0, 3), (1000.0, 3)]
 )
