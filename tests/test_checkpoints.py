@@ -45,7 +45,9 @@ def refuse_pretrained(weights):
 
 
 @pytest.mark.parametrize("backbone", [pytest.param("vgg16", marks=pytest.mark.slow),
-                                      pytest.param("resnet50", marks=pytest.mark.slow), "mobilenet_v2"])
+                                      pytest.param("resnet50", marks=pytest.mark.slow), "mobilenet_v2",
+                                      pytest.param("resnet50_fpn", marks=pytest.mark.slow),
+                                      pytest.param("mobilenet_v2_fpn", marks=pytest.mark.slow)])
 def test_evaluate_and_predict_from_the_checkpoint_file_alone(backbone, tmp_path, monkeypatch):
     # Trained "from ImageNet" (frozen BatchNorm, frozen stages: the layout that pretrained weights give).
     monkeypatch.setattr(backbones, "load_state_dict", stand_in_weights)
