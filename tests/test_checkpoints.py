@@ -14,6 +14,7 @@ from conftest import compose_config
 from frcnn_lab.checkpoints import load_module
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.evaluate import evaluate
+from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.model.weights import OFFLINE_ENV
 from frcnn_lab.predict import predict
 from frcnn_lab.train import train
@@ -45,7 +46,9 @@ def refuse_pretrained(weights):
 
 
 @pytest.mark.parametrize("backbone", [pytest.param("vgg16", marks=pytest.mark.slow),
-                                      pytest.param("resnet50", marks=pytest.mark.slow), "mobilenet_v2"])
+                                      pytest.param("resnet50", marks=pytest.mark.slow), "mobilenet_v2",
+                                      pytest.param("resnet50_fpn", marks=pytest.mark.slow),
+                                      pytest.param("mobilenet_v2_fpn", marks=pytest.mark.slow)])
 def test_evaluate_and_predict_from_the_checkpoint_file_alone(backbone, tmp_path, monkeypatch):
     # Trained "from ImageNet" (frozen BatchNorm, frozen stages: the layout that pretrained weights give).
     monkeypatch.setattr(backbones, "load_state_dict", stand_in_weights)
@@ -62,6 +65,7 @@ def test_evaluate_and_predict_from_the_checkpoint_file_alone(backbone, tmp_path,
     monkeypatch.chdir(alone)
 
     module = load_module(ckpt)
+    assert DetectionModule.load_from_checkpoint(ckpt, weights_only=True).classes == module.classes  # Lightning's way
     trained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(module.state_dict()[k], v) for k, v in trained.items())
     assert module.hparams.image_size == SIZE and module.hparams.max_size == SIZE

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from pycocotools.coco import COCO
@@ -88,28 +89,12 @@ def coco_run(tmp_path_factory):
     return root, run / "checkpoints" / "best.ckpt"
 
 
-def with_category_ids(monkeypatch, ids):
-    """Until the checkpoint carries the source's ids itself: load_module as if it did."""
-    import frcnn_lab.evaluate
-    import frcnn_lab.predict
-
-    load = frcnn_lab.evaluate.load_module
-
-    def load_with_ids(path, device):
-        module = load(path, device)
-        module.category_ids = list(ids)
-        return module
-
-    monkeypatch.setattr(frcnn_lab.evaluate, "load_module", load_with_ids)
-    monkeypatch.setattr(frcnn_lab.predict, "load_module", load_with_ids)
-
-
-def test_predict_and_evaluate_write_the_source_ids_and_pycocotools_agrees(coco_run, tmp_path, monkeypatch):
+def test_predict_and_evaluate_write_the_source_ids_and_pycocotools_agrees(coco_run, tmp_path):
     from frcnn_lab.evaluate import evaluate
     from frcnn_lab.predict import predict
 
     root, ckpt = coco_run
-    with_category_ids(monkeypatch, IDS)
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["category_ids"] == IDS  # from the COCO file
     val_files = sorted(p.name for p in (root / "val").iterdir())
     first = predict(compose_config("predict", [f"ckpt_path={ckpt}", f"input={root / 'val'}",
                                                f"output={tmp_path / 'first'}", "score_threshold=0.0"], tmp_path))

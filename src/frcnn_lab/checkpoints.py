@@ -71,8 +71,7 @@ def load_module(ckpt_path: str | Path, device: torch.device | str = "cpu") -> De
     weights read or downloaded); a missing file is named."""
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    module = DetectionModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True,
-                                                  pretrained_backbone=False)
+    module = DetectionModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True)
     return module.eval().to(device)
 
 

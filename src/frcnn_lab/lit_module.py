@@ -38,8 +38,8 @@ class DetectionModule(L.LightningModule):
     The checkpoint carries what inference needs: the config groups, ``classes`` with their dataset
     ``category_ids`` (the training datamodule's, else as given, else 1..K), ``image_size`` / ``max_size``
     and ``normalization`` (the backbone's mean / std unless given). ``pretrained_backbone=False`` builds the
-    backbone without reading pretrained weights, for a state dict that replaces them
-    (``frcnn_lab.checkpoints.load_module``).
+    backbone without reading pretrained weights, for a state dict that replaces them; ``load_from_checkpoint``
+    always does so.
 
     A training batch with a NaN / infinite loss part is neither logged nor back-propagated: its part names
     are left in ``nonfinite_losses`` for the ``NonFiniteGuard`` callback, which stops the run or counts it.
@@ -77,6 +77,15 @@ class DetectionModule(L.LightningModule):
         self.best_map_50, self.best_epoch = float("-inf"), -1
         self._epoch_start, self._epoch_images = 0.0, 0
         self.nonfinite_losses: list[str] = []
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only=None, **kwargs: Any) -> DetectionModule:
+        """Lightning's loader, with the backbone built without pretrained weights: the checkpoint's own state
+        dict replaces them, so no ImageNet file is read or downloaded."""
+        kwargs.setdefault("pretrained_backbone", False)
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=weights_only, **kwargs)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
