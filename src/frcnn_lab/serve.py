@@ -67,7 +67,8 @@ def read_upload(data: bytes, name: str, max_bytes: int, max_pixels: int) -> np.n
         file.write(data)
         file.flush()
         try:
-            height, width = probe(file.name)
+            header = probe(file.name)
+            height, width = header.height, header.width
             if height * width > max_pixels:
                 raise HTTPException(413, f"{name}: {width}x{height} pixels, more than the limit of "
                                          f"{max_pixels / 1e6:g} megapixels (max_upload_megapixels)")
