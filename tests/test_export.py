@@ -16,6 +16,7 @@ from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.export import export, export_metadata, export_onnx, export_torchscript
 from frcnn_lab.onnx_runner import OnnxDetector
 from frcnn_lab.predict import predict
+from frcnn_lab.train import build_module
 
 # (height, width) crops of a synthetic scene: after the shortest-side resize each gives another input size.
 CROPS = [(320, 320), (240, 320), (320, 200), (150, 320), (320, 97)]
@@ -108,3 +109,10 @@ def test_cli_export_then_predict_with_onnx(initialised_checkpoint, tmp_path, one
                             strict=True):
         assert theirs["category_id"] == ours["category_id"] and abs(theirs["score"] - ours["score"]) <= 1e-4
         assert np.allclose(theirs["bbox"], ours["bbox"], atol=0.011)  # detections.json rounds to 0.01 px
+
+
+def test_a_detector_with_several_feature_levels_is_refused_naming_its_backbone(tmp_path):
+    module = build_module(compose_config("config", ["backbone=mobilenet_v2_fpn", "backbone.weights=none"]))
+    with pytest.raises(ValueError, match=r"backbone=mobilenet_v2_fpn gives \d+ feature levels .* one level \(C4"):
+        export_onnx(module, tmp_path / "fpn.onnx", export_metadata(module, 200, 400))
+    assert not (tmp_path / "fpn.onnx").exists()
