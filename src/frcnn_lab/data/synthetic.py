@@ -303,6 +303,16 @@ def _add_sensor_noise(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarra
     return np.clip(pixels.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
+def item_position(index: int, num_images: int) -> int:
+    """``index`` as a position in ``[0, num_images)``, negative indices counting from the end."""
+    position = operator.index(index)
+    if position < 0:
+        position += num_images
+    if not 0 <= position < num_images:
+        raise IndexError(f"index {index} out of range for {num_images} images")
+    return position
+
+
 def _area(box: Box) -> int:
     """Pixel area of an xyxy box."""
     return (box[2] - box[0]) * (box[3] - box[1])
@@ -370,11 +380,7 @@ class SyntheticScenes:
         return self.num_images
 
     def __getitem__(self, index: int) -> dict:
-        position = operator.index(index)
-        if position < 0:
-            position += self.num_images
-        if not 0 <= position < self.num_images:
-            raise IndexError(f"index {index} out of range for {self.num_images} images")
+        position = item_position(index, self.num_images)
         rng = self._rng(position)
         height, width = self.image_sizes[int(rng.integers(len(self.image_sizes)))]
         canvas = Image.fromarray(_draw_background(rng, height, width))

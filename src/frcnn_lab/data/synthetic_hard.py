@@ -31,7 +31,15 @@ from importlib import resources
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from frcnn_lab.data.synthetic import CLASSES, DISTRACTOR_SHAPES, TARGET_SHAPES, Box, _draw_background, _iou
+from frcnn_lab.data.synthetic import (
+    CLASSES,
+    DISTRACTOR_SHAPES,
+    TARGET_SHAPES,
+    Box,
+    _draw_background,
+    _iou,
+    item_position,
+)
 
 # Photographs and textures that scikit-image ships inside its wheel (skimage/data/), so no download.
 PHOTOS = ("brick.png", "grass.png", "gravel.png", "coffee.png", "chelsea.png", "astronaut.png",
@@ -169,11 +177,7 @@ class ClutteredScenes:
         return x1, y1, x1 + box_w, y1 + box_h
 
     def __getitem__(self, index: int) -> dict:
-        position = operator.index(index)
-        if position < 0:
-            position += self.num_images
-        if not 0 <= position < self.num_images:
-            raise IndexError(f"index {index} out of range for {self.num_images} images")
+        position = item_position(index, self.num_images)
         rng = self._rng(position)
         height, width = self.image_sizes[int(rng.integers(len(self.image_sizes)))]
         alpha = rng.uniform(0.35, 0.9)
