@@ -317,6 +317,11 @@ def plot_map_per_epoch(groups: dict[str, list[Run]], path: Path) -> Path:
     return path
 
 
+def short_ticks(labels: list[str]) -> list[str]:
+    """"backbone.name=vgg16 rpn.num_rois=4" -> "name=vgg16\nnum_rois=4": short enough to sit side by side."""
+    return ["\n".join(part.rsplit(".", 1)[-1] for part in label.split(" ")) for label in labels]
+
+
 def plot_ablation(groups: dict[str, list[Run]], path: Path) -> Path:
     """Best val mAP@0.5 per configuration: mean with ± std error bars, each seed as a dot."""
     labels = list(groups)
@@ -330,8 +335,7 @@ def plot_ablation(groups: dict[str, list[Run]], path: Path) -> Path:
         axis.scatter([x] * len(v), v, color="black", s=12, zorder=3)
         if not v:
             axis.text(x, 0, "no result", ha="center", va="bottom", rotation=90, fontsize=8)
-    # "backbone.name=vgg16 rpn.num_rois=4" -> "name=vgg16\nnum_rois=4": short enough to sit side by side
-    ticks = ["\n".join(part.rsplit(".", 1)[-1] for part in label.split(" ")) for label in labels]
+    ticks = short_ticks(labels)
     axis.set_xticks(list(positions), ticks, fontsize=7)
     axis.set_ylabel("best val mAP@0.5 (mean ± std over seeds)")
     figure.tight_layout()
@@ -449,7 +453,7 @@ def plot_tide(means: dict[str, tuple[dict[str, float | None], str]], path: Path)
         axis.bar(range(len(labels)), heights, bottom=bottom, label=f"{key} ({TIDE_DESCRIPTIONS[key]})",
                  edgecolor="black", linewidth=0.5)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-    ticks = ["\n".join(part.rsplit(".", 1)[-1] for part in label.split(" ")) for label in labels]
+    ticks = short_ticks(labels)
     axis.set_xticks(list(range(len(labels))), ticks, fontsize=7)
     axis.set_ylabel("mAP@0.5 lost per error type (TIDE dAP, mean over runs)")
     axis.legend(fontsize=7)
