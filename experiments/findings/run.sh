@@ -5,6 +5,8 @@
 # Usage: bash experiments/findings/run.sh RUNS_DIR [python]
 # Resumable: a cell whose status.json says "completed" is skipped; an unfinished one is moved to
 # RUNS_DIR.unfinished/ (kept, never deleted) and run again. Cells go in order of importance, seed by seed.
+# Several drivers may share one RUNS_DIR (e.g. two at OMP_NUM_THREADS=1 on two cores): each cell is
+# claimed with a lock, and a driver skips the cells another one is running.
 # Report: python -m frcnn_lab.report RUNS_DIR --output experiments/findings/report
 set -euo pipefail
 runs=${1:?usage: run.sh RUNS_DIR [python]}
@@ -32,7 +34,13 @@ done
 for entry in "${cells[@]}"; do
   read -r name overrides <<< "$entry"
   dir="$runs/$name"
+  exec {lock}> "$runs.log.d/$name.lock"
+  if ! flock -n "$lock"; then
+    exec {lock}>&-
+    continue
+  fi
   if [[ -f "$dir/status.json" ]] && grep -q '"completed"' "$dir/status.json"; then
+    exec {lock}>&-
     continue
   fi
   if [[ -e "$dir" ]]; then
@@ -47,4 +55,5 @@ for entry in "${cells[@]}"; do
   else
     echo "$(date -u +%FT%TZ) FAILED $name after $(( $(date +%s) - start )) s (see $runs.log.d/$name.log)"
   fi
+  exec {lock}>&-
 done
