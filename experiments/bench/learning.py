@@ -1,7 +1,7 @@
 """Does this project's detector learn as well as torchvision's? Both trained alike, then scored alike.
 
     python experiments/bench/learning.py --data easy --steps 300 --output experiments/bench/learning_easy.json
-    python experiments/bench/learning.py --data hard --steps 300 --output experiments/bench/learning_hard.json
+    python experiments/bench/learning.py --data hard --steps 200 --output experiments/bench/learning_hard.json
 
 For each seed, this project's ``FasterRCNN`` (MobileNetV2 trunk with ImageNet weights, the default config
 groups; ``--data hard`` adds the findings preset's anchors down to 16 px) and torchvision's
