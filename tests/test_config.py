@@ -161,7 +161,7 @@ def test_every_key_of_the_default_config_is_documented(make_config):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(make_config([]), resolve=False)
-    documented = Path(CONFIG_DIR).parent.joinpath("docs", "configuration.md").read_text()
+    documented = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     undocumented = [
         key for key in leaf_keys({k: v for k, v in cfg.items() if k not in ("trainer", "hydra")})
         if f"`{key}`" not in documented and f"`{key.rsplit('.', 1)[-1]}`" not in documented

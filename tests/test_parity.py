@@ -23,11 +23,12 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.model.detector import FasterRCNN, build_detector
 from frcnn_lab.model.reference import torchvision_equivalent
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(CONFIG_DIR)
 IMAGE_SIZES = ((320, 320), (240, 320), (320, 240))
 NUM_CLASSES = 2
 RPN = {"pre_nms_top_n_test": 300, "post_nms_top_n_test": 100, "nms_iou": 0.7}

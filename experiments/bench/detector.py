@@ -6,7 +6,7 @@
 
 Both detectors get the same trunk and tail (copies with equal weights and the same frozen stages), the
 anchors, RoI Align, thresholds, sampling sizes and box-coder weights of the default config groups
-(``conf/rpn/default.yaml``, ``conf/roi_head/default.yaml``, ``conf/loss/default.yaml``), square images
+(``src/frcnn_lab/conf/rpn/default.yaml``, ``src/frcnn_lab/conf/roi_head/default.yaml``, ``src/frcnn_lab/conf/loss/default.yaml``), square images
 of ``--image-size`` (torchvision's resize is then a scale of 1) and the same SGD optimiser.
 
 Measured: the train step (forward + backward + optimiser step, batch of 2) and inference latency
@@ -34,11 +34,12 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.model.detector import FasterRCNN, build_detector
 from frcnn_lab.model.reference import torchvision_equivalent
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(CONFIG_DIR)
 NUM_CLASSES = 2
 BACKBONES = ["mobilenet_v2", "resnet50", "vgg16"]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -30,6 +30,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
 from frcnn_lab.lit_module import warmup_then_decay
@@ -37,7 +38,7 @@ from frcnn_lab.metrics import mean_average_precision
 from frcnn_lab.model.detector import FasterRCNN, build_detector
 from frcnn_lab.model.reference import torchvision_equivalent
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(CONFIG_DIR)
 # (generator, square image side, rpn overrides): the quickstart's scenes and the findings benchmark's.
 DATASETS = {
     "easy": (SyntheticScenes, 320, {}),

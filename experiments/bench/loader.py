@@ -32,12 +32,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.synthetic import CLASSES, SyntheticScenes
 from frcnn_lab.model.detector import build_detector
 from frcnn_lab.model.losses import weighted_total
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(CONFIG_DIR)
 
 
 def config_group(group: str, name: str = "default") -> dict:

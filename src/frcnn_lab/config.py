@@ -21,7 +21,7 @@ from frcnn_lab.model.detector import MODES
 from frcnn_lab.model.roi_pooling import POOLERS
 from frcnn_lab.tracking import WANDB_MODES
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 class ConfigError(ValueError):
     """The config names an unknown choice, lacks a required key or holds an impossible value."""
