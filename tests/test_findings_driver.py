@@ -1,4 +1,4 @@
-"""experiments/findings/run.sh: every cell once, resumable, and safe to run as two drivers on one runs dir.
+"""experiments/findings/run.sh and study.sh: every cell once, resumable, and safe to run as two drivers on one runs dir.
 
 The training command is replaced by a stand-in interpreter that records the cell it was given and writes
 the ``status.json`` a finished ``frcnn_lab.train`` run writes.
@@ -10,7 +10,9 @@ import json
 import subprocess
 from pathlib import Path
 
-DRIVER = Path(__file__).resolve().parents[1] / "experiments" / "findings" / "run.sh"
+FINDINGS = Path(__file__).resolve().parents[1] / "experiments" / "findings"
+DRIVER = FINDINGS / "run.sh"
+STUDY = FINDINGS / "study.sh"
 CELLS = 33
 
 FAKE_PYTHON = """#!/usr/bin/env bash
@@ -34,9 +36,12 @@ def fake_python(tmp_path: Path) -> Path:
     return path
 
 
-def drive(runs: Path, python: Path, calls: Path, drivers: int = 1, fail_cell: str = "") -> list[str]:
+def drive(runs: Path, python: Path, calls: Path, drivers: int = 1, fail_cell: str = "",
+          driver: list[str] = ()) -> list[str]:
+    """Run ``driver`` (default: run.sh RUNS python; study.sh takes ``[STUDY, runs, epochs, seeds, python]``)."""
     env = {"PATH": "/usr/bin:/bin", "CALLS": str(calls), "FAIL_CELL": fail_cell}
-    processes = [subprocess.Popen(["bash", str(DRIVER), str(runs), str(python)], env=env,
+    command = list(driver) or [DRIVER, runs, python]
+    processes = [subprocess.Popen(["bash", *map(str, command)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for _ in range(drivers)]
     outputs = [p.communicate(timeout=120)[0] for p in processes]
@@ -82,3 +87,35 @@ def test_a_rerun_skips_completed_cells_and_keeps_unfinished_ones(tmp_path):
     assert json.loads((runs / "rois4_px600_s0" / "status.json").read_text())["status"] == "completed"
     kept = list((tmp_path / "runs.unfinished").iterdir())
     assert len(kept) == 1 and (kept[0] / "partial.txt").read_text() == "from the first attempt"
+
+
+def test_the_study_runs_five_cells_per_seed_at_its_budget(tmp_path):
+    runs, calls, python = tmp_path / "runs", tmp_path / "calls.txt", fake_python(tmp_path)
+    drive(runs, python, calls, driver=[STUDY, runs, 17, "0 1 2 3", python])
+    lines = calls.read_text().splitlines()
+    cells = called_cells(calls)
+    assert len(cells) == len(set(cells)) == 20
+    assert cells[:5] == ["rois64_px600_s0", "rois4_px600_s0", "rois16_px600_s0", "rois64_px300_s0", "bglo01_s0"]
+    by_cell = {line.split()[0]: line for line in lines}
+    assert "rpn.num_rois=64 data.image_size=300 seed=3" in by_cell["rois64_px300_s3"]
+    assert "roi_head.bg_iou_lo=0.1 seed=2" in by_cell["bglo01_s2"]
+    assert all("experiment=findings/hard" in line and "trainer.max_epochs=17" in line for line in lines)
+    assert not any("ckpt_path=" in line for line in lines)
+
+
+def test_the_study_resumes_an_interrupted_cell_from_its_last_checkpoint(tmp_path):
+    runs, calls, python = tmp_path / "runs", tmp_path / "calls.txt", fake_python(tmp_path)
+    drive(runs, python, calls, driver=[STUDY, runs, 5, "0", python])
+    for name, checkpoint in (("rois4_px600_s0", True), ("bglo01_s0", False)):  # killed, with or without a ckpt
+        (runs / name / "status.json").write_text('{"status": "running"}')
+        if checkpoint:
+            (runs / name / "checkpoints").mkdir()
+            (runs / name / "checkpoints" / "last.ckpt").write_text("epoch 3")
+    calls.unlink()
+    output = drive(runs, python, calls, driver=[STUDY, runs, 5, "0", python])[0]
+    by_cell = {line.split()[0]: line for line in calls.read_text().splitlines()}
+    assert sorted(by_cell) == ["bglo01_s0", "rois4_px600_s0"]
+    assert f"ckpt_path={runs}/rois4_px600_s0/checkpoints/last.ckpt" in by_cell["rois4_px600_s0"]
+    assert (runs / "rois4_px600_s0" / "checkpoints" / "last.ckpt").read_text() == "epoch 3"  # resumed in place
+    assert "ckpt_path" not in by_cell["bglo01_s0"] and "resume rois4_px600_s0" in output
+    assert [p.name.split("-")[0] for p in (tmp_path / "runs.unfinished").iterdir()] == ["bglo01_s0"]

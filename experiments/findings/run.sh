@@ -3,15 +3,11 @@
 #   rpn.num_rois 4/16/64/256 x data.image_size 300/600 x seeds 0,1,2, then the three RoI ops and the
 #   background band's lower edge 0 vs 0.1 at the default (64 RoIs, 600 px), 3 seeds each.
 # Usage: bash experiments/findings/run.sh RUNS_DIR [python]
-# Resumable: a cell whose status.json says "completed" is skipped; an unfinished one is moved to
-# RUNS_DIR.unfinished/ (kept, never deleted) and run again. Cells go in order of importance, seed by seed.
-# Several drivers may share one RUNS_DIR (e.g. two at OMP_NUM_THREADS=1 on two cores): each cell is
-# claimed with a lock, and a driver skips the cells another one is running.
+# Cells go in order of importance, seed by seed; resumable and shared by several drivers (run_cells.sh).
 # Report: python -m frcnn_lab.report RUNS_DIR --output experiments/findings/report
 set -euo pipefail
 runs=${1:?usage: run.sh RUNS_DIR [python]}
 python=${2:-python}
-mkdir -p "$runs" "$runs.unfinished" "$runs.log.d"
 
 cells=()
 for seed in 0 1 2; do   # the calibration cells first: 64 vs 4 RoIs at 600 px, 600 vs 300 px at 64 RoIs
@@ -31,29 +27,5 @@ for seed in 0 1 2; do
           "bglo01_s$seed roi_head.bg_iou_lo=0.1 seed=$seed")
 done
 
-for entry in "${cells[@]}"; do
-  read -r name overrides <<< "$entry"
-  dir="$runs/$name"
-  exec {lock}> "$runs.log.d/$name.lock"
-  if ! flock -n "$lock"; then
-    exec {lock}>&-
-    continue
-  fi
-  if [[ -f "$dir/status.json" ]] && grep -q '"completed"' "$dir/status.json"; then
-    exec {lock}>&-
-    continue
-  fi
-  if [[ -e "$dir" ]]; then
-    mv "$dir" "$runs.unfinished/$name-$(date +%Y%m%d-%H%M%S)"
-  fi
-  echo "$(date -u +%FT%TZ) start $name: $overrides"
-  start=$(date +%s)
-  # shellcheck disable=SC2086  # the overrides are separate words
-  if "$python" -m frcnn_lab.train experiment=findings/hard logger=csv $overrides hydra.run.dir="$dir" \
-      > "$runs.log.d/$name.log" 2>&1; then
-    echo "$(date -u +%FT%TZ) done  $name in $(( $(date +%s) - start )) s"
-  else
-    echo "$(date -u +%FT%TZ) FAILED $name after $(( $(date +%s) - start )) s (see $runs.log.d/$name.log)"
-  fi
-  exec {lock}>&-
-done
+source "$(dirname "${BASH_SOURCE[0]}")/run_cells.sh"
+run_cells "$runs" "$python"

@@ -1,14 +1,26 @@
-"""Each run owns its output directory: a second run pointed at a used directory stops before writing anything."""
+"""Each run owns its output directory: a second run pointed at a used directory stops before writing anything.
+
+The one exception is a run resumed in place: ``ckpt_path=<dir>/checkpoints/last.ckpt hydra.run.dir=<dir>``
+continues an interrupted run in its own directory (the owner's process has ended and the run did not
+complete); its metrics CSV is appended to and the earlier ``.hydra/`` files are kept beside the new ones.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import re
+import shutil
 import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
@@ -24,11 +36,13 @@ _reserved: set[Path] = set()
 """Directories this process claimed ahead of the run that will use them (see reserve_output_dir)."""
 
 
-def claim_output_dir(output_dir: str | os.PathLike) -> Path:
+def claim_output_dir(output_dir: str | os.PathLike, resume_from: str | os.PathLike | None = None) -> Path:
     """Create ``output_dir`` if needed and claim it for this run; raise OutputDirInUseError if already claimed.
 
     The claim is one atomic file creation, so of two runs racing for the same directory exactly one wins.
     A directory that this process reserved for this run (reserve_output_dir) is handed over, once.
+    ``resume_from`` (the run's ``ckpt_path``) inside ``<output_dir>/checkpoints/`` takes over the directory of an
+    interrupted run instead (see is_resume_in_place).
     Only the global rank 0 process claims: the other ranks of a multi-device run share rank 0's directory.
     """
     directory = Path(output_dir).resolve()
@@ -38,17 +52,19 @@ def claim_output_dir(output_dir: str | os.PathLike) -> Path:
     if directory in _reserved:
         _reserved.discard(directory)
         return directory
+    if is_resume_in_place(directory, resume_from):
+        return _take_over_claim(directory, Path(resume_from))
     return _create_claim(directory)
 
 
-def reserve_output_dir(output_dir: str | os.PathLike) -> Path:
+def reserve_output_dir(output_dir: str | os.PathLike, resume_from: str | os.PathLike | None = None) -> Path:
     """Claim ``output_dir`` now, before an entry point writes its own files there, for the run it starts next.
 
     Reserving a directory this process already reserved is a no-op.
     """
     directory = Path(output_dir).resolve()
     if directory not in _reserved:
-        claim_output_dir(directory)
+        claim_output_dir(directory, resume_from)
         if rank_zero_only.rank == 0:
             _reserved.add(directory)
     return directory
@@ -71,6 +87,71 @@ def _create_claim(directory: Path) -> Path:
     return directory
 
 
+def is_resume_in_place(output_dir: str | os.PathLike, ckpt_path: str | os.PathLike | None) -> bool:
+    """Whether ``ckpt_path`` is a checkpoint of the run that already owns ``output_dir`` (``<dir>/checkpoints/``)."""
+    if not ckpt_path:
+        return False
+    directory = Path(output_dir).resolve()
+    return Path(ckpt_path).resolve().parent == directory / "checkpoints" and (directory / CLAIM_FILE).is_file()
+
+
+def _take_over_claim(directory: Path, ckpt_path: Path) -> Path:
+    """Hand an interrupted run's directory to the run that continues it; refuse a live or completed owner."""
+    claim = directory / CLAIM_FILE
+    owner = claim.read_text().strip().splitlines()[-1]
+    match = re.match(r"(?:pid|resumed by pid) (\d+) on (\S+),", owner)
+    if match and match[2] == socket.gethostname() and _process_alive(int(match[1])):
+        raise OutputDirInUseError(
+            f"{directory} belongs to a run that is still going ({owner}); resume it once that process has ended."
+        )
+    status = directory / "status.json"
+    if status.is_file() and json.loads(status.read_text()).get("status") == "completed":
+        raise OutputDirInUseError(
+            f"{directory} holds a completed run; to train it further, start a new run with ckpt_path={ckpt_path}."
+        )
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: nothing to resume {directory} from")
+    hydra_files = directory / ".hydra"
+    if hydra_files.is_dir():  # Hydra rewrites .hydra/ for the resumed run: keep the earlier files
+        shutil.move(hydra_files, directory / f".hydra.before_resume_{datetime.now():%Y%m%d-%H%M%S}")
+    with claim.open("a") as f:
+        f.write(f"resumed by pid {os.getpid()} on {socket.gethostname()}, {datetime.now().isoformat()}, "
+                f"from {ckpt_path.name}\n")
+    return directory
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's live process
+        return True
+    return True
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued instead of deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger`` for a run directory that a resumed run continues: rows are appended to the
+    interrupted run's ``metrics.csv`` (the resumed epochs and steps carry on from the checkpoint's)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 class OutputDirGuard(Callback):
     """Hydra callback: claims a run's directory, or a sweep's, before Hydra writes ``.hydra/`` and logs there.
 
@@ -81,7 +162,7 @@ class OutputDirGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            reserve_output_dir(config.hydra.run.dir)
+            reserve_output_dir(config.hydra.run.dir, config.get("ckpt_path"))
         except OutputDirInUseError as error:
             raise SystemExit(f"error: {error}") from None
 

@@ -43,7 +43,7 @@ def training_callbacks(cfg: DictConfig) -> list[L.Callback]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on the train split, validate every epoch, and return a summary of the run."""
     validate(cfg)
-    claim_output_dir(cfg.paths.output_dir)
+    claim_output_dir(cfg.paths.output_dir, cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
     module = build_module(cfg)
@@ -115,7 +115,8 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None  # ends the whole sweep: every job would hit it
     output_dir, start = cfg.paths.output_dir, time.perf_counter()
-    reserve_output_dir(output_dir)  # before status.json: a used directory is refused with nothing overwritten
+    # Before status.json: a used directory is refused with nothing overwritten (unless resumed in place).
+    reserve_output_dir(output_dir, cfg.ckpt_path)
     write_status(output_dir, "running")
     try:
         summary = train(cfg)
