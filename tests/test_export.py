@@ -111,8 +111,92 @@ def test_cli_export_then_predict_with_onnx(initialised_checkpoint, tmp_path, one
         assert np.allclose(theirs["bbox"], ours["bbox"], atol=0.011)  # detections.json rounds to 0.01 px
 
 
-def test_a_detector_with_several_feature_levels_is_refused_naming_its_backbone(tmp_path):
-    module = build_module(compose_config("config", ["backbone=mobilenet_v2_fpn", "backbone.weights=none"]))
-    with pytest.raises(ValueError, match=r"backbone=mobilenet_v2_fpn gives \d+ feature levels .* one level \(C4"):
-        export_onnx(module, tmp_path / "fpn.onnx", export_metadata(module, 200, 400))
-    assert not (tmp_path / "fpn.onnx").exists()
+def spread_logits(layer: torch.nn.Module, logits: torch.Tensor, std: float) -> None:
+    """Rescale ``layer`` so that its ``logits`` get standard deviation ``std``: random weights without ImageNet
+    statistics give near-equal scores, whose order two runtimes may break differently."""
+    with torch.no_grad():
+        scale = std / logits.std()
+        layer.weight.mul_(scale)
+        layer.bias.mul_(scale)
+
+
+@pytest.fixture(scope="module", params=["mobilenet_v2_fpn", "resnet50_fpn"])
+def fpn_export(request, tmp_path_factory):
+    """An FPN detector (random weights, scores spread out, every candidate kept) and its ONNX file (128 / 256)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    module = build_module(compose_config("config", [f"backbone={request.param}", "backbone.weights=none"])).eval()
+    detector = module.detector
+    detector.roi_head.score_thresh = 0.0
+    with torch.no_grad():
+        batch = detector.batch_images([resized_inputs(128, 256)[0][0]])
+        features = detector.trunk(batch.tensors)
+        rpn_head = detector.rpn.head
+        spread_logits(rpn_head.cls_logits, torch.cat(
+            [rpn_head.cls_logits(torch.relu(rpn_head.conv(level))).flatten() for level in features.values()]), 1.0)
+        proposals, _, _, _ = detector.rpn(batch, features)
+        classifier = detector.roi_head.predictor.cls_score
+        spread_logits(classifier, classifier(detector.roi_head.tail(detector.roi_head.pooler(features, proposals))), 2.0)
+    path = export_onnx(module, tmp_path_factory.mktemp("fpn") / "model.onnx", export_metadata(module, 128, 256))
+    yield module, path
+    torch.set_num_threads(threads)
+
+
+def test_onnx_of_an_fpn_detector_matches_pytorch_at_several_sizes(fpn_export):
+    module, path = fpn_export
+    detector = module.detector
+    assert len(detector.rpn.anchor_generator.sizes) > 1 and len(detector.roi_head.pooler.strides) > 1
+    runner = OnnxDetector(path, threads=1)
+    inputs = resized_inputs(128, 256)
+    assert len({tuple(image.shape) for image, _ in inputs}) == len(CROPS)
+    for image, original in inputs:
+        with torch.no_grad():
+            (expected,) = module([image], original_sizes=[original])
+            batch = detector.batch_images([image])
+            proposals, _, _, _ = detector.rpn(batch, detector.trunk(batch.tensors))
+        # proposals from several levels, pooled from several levels: the per-level steps all take part
+        assert len(detector.roi_head.pooler.level_mapper(proposals).unique()) > 1
+        (actual,) = runner([image], original_sizes=[original])
+        assert len(expected["boxes"]) > 10 and len(expected["scores"].unique()) > 0.9 * len(expected["scores"])
+        assert_same_detections(expected, actual)
+
+
+def test_cli_exports_an_fpn_checkpoint(fpn_export, tmp_path):
+    """``python -m frcnn_lab.export`` no longer refuses several feature levels: from the .ckpt to a file onnxruntime runs."""
+    module, _ = fpn_export
+    if module.hparams.backbone["name"] != "mobilenet_v2_fpn":
+        pytest.skip("one FPN backbone is enough for the command line")
+    ckpt = tmp_path / "fpn.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": "2.0.0"}, ckpt)
+    path = export(compose_config("export", [f"ckpt_path={ckpt}", "image_size=128", "max_size=256"], tmp_path))
+    runner = OnnxDetector(path, threads=1)
+    assert (runner.image_size, runner.max_size) == (128, 256)
+    image, original = resized_inputs(128, 256)[1]
+    with torch.no_grad():
+        (expected,) = module([image], original_sizes=[original])
+    assert_same_detections(expected, runner([image], original_sizes=[original])[0])
+
+
+def test_predict_and_serve_feed_an_onnx_model_given_only_image_size_alike(fpn_export, tmp_path, monkeypatch):
+    """Both load through ``inference.load_photo_detector``: ``image_size=64`` alone keeps the file's 128 / 256 ratio."""
+    import uvicorn
+
+    from frcnn_lab import serve
+
+    module, path = fpn_export
+    if module.hparams.backbone["name"] != "mobilenet_v2_fpn":
+        pytest.skip("one exported file is enough")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(SyntheticScenes(1, seed=5)[0]["image"]).save(photos / "scene.png")
+    summary = predict(compose_config("predict", [f"model={path}", f"input={photos}", f"output={tmp_path / 'out'}",
+                                                 "image_size=64"], tmp_path))
+    served = {}
+    monkeypatch.setattr(serve, "create_app", lambda detector, *args: served.setdefault("detector", detector))
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    monkeypatch.setattr("sys.argv", ["serve", f"model={path}", "image_size=64", f"hydra.run.dir={tmp_path / 'serve'}"])
+    serve.main()
+    assert (summary["image_size"], summary["max_size"]) == (64, 128)
+    assert (served["detector"].image_size, served["detector"].max_size) == (64, 128)
