@@ -121,5 +121,7 @@ class RoIPooler(nn.Module):
             chosen = torch.where(assigned == index)[0]
             per_image = [all_boxes[chosen[image_index[chosen] == i]] for i in range(len(boxes))]
             # chosen is sorted, so concatenating per image keeps the order of ``chosen``
-            pooled[chosen] = op(level, per_image, self.output_size, 1 / stride, *settings).to(dtype)
+            level_pooled = op(level, per_image, self.output_size, 1 / stride, *settings).to(dtype)
+            # scatter rather than index assignment: ONNX's export of the latter fails on a level without boxes
+            pooled = pooled.scatter(0, chosen.view(-1, 1, 1, 1).expand_as(level_pooled), level_pooled)
         return pooled
