@@ -101,3 +101,16 @@ def test_a_given_image_size_keeps_the_trained_ratio_and_a_sizeless_loose_checkpo
     loose = shutil.copy(ckpt, tmp_path / "loose.ckpt")
     with pytest.raises(ValueError, match="set image_size and max_size"):
         input_sizes(module, loose, image_size=300)
+
+
+def test_the_requested_input_size_rule():
+    from frcnn_lab.checkpoints import requested_input_size
+
+    assert requested_input_size((300, 500)) == (300, 500)
+    assert requested_input_size((300, 500), image_size=600) == (600, 1000)  # the trained ratio of the two
+    assert requested_input_size((300, 500), max_size=400) == (300, 400)
+    assert requested_input_size((300, 300), image_size=200) == (200, 200)
+    assert requested_input_size((600, 300), image_size=200) == (200, 200)  # never below image_size
+    assert requested_input_size(None, image_size=100, max_size=150) == (100, 150)
+    with pytest.raises(ValueError, match="without a trained size, give both"):
+        requested_input_size(None, image_size=100)

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 
 from frcnn_lab.checkpoints import load_module
 from frcnn_lab.data.datamodule import DetectionDataModule
-from frcnn_lab.tracking import compact_line, match_counts
+from frcnn_lab.metrics.matching import match_counts
+from frcnn_lab.tracking import compact_line
 from test_outputs import wandb_records
 
 # A thesis preset shrunk to seconds: MobileNetV2 (ImageNet) instead of VGG16, 4 + 4 tiny images, two epochs.

@@ -77,11 +77,10 @@ def load_module(ckpt_path: str | Path, device: torch.device | str = "cpu") -> De
 
 def input_sizes(module: DetectionModule, ckpt_path: str | Path, image_size: int | None = None,
                 max_size: int | None = None, fallback: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(image_size, max_size) to feed the checkpoint's detector: the given ones, else what it was trained at.
+    """(image_size, max_size) to feed the checkpoint's detector, by ``requested_input_size``.
 
     Trained sizes come from the checkpoint, else (checkpoints written before they carried them) its training
-    run's ``data``, else ``fallback``. A given ``image_size`` without ``max_size`` keeps the trained ratio of
-    the two. Raises ValueError when a size is needed and nothing gives it.
+    run's ``data``, else ``fallback``. Raises ValueError when a size is needed and nothing gives it.
     """
     trained = None
     if module.hparams.get("image_size") is not None:
@@ -92,8 +91,20 @@ def input_sizes(module: DetectionModule, ckpt_path: str | Path, image_size: int 
     if trained is None and (image_size is None or max_size is None):
         raise ValueError(f"ckpt_path={ckpt_path} records no input size and is not inside a training run: "
                          "set image_size and max_size")
+    return requested_input_size(trained, image_size, max_size)
+
+
+def requested_input_size(trained: tuple[int, int] | None, image_size: int | None = None,
+                         max_size: int | None = None) -> tuple[int, int]:
+    """(image_size, max_size): the given ones, else the ``trained`` (image_size, max_size); an ``image_size``
+    given without ``max_size`` keeps the trained ratio of the two (never below ``image_size``).
+
+    The one rule for checkpoints and exported models; ``trained`` may be None only when both are given.
+    """
+    if image_size is not None and max_size is not None:
+        return int(image_size), int(max_size)
+    if trained is None:
+        raise ValueError(f"image_size={image_size}, max_size={max_size}: without a trained size, give both")
     if image_size is None:
-        return trained[0], max_size if max_size is not None else trained[1]
-    if max_size is None:
-        max_size = max(image_size, round(trained[1] * image_size / trained[0]))
-    return int(image_size), int(max_size)
+        return int(trained[0]), int(max_size if max_size is not None else trained[1])
+    return int(image_size), max(int(image_size), round(trained[1] * image_size / trained[0]))

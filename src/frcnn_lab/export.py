@@ -5,15 +5,16 @@ The exported graph takes one image and holds the rest of inference:
 
 - input ``image``: float32 (3, H, W), RGB in [0, 1], already resized the training way (shortest side to
   ``image_size``, long side at most ``max_size``); H and W are dynamic.
-- inside: normalisation with the backbone's mean / std, zero padding to multiples of 32, trunk, RPN with
-  its top-N / NMS proposal filtering, RoI pooling, head, class-specific decoding, clipping, score
-  threshold, per-class NMS and the top detections (the checkpoint's ``rpn`` and ``roi_head`` settings).
+- inside: the detector's own inference (``FasterRCNN`` in eval mode, the code that validation, ``predict``
+  and ``serve`` run): normalisation with the backbone's mean / std, zero padding to multiples of 32, trunk
+  (one level for C4 backbones, several for FPN), RPN with its per-level top-N / NMS proposal filtering, RoI
+  pooling (from each box's level with FPN), head, class-specific decoding, clipping, score threshold,
+  per-class NMS and the top detections (the checkpoint's ``rpn`` and ``roi_head`` settings).
 - outputs ``boxes`` (D, 4) xyxy in the input image's pixels, ``scores`` (D,), ``labels`` (D,) int64 in 1..K.
 
 Outside the graph, and done by ``frcnn_lab.onnx_runner``: decoding the file, the resize, and scaling the
 boxes back to the original image. The file's metadata (ONNX ``metadata_props``; TorchScript extra file
 ``frcnn_lab.json``) holds ``classes``, their ``category_ids``, ``image_size`` and ``max_size`` for that.
-Detectors with one feature level (the C4 backbones) export; FPN backbones are refused with an error.
 The ONNX graph comes from PyTorch's TorchScript-based exporter (``dynamo=False``), the one torchvision's
 detection tests use.
 An existing output file is never replaced.
@@ -29,12 +30,8 @@ from typing import Any
 
 import hydra
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torchvision.models.detection._utils import _topk_min
-from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import batched_nms, nms, remove_small_boxes
 
 from frcnn_lab.checkpoints import input_sizes, load_module
 from frcnn_lab.config import CONFIG_DIR
@@ -47,63 +44,20 @@ METADATA_FILE = "frcnn_lab.json"  # TorchScript extra file with the metadata
 
 
 class SingleImageDetector(nn.Module):
-    """image (3, H, W) RGB in [0, 1], resized -> boxes (D, 4), scores (D,), labels (D,): the detector's
-    inference for one image, written with ops that trace to ONNX with H and W left dynamic.
+    """image (3, H, W) RGB in [0, 1], resized -> boxes (D, 4), scores (D,), labels (D,): the detector's own
+    inference (``FasterRCNN`` in eval mode) on a batch of one, as a graph with H and W left dynamic."""
 
-    It uses the detector's own modules and settings; sizes are read as tensors (``_shape_as_tensor``) and the
-    top-N uses torchvision's ``_topk_min``, so nothing about the example image's size is frozen into the trace.
-    Detectors with one feature level (C4 trunks) only: ``backbone`` names the trunk in the error otherwise.
-    """
-
-    def __init__(self, detector: FasterRCNN, backbone: str = "?") -> None:
+    def __init__(self, detector: FasterRCNN) -> None:
         super().__init__()
-        levels = len(detector.rpn.anchor_generator.sizes)
-        pooled = len(detector.roi_head.pooler.strides) if detector.roi_head is not None else 1
-        if levels != 1 or pooled != 1:
-            raise ValueError(f"backbone={backbone} gives {levels} feature levels to the RPN and {pooled} to the "
-                             "RoI pooler; export supports detectors with one level (C4 backbones) only")
         self.detector = detector.eval()
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        detector, rpn, head = self.detector, self.detector.rpn, self.detector.roi_head
-        height, width = image.shape[-2], image.shape[-1]
-        limits = torch._shape_as_tensor(image)[1:].flip(0).repeat(2).to(image.dtype)  # (W, H, W, H)
-        d = detector.size_divisible  # ceil to a multiple without negative floor division (ONNX Div truncates)
-        padded = F.pad((image - detector.image_mean) / detector.image_std,
-                       (0, (width + d - 1) // d * d - width, 0, (height + d - 1) // d * d - height))[None]
-        features = detector.trunk(padded)
-        (level,) = features.values()
-
-        objectness, deltas = rpn.head(level)
-        objectness = objectness.permute(0, 2, 3, 1).reshape(-1)
-        deltas = deltas.reshape(1, -1, 4, deltas.shape[-2], deltas.shape[-1]).permute(0, 3, 4, 1, 2).reshape(-1, 4)
-        anchors = rpn.anchor_generator(ImageList(padded, [(height, width)]), [level])[0]
-        boxes = rpn.box_coder.decode_single(deltas, anchors)
-        objectness, top = objectness.topk(_topk_min(objectness, rpn.pre_nms_top_n["test"], 0))
-        boxes, scores = torch.min(boxes[top].clamp(min=0), limits), objectness.sigmoid()
-        keep = remove_small_boxes(boxes, rpn.min_size)
-        keep = keep[scores[keep] >= rpn.score_thresh]
-        keep = keep[nms(boxes[keep], scores[keep], rpn.nms_iou)][: rpn.post_nms_top_n["test"]]
-        proposals = boxes[keep]
-        if head is None:
-            return proposals, scores[keep], torch.ones_like(keep)
-
-        class_logits, box_deltas = head.predict(features, [proposals])
-        num_classes = class_logits.shape[-1]
-        boxes = head.box_coder.decode_single(box_deltas, proposals).reshape(-1, num_classes, 4)
-        boxes = torch.min(boxes.clamp(min=0), limits)
-        scores = F.softmax(class_logits, dim=-1)
-        labels = torch.arange(num_classes, device=image.device).expand_as(scores)
-        # drop the background column, then one candidate per (RoI, class)
-        boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-        keep = torch.where(scores > head.score_thresh)[0]
-        keep = keep[remove_small_boxes(boxes[keep], head.min_size)]
-        keep = keep[batched_nms(boxes[keep], scores[keep], labels[keep], head.nms_iou)][: head.detections_per_image]
-        return boxes[keep], scores[keep], labels[keep]
+        (detection,) = self.detector([image]).detections
+        return detection["boxes"], detection["scores"], detection["labels"]
 
 
 def traceable(module: DetectionModule) -> SingleImageDetector:
-    return SingleImageDetector(module.detector, module.hparams.backbone["name"]).cpu().eval()
+    return SingleImageDetector(module.detector).cpu().eval()
 
 
 def export_metadata(module: DetectionModule, image_size: int, max_size: int) -> dict[str, Any]:

@@ -1,22 +1,29 @@
-"""Detection on one photo, for the tools that serve or export a trained detector: the training resize, the
-checkpoint's module or an exported ONNX model, boxes back in the photo's pixels."""
+"""Detection on photos, for ``predict`` and ``serve``: one loader for a trained detector (a ``.ckpt`` or an
+exported ``.onnx``) with its input size, and the training resize around it, boxes back in the photo's pixels."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from frcnn_lab.checkpoints import input_sizes, load_module, requested_input_size, resolve_device
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.onnx_runner import OnnxDetector
 
 
 class PhotoDetector:
-    """uint8 (H, W, 3) RGB photo -> {"boxes" (D, 4) xyxy in the photo's pixels, "scores" (D,), "labels" (D,)}."""
+    """uint8 (H, W, 3) RGB photo -> {"boxes" (D, 4) xyxy in the photo's pixels, "scores" (D,), "labels" (D,)}.
+
+    ``classes`` (label i is ``classes[i - 1]``), their dataset ``category_ids`` and the resize
+    (``image_size``, ``max_size``) are the model's.
+    """
 
     def __init__(self, model: DetectionModule | OnnxDetector, image_size: int, max_size: int) -> None:
-        self.model, self.classes = model, list(model.classes)
+        self.model, self.classes, self.category_ids = model, list(model.classes), list(model.category_ids)
         self.image_size, self.max_size = image_size, max_size
         self.transforms = build_transforms(image_size, max_size, train=False)
         self.device = next(model.parameters()).device if isinstance(model, DetectionModule) else torch.device("cpu")
@@ -28,3 +35,21 @@ class PhotoDetector:
         tensor, _ = apply_transforms(self.transforms, sample)
         (detection,) = self.model([tensor.to(self.device)], original_sizes=[pixels.shape[:2]])
         return {k: v.cpu() for k, v in detection.items()}
+
+
+def load_photo_detector(ckpt_path: str | Path | None = None, model: str | Path | None = None,
+                        image_size: int | None = None, max_size: int | None = None,
+                        device: str = "auto") -> PhotoDetector:
+    """The detector named by exactly one of ``ckpt_path`` (a checkpoint, on ``device``: auto | cpu | cuda[:N])
+    and ``model`` (an exported ``.onnx``, run by onnxruntime on the CPU), fed at ``image_size`` / ``max_size``,
+    else at the size it was trained at (``checkpoints.requested_input_size``)."""
+    if model is not None and ckpt_path is not None:
+        raise ValueError(f"ckpt_path={ckpt_path} and model={model}: name one of them")
+    if model is not None:
+        exported = OnnxDetector(model)
+        trained = exported.image_size, exported.max_size
+        return PhotoDetector(exported, *requested_input_size(trained, image_size, max_size))
+    if ckpt_path is None:
+        raise ValueError("name the detector: ckpt_path=<file>.ckpt or model=<file>.onnx")
+    module = load_module(ckpt_path, resolve_device(device))
+    return PhotoDetector(module, *input_sizes(module, ckpt_path, image_size, max_size))

@@ -22,17 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from frcnn_lab.checkpoints import input_sizes, load_module, resolve_device
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load
-from frcnn_lab.data.transforms import apply_transforms, build_transforms
-from frcnn_lab.lit_module import DetectionModule
+from frcnn_lab.inference import load_photo_detector
 from frcnn_lab.metrics import coco_json
-from frcnn_lab.onnx_runner import OnnxDetector
 from frcnn_lab.visualize import draw_detections, save_png
 
 log = logging.getLogger(__name__)
@@ -58,36 +54,14 @@ def find_images(spec: str) -> list[Path]:
     return files
 
 
-def load_detector(cfg: DictConfig, device: torch.device) -> DetectionModule | OnnxDetector:
-    """``model=<file>.onnx`` in onnxruntime, else the checkpoint ``ckpt_path``."""
-    if cfg.model is not None and cfg.ckpt_path is not None:
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} and model={cfg.model}: name one of them")
-    if cfg.model is not None:
-        return OnnxDetector(cfg.model)
-    if cfg.ckpt_path is None:
-        raise ValueError("name the detector: ckpt_path=<file>.ckpt or model=<file>.onnx")
-    return load_module(cfg.ckpt_path, device)
-
-
-def input_size(cfg: DictConfig, module: DetectionModule | OnnxDetector) -> tuple[int, int]:
-    """(image_size, max_size): from the config, else the exported model's or the checkpoint's (an
-    ``image_size`` given alone keeps the trained ratio of the two)."""
-    if isinstance(module, OnnxDetector):
-        if cfg.image_size is None:
-            return module.image_size, cfg.max_size if cfg.max_size is not None else module.max_size
-        trained_ratio_max = max(cfg.image_size, round(module.max_size * cfg.image_size / module.image_size))
-        return cfg.image_size, cfg.max_size if cfg.max_size is not None else trained_ratio_max
-    return input_sizes(module, cfg.ckpt_path, cfg.image_size, cfg.max_size)
-
-
-def class_filter(module: DetectionModule | OnnxDetector, names: list[str] | None) -> set[int]:
-    """Class names to keep -> their labels (all classes when ``names`` is None)."""
+def class_filter(classes: list[str], names: list[str] | None) -> set[int]:
+    """Class names to keep -> their labels (all ``classes`` when ``names`` is None)."""
     if names is None:
-        return set(range(1, len(module.classes) + 1))
-    unknown = [n for n in names if n not in module.classes]
+        return set(range(1, len(classes) + 1))
+    unknown = [n for n in names if n not in classes]
     if unknown:
-        raise ValueError(f"classes={list(names)}: {unknown} not among the checkpoint's classes {module.classes}")
-    return {module.classes.index(n) + 1 for n in names}
+        raise ValueError(f"classes={list(names)}: {unknown} not among the detector's classes {classes}")
+    return {classes.index(n) + 1 for n in names}
 
 
 def coco_results(image_id: int, path: Path, detection: dict[str, torch.Tensor], classes: list[str],
@@ -109,11 +83,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if existing := [str(p) for p in planned if p.exists()]:
         raise FileExistsError(f"output={output} already holds {existing[:5]}{' ...' if len(existing) > 5 else ''}; "
                               "choose another output folder")
-    device = resolve_device(cfg.device)
-    module = load_detector(cfg, device)
-    keep_labels = class_filter(module, cfg.classes)
-    image_size, max_size = input_size(cfg, module)
-    transforms = build_transforms(image_size, max_size, train=False)
+    detector = load_photo_detector(cfg.ckpt_path, cfg.model, cfg.image_size, cfg.max_size, cfg.device)
+    keep_labels = class_filter(detector.classes, cfg.classes)
     output.mkdir(parents=True, exist_ok=True)
     results, skipped, written = [], [], []
     for image_id, path in enumerate(files):
@@ -123,26 +94,22 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             log.warning("skipped: %s", error)
             skipped.append({"file": str(path), "error": str(error)})
             continue
-        sample = {"image": pixels, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
-                  "image_id": path.stem}
-        tensor, _ = apply_transforms(transforms, sample)
-        (detection,) = module([tensor.to(device)], original_sizes=[pixels.shape[:2]])
-        detection = {k: v.cpu() for k, v in detection.items()}
+        detection = detector(pixels)
         kept = (detection["scores"] >= cfg.score_threshold) & torch.isin(
             detection["labels"], torch.tensor(sorted(keep_labels)))
         detection = {k: v[kept] for k, v in detection.items()}
-        canvas = draw_detections(torch.from_numpy(pixels).permute(2, 0, 1), module.classes, detection["boxes"],
+        canvas = draw_detections(torch.from_numpy(pixels).permute(2, 0, 1), detector.classes, detection["boxes"],
                                  detection["labels"], detection["scores"])
         written.append(str(save_png(canvas, output / f"{path.stem}.png")))
-        results += coco_results(image_id, path, detection, module.classes, module.category_ids)
+        results += coco_results(image_id, path, detection, detector.classes, detector.category_ids)
     (output / "detections.json").write_text(json.dumps(results, indent=1))
-    categories = coco_json.categories(module.classes, module.category_ids)
+    categories = coco_json.categories(detector.classes, detector.category_ids)
     (output / "categories.json").write_text(json.dumps(categories, indent=1))
     summary = {
         "checkpoint": str(Path(cfg.model or cfg.ckpt_path).resolve()), "input": cfg.input, "images": len(files),
         "pictures": written, "detections": len(results), "score_threshold": cfg.score_threshold,
-        "classes": [module.classes[i - 1] for i in sorted(keep_labels)], "image_size": image_size,
-        "max_size": max_size, "skipped": skipped,
+        "classes": [detector.classes[i - 1] for i in sorted(keep_labels)], "image_size": detector.image_size,
+        "max_size": detector.max_size, "skipped": skipped,
     }
     (output / "predict_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -26,12 +26,10 @@ from fastapi.responses import HTMLResponse, Response
 from omegaconf import DictConfig
 from PIL import Image
 
-from frcnn_lab.checkpoints import input_sizes, load_module, resolve_device
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load, probe
 from frcnn_lab.data.synthetic import SyntheticScenes
-from frcnn_lab.inference import PhotoDetector
-from frcnn_lab.onnx_runner import OnnxDetector
+from frcnn_lab.inference import PhotoDetector, load_photo_detector
 from frcnn_lab.visualize import CLASS_COLORS
 
 log = logging.getLogger(__name__)
@@ -119,24 +117,12 @@ def create_app(detector: PhotoDetector, examples: dict[str, bytes], max_upload_m
     return app
 
 
-def build_detector(cfg: DictConfig) -> PhotoDetector:
-    """``model=<file>.onnx`` in onnxruntime, else the checkpoint ``ckpt_path``."""
-    if cfg.model is not None and cfg.ckpt_path is not None:
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} and model={cfg.model}: name one of them")
-    if cfg.model is not None:
-        model = OnnxDetector(cfg.model)
-        return PhotoDetector(model, cfg.image_size or model.image_size, cfg.max_size or model.max_size)
-    if cfg.ckpt_path is None:
-        raise ValueError("name the detector: ckpt_path=<file>.ckpt or model=<file>.onnx")
-    module = load_module(cfg.ckpt_path, resolve_device(cfg.device))
-    return PhotoDetector(module, *input_sizes(module, cfg.ckpt_path, cfg.image_size, cfg.max_size))
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
-    app = create_app(build_detector(cfg), example_images(cfg.examples), cfg.max_upload_mb, cfg.max_upload_megapixels)
+    detector = load_photo_detector(cfg.ckpt_path, cfg.model, cfg.image_size, cfg.max_size, cfg.device)
+    app = create_app(detector, example_images(cfg.examples), cfg.max_upload_mb, cfg.max_upload_megapixels)
     print(f"frcnn_lab demo on http://{cfg.host}:{cfg.port}/ (JSON: POST /predict with a file field)")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 

@@ -19,9 +19,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torch import Tensor
-from torchvision.ops import box_iou
 
+from frcnn_lab.metrics.matching import match_counts
 from frcnn_lab.visualize import wandb_boxes
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -127,29 +126,6 @@ def write_status(output_dir: str | os.PathLike, status: str, **fields: Any) -> P
     temporary.write_text(json.dumps(record, indent=2, default=str))
     temporary.replace(path)  # readers never see a half-written file
     return path
-
-
-def match_counts(pred: dict[str, Tensor], target: dict[str, Tensor], score_threshold: float,
-                 iou_threshold: float = 0.5) -> tuple[int, int, int]:
-    """One image's (TP, FP, FN): detections scoring >= ``score_threshold``, highest score first, each take the
-    unmatched GT box of their class with the highest IoU >= ``iou_threshold`` (a TP) or are FPs; GT boxes
-    left unmatched are FNs (the PASCAL VOC rule, every GT box counted)."""
-    kept = pred["scores"] >= score_threshold
-    boxes, labels = pred["boxes"][kept], pred["labels"][kept]
-    order = pred["scores"][kept].argsort(descending=True)
-    gt_boxes, gt_labels = target["boxes"].cpu().float(), target["labels"].cpu()
-    iou = box_iou(boxes[order].float(), gt_boxes) if len(gt_boxes) and len(order) else None
-    free = torch.ones(len(gt_boxes), dtype=torch.bool)
-    tp = 0
-    for row, index in enumerate(order.tolist()):
-        if iou is None:
-            break
-        candidates = iou[row].where(free & (gt_labels == labels[index]), torch.tensor(-1.0))
-        best = int(candidates.argmax())
-        if candidates[best] >= iou_threshold:
-            free[best] = False
-            tp += 1
-    return tp, len(order) - tp, len(gt_boxes) - tp
 
 
 class ValidationSummary(L.Callback):

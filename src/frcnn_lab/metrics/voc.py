@@ -1,9 +1,9 @@
 """Pascal VOC 2007 11-point interpolated AP, as the VOC devkit computes it (the paper's 69.9 / 73.2).
 
-Per class, detections of all images are ranked by score. A detection is a true positive when its best
-IoU with a ground-truth box of its class in its image exceeds 0.5 and that box is not yet taken; if the
-best box is *difficult*, the detection counts neither way; otherwise it is a false positive. Difficult
-boxes do not count as positives. AP is the mean over recall r in {0, 0.1, ..., 1} of the highest
+Per class, detections of all images are ranked by score; each is a true positive, a false positive or
+ignored by the devkit's rule (``frcnn_lab.metrics.matching``: its best IoU with a ground-truth box of its
+class in its image must exceed 0.5, the box must be free, a *difficult* box makes it count neither way).
+Difficult boxes do not count as positives. AP is the mean over recall r in {0, 0.1, ..., 1} of the highest
 precision at recall >= r, with r built as the devkit builds it (``np.arange(0, 1.1, 0.1)``). Boxes are
 0-based xyxy with exclusive right / bottom edges, so the plain IoU here equals the devkit's "+1" IoU on
 its 1-based inclusive coordinates.
@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
 from frcnn_lab.metrics.gathered import GatheredDetections
+from frcnn_lab.metrics.matching import FALSE_POSITIVE, IGNORED, TRUE_POSITIVE, match_detections
 
 # The devkit's thresholds, bit for bit: np.arange builds 0.3 as 3 * 0.1 = 0.30000000000000004 (likewise 0.6,
 # 0.7), so a recall of exactly 3/10 does not reach it.
@@ -29,44 +29,19 @@ def voc07_ap(preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]], n
     optional "difficult" (G,) bool. -> {"ap": (num_classes,) float64 per label 1..K (NaN without positives),
     "map": mean over classes with positives}."""
     ap = torch.full((num_classes,), float("nan"), dtype=torch.float64)
+    outcomes = [match_detections(pred, target, iou_threshold) for pred, target in zip(preds, targets, strict=True)]
     for label in range(1, num_classes + 1):
         positives, ranked = 0, []
-        for image, (pred, target) in enumerate(zip(preds, targets, strict=True)):
-            gt = target["labels"] == label
-            difficult = target.get("difficult", torch.zeros_like(target["labels"], dtype=torch.bool))
-            positives += int((gt & ~difficult.bool()).sum())
-            mine = pred["labels"] == label
-            ranked += [(float(s), image, i) for i, s in zip(torch.nonzero(mine).flatten().tolist(),
-                                                            pred["scores"][mine].tolist(), strict=True)]
+        for pred, target, outcome in zip(preds, targets, outcomes, strict=True):
+            difficult = target.get("difficult", torch.zeros_like(target["labels"], dtype=torch.bool)).bool()
+            positives += int(((target["labels"] == label) & ~difficult).sum())
+            mine = (pred["labels"] == label).cpu()
+            ranked += list(zip(pred["scores"].cpu()[mine].tolist(), outcome[mine].tolist(), strict=True))
         if positives == 0:
             continue
         ranked.sort(key=lambda item: -item[0])  # stable: equal scores keep image order, like the devkit
-        taken: dict[int, Tensor] = {}
-        tp, fp = [], []
-        for _, image, index in ranked:
-            target = targets[image]
-            gt = torch.nonzero(target["labels"] == label).flatten()
-            difficult = target.get("difficult", torch.zeros_like(target["labels"], dtype=torch.bool)).bool()
-            hit = miss = 0
-            if len(gt):
-                overlaps = box_iou(preds[image]["boxes"][index].view(1, 4).float(), target["boxes"][gt].float())[0]
-                best, at = overlaps.max(0)
-                if best > iou_threshold:
-                    used = taken.setdefault(image, torch.zeros(len(target["labels"]), dtype=torch.bool))
-                    box = gt[at]
-                    if difficult[box]:
-                        continue
-                    if not used[box]:
-                        used[box] = True
-                        hit = 1
-                    else:
-                        miss = 1
-                else:
-                    miss = 1
-            else:
-                miss = 1
-            tp.append(hit)
-            fp.append(miss)
+        tp = [outcome == TRUE_POSITIVE for _, outcome in ranked if outcome != IGNORED]
+        fp = [outcome == FALSE_POSITIVE for _, outcome in ranked if outcome != IGNORED]
         tps, fps = torch.tensor(tp, dtype=torch.float64).cumsum(0), torch.tensor(fp, dtype=torch.float64).cumsum(0)
         recall = tps / positives
         precision = tps / torch.clamp(tps + fps, min=1e-12)

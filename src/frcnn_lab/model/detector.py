@@ -77,11 +77,15 @@ class FasterRCNN(nn.Module):
         return DetectorOutput(detections=detections)
 
     def batch_images(self, images: list[Tensor]) -> ImageList:
-        """Normalise, then zero-pad to a common size divisible by ``size_divisible``."""
+        """Normalise, then zero-pad to a common size divisible by ``size_divisible``.
+
+        Traceable for one image with its size dynamic (sizes are tensors while tracing): the rounding up is
+        written without a negative floor division, which ONNX's truncating Div would get wrong.
+        """
         sizes = [tuple(image.shape[-2:]) for image in images]
         height, width = (max(s[i] for s in sizes) for i in (0, 1))
         d = self.size_divisible
-        height, width = -(-height // d) * d, -(-width // d) * d
+        height, width = (height + d - 1) // d * d, (width + d - 1) // d * d
         padded = [
             F.pad((image - self.image_mean) / self.image_std, (0, width - image.shape[-1], 0, height - image.shape[-2]))
             for image in images

@@ -146,24 +146,35 @@ class RoIHead(nn.Module):
     def postprocess(
         self, class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
-        """Softmax, class-specific decoding, clipping, score threshold, per-class NMS, top detections."""
+        """``detect`` for each image: class logits (sum R_i, K), deltas (sum R_i, 4K), proposals [(R_i, 4)]
+        -> per image "boxes" (D, 4), "scores" (D,), "labels" (D,)."""
+        counts = [p.shape[0] for p in proposals]
+        return [
+            self.detect(image_logits, image_deltas, image_proposals, size)
+            for image_logits, image_deltas, image_proposals, size in zip(
+                class_logits.split(counts), box_deltas.split(counts), proposals, image_sizes, strict=True)
+        ]
+
+    def detect(
+        self, class_logits: Tensor, box_deltas: Tensor, proposals: Tensor, image_size: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """One image: softmax, class-specific decoding, clipping, score threshold, per-class NMS, top detections.
+
+        class logits (R, K), deltas (R, 4K), proposals (R, 4) -> "boxes" (D, 4), "scores" (D,), "labels" (D,)
+        in 1..K-1, best first. Traceable (``torch.onnx.export``) with the image size and R dynamic.
+        """
         num_classes = class_logits.shape[-1]
-        boxes = self.box_coder.decode_single(box_deltas, torch.cat(proposals)).reshape(-1, num_classes, 4)
+        boxes = self.box_coder.decode_single(box_deltas, proposals).reshape(-1, num_classes, 4)
+        boxes = clip_boxes_to_image(boxes, image_size)
         scores = F.softmax(class_logits, dim=-1)
-        detections = []
-        counts = [len(p) for p in proposals]
-        for image_boxes, image_scores, size in zip(boxes.split(counts), scores.split(counts), image_sizes, strict=True):
-            image_boxes = clip_boxes_to_image(image_boxes, size)
-            labels = torch.arange(num_classes, device=image_boxes.device).expand_as(image_scores)
-            # drop the background column, then one candidate per (RoI, class)
-            image_boxes = image_boxes[:, 1:].reshape(-1, 4)
-            image_scores, labels = image_scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-            keep = torch.where(image_scores > self.score_thresh)[0]
-            keep = keep[remove_small_boxes(image_boxes[keep], self.min_size)]
-            keep = keep[batched_nms(image_boxes[keep], image_scores[keep], labels[keep], self.nms_iou)]
-            keep = keep[: self.detections_per_image]
-            detections.append({"boxes": image_boxes[keep], "scores": image_scores[keep], "labels": labels[keep]})
-        return detections
+        labels = torch.arange(num_classes, device=boxes.device).expand_as(scores)
+        # drop the background column, then one candidate per (RoI, class)
+        boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+        keep = torch.where(scores > self.score_thresh)[0]
+        keep = keep[remove_small_boxes(boxes[keep], self.min_size)]
+        keep = keep[batched_nms(boxes[keep], scores[keep], labels[keep], self.nms_iou)]
+        keep = keep[: self.detections_per_image]
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
 def head_stats(class_logits: Tensor, labels: Tensor, num_images: int) -> dict[str, Tensor]:

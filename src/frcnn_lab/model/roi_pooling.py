@@ -54,8 +54,6 @@ def crop_and_resize(
     steps = torch.linspace(0, 1, crop, device=features.device, dtype=features.dtype)
     crops = []
     for image_features, image_boxes in zip(features, boxes, strict=True):
-        if len(image_boxes) == 0:
-            continue
         x1, y1, x2, y2 = image_boxes.unbind(dim=1)
         # grid_sample with align_corners=True maps -1 / +1 to the first / last cell centre
         xs = 2 * (x1[:, None] + (x2 - x1)[:, None] * steps) / image_width - 1  # (R, 2P)
@@ -65,9 +63,7 @@ def crop_and_resize(
             image_features[None], grid.reshape(1, -1, crop, 2), mode="bilinear", padding_mode="zeros",
             align_corners=True,
         )  # (1, C, R*2P, 2P): one call per image, not per box
-        crops.append(sampled.reshape(features.shape[1], -1, crop, crop).transpose(0, 1))
-    if not crops:
-        return features.new_zeros((0, features.shape[1], output_size, output_size))
+        crops.append(sampled.reshape(features.shape[1], image_boxes.shape[0], crop, crop).transpose(0, 1))
     return F.max_pool2d(torch.cat(crops), kernel_size=2, stride=2)
 
 
@@ -116,13 +112,16 @@ class RoIPooler(nn.Module):
         strides, settings = list(self.strides.values()), (self.sampling_ratio, self.aligned)
         if self.level_mapper is None:
             return op(levels[0], boxes, self.output_size, 1 / strides[0], *settings)
+        # sizes from ``shape`` (not ``len``), so that a trace keeps them dynamic
         assigned = self.level_mapper(boxes)
-        image_index = torch.cat([torch.full((len(b),), i, device=assigned.device) for i, b in enumerate(boxes)])
+        image_index = torch.cat([torch.full_like(b[:, 0], i, dtype=torch.long) for i, b in enumerate(boxes)])
         all_boxes = torch.cat(boxes)
-        pooled = levels[0].new_zeros((len(all_boxes), levels[0].shape[1], self.output_size, self.output_size))
+        pooled = levels[0].new_zeros((all_boxes.shape[0], levels[0].shape[1], self.output_size, self.output_size))
         for index, (level, stride) in enumerate(zip(levels, strides, strict=True)):
             chosen = torch.where(assigned == index)[0]
             per_image = [all_boxes[chosen[image_index[chosen] == i]] for i in range(len(boxes))]
             # chosen is sorted, so concatenating per image keeps the order of ``chosen``
-            pooled[chosen] = op(level, per_image, self.output_size, 1 / stride, *settings).to(dtype)
+            level_pooled = op(level, per_image, self.output_size, 1 / stride, *settings).to(dtype)
+            # scatter rather than index assignment: ONNX's export of the latter fails on a level without boxes
+            pooled = pooled.scatter(0, chosen.view(-1, 1, 1, 1).expand_as(level_pooled), level_pooled)
         return pooled

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, _topk_min
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
@@ -164,32 +164,40 @@ class RegionProposalNetwork(nn.Module):
     def filter_proposals(
         self, boxes: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]], anchors_per_level: list[int]
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Per image: top-N by objectness in each level, clip, drop tiny boxes and low scores, NMS within
+        """``select_proposals`` for each image: boxes (B, A, 4), objectness logits (B, A), A = sum of
+        ``anchors_per_level`` -> proposals [(P_i, 4)], objectness probabilities [(P_i,)], highest first."""
+        proposals, scores = [], []
+        for image_boxes, image_objectness, size in zip(boxes, objectness, image_sizes, strict=True):
+            image_proposals, image_scores = self.select_proposals(image_boxes, image_objectness, size,
+                                                                  anchors_per_level)
+            proposals.append(image_proposals)
+            scores.append(image_scores)
+        return proposals, scores
+
+    def select_proposals(
+        self, boxes: Tensor, objectness: Tensor, image_size: tuple[int, int], anchors_per_level: list[int]
+    ) -> tuple[Tensor, Tensor]:
+        """One image: top-N by objectness in each level, clip, drop tiny boxes and low scores, NMS within
         each level, keep the top-N of all levels (torchvision's order of steps).
 
-        boxes (B, A, 4), objectness logits (B, A), A = sum of ``anchors_per_level`` (level by level)
-        -> proposals [(P_i, 4)], objectness probabilities [(P_i,)], highest first.
+        boxes (A, 4), objectness logits (A,) level by level -> proposals (P, 4), probabilities (P,), highest
+        first. Traceable (``torch.onnx.export``) with the image and level sizes dynamic: the top-N is bounded
+        by torchvision's ``_topk_min`` and the levels are cut with ``split``, so no size is frozen.
         """
         stage = "train" if self.training else "test"
-        top_idx, top_levels, start = [], [], 0
-        for level, count in enumerate(anchors_per_level):
-            top_n = min(self.pre_nms_top_n[stage], count)
-            top_idx.append(objectness[:, start : start + count].topk(top_n, dim=1).indices + start)
-            top_levels.append(torch.full((top_n,), level, device=objectness.device))
-            start += count
-        top_idx, top_levels = torch.cat(top_idx, dim=1), torch.cat(top_levels)
-        rows = torch.arange(len(boxes), device=boxes.device)[:, None]
-        boxes, objectness = boxes[rows, top_idx], objectness[rows, top_idx]
-        proposals, scores = [], []
-        for image_boxes, image_scores, size in zip(boxes, objectness.sigmoid(), image_sizes, strict=True):
-            image_boxes = clip_boxes_to_image(image_boxes, size)
-            keep = remove_small_boxes(image_boxes, self.min_size)
-            keep = keep[image_scores[keep] >= self.score_thresh]
-            keep = keep[batched_nms(image_boxes[keep], image_scores[keep], top_levels[keep], self.nms_iou)]
-            keep = keep[: self.post_nms_top_n[stage]]
-            proposals.append(image_boxes[keep])
-            scores.append(image_scores[keep])
-        return proposals, scores
+        top, levels, offset = [], [], 0
+        for level, level_objectness in enumerate(objectness.split(anchors_per_level)):
+            level_top = level_objectness.topk(_topk_min(level_objectness, self.pre_nms_top_n[stage], 0)).indices
+            top.append(level_top + offset)
+            levels.append(torch.full_like(level_top, level))
+            offset += level_objectness.shape[0]
+        top, levels = torch.cat(top), torch.cat(levels)
+        boxes, scores = clip_boxes_to_image(boxes[top], image_size), objectness[top].sigmoid()
+        keep = remove_small_boxes(boxes, self.min_size)
+        keep = keep[scores[keep] >= self.score_thresh]
+        keep = keep[batched_nms(boxes[keep], scores[keep], levels[keep], self.nms_iou)]
+        keep = keep[: self.post_nms_top_n[stage]]
+        return boxes[keep], scores[keep]
 
 
 def proposal_stats(proposals: list[Tensor], gt_boxes: list[Tensor], iou: float = 0.5) -> dict[str, Tensor]:
