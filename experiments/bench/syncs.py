@@ -42,6 +42,8 @@ SYNCING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique", "_u
                "unique_consecutive", "repeat_interleave", "masked_scatter", "nms"}
 BOOL_INDEXED_OPS = {"index", "index_put", "index_put_", "_index_put_impl_"}  # a boolean index means a nonzero
 HOST_READS = {"tolist", "numpy"}
+# Code that only ever sees host tensors (the data loader's workers or, with num_workers=0, the main process).
+HOST_ONLY_SITES = ("frcnn_lab/data/",)
 
 
 def call_site() -> str:
@@ -68,7 +70,9 @@ class SyncOpCounter(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in SYNCING_OPS or (name in BOOL_INDEXED_OPS and has_bool_index(args)) or is_device_to_host(
                 name, args, kwargs):
-            self.sites[f"{name} @ {call_site()}"] += 1
+            site = call_site()
+            if not site.startswith(HOST_ONLY_SITES):
+                self.sites[f"{name} @ {site}"] += 1
         return func(*args, **kwargs)
 
 
@@ -81,7 +85,9 @@ class HostReadCounter(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__name__", "") in HOST_READS:
-            self.sites[f"{func.__name__} @ {call_site()}"] += 1
+            site = call_site()
+            if not site.startswith(HOST_ONLY_SITES):
+                self.sites[f"{func.__name__} @ {site}"] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -100,8 +106,8 @@ def is_device_to_host(name: str, args: tuple, kwargs: dict) -> bool:
 
 
 class SyncCounting(L.Callback):
-    """Counts syncs from the start of training batch ``warmup`` to the start of batch ``warmup + steps``: whole
-    steps with their logging, without the end of the epoch (see the module doc)."""
+    """Counts syncs from the start of training batch ``warmup`` to the start of batch ``warmup + steps`` or the end
+    of the epoch, whichever comes first: whole steps with their logging (see the module doc)."""
 
     def __init__(self, warmup: int = 2, steps: int = 10) -> None:
         self.warmup, self.count_steps, self.steps, self.active = warmup, steps, 0, False
@@ -117,6 +123,9 @@ class SyncCounting(L.Callback):
             self.start(pl_module.device)
         if self.active:
             self.steps += 1
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.stop()  # the end of an epoch (validation, checkpoints) is not part of a step
 
     def start(self, device: torch.device) -> None:
         self.active = True
