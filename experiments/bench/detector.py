@@ -49,11 +49,17 @@ def config_group(group: str, name: str = "default") -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True)
 
 
-def build_pair(backbone: str, image_size: int) -> tuple[FasterRCNN, TorchvisionFasterRCNN]:
-    """Ours from the default config groups, and torchvision's with copies of the same parts and settings."""
+def build_pair(backbone: str, image_size: int, settings: list[str] = ()) -> tuple[FasterRCNN, TorchvisionFasterRCNN]:
+    """Ours from the default config groups with ``settings`` (``rpn.num_rois=8``...), and torchvision's with copies of
+    the same parts and settings."""
     torch.manual_seed(0)
     backbone_cfg = {**config_group("backbone", backbone), "weights": "none"}
-    rpn, head, loss = config_group("rpn"), config_group("roi_head"), config_group("loss")
+    groups = OmegaConf.merge({"rpn": config_group("rpn"), "roi_head": config_group("roi_head")},
+                             OmegaConf.from_dotlist(list(settings)))
+    unknown = set(groups) - {"rpn", "roi_head"}
+    if unknown or any(key not in config_group(group) for group in ("rpn", "roi_head") for key in groups[group]):
+        raise SystemExit(f"--set {list(settings)}: only existing keys of the rpn and roi_head groups can be set")
+    rpn, head, loss = OmegaConf.to_container(groups.rpn), OmegaConf.to_container(groups.roi_head), config_group("loss")
     ours = build_detector(backbone_cfg, rpn, head, loss, num_classes=NUM_CLASSES)
     return ours, torchvision_equivalent(ours, rpn, head, min_size=image_size)
 
@@ -141,7 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         def autocast():
             return torch.autocast(device.type, dtype=dtype)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    ours, theirs = (m.to(device, memory_format=memory_format) for m in build_pair(args.backbone, args.image_size))
+    ours, theirs = (m.to(device, memory_format=memory_format)
+                    for m in build_pair(args.backbone, args.image_size, args.set))
     images, targets = scenes(args.image_size, 2, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -159,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     )
     return {
         "backbone": args.backbone, "image_size": args.image_size, "device": args.device, "precision": args.precision,
-        "channels_last": args.channels_last, "repeats": args.repeats, "warmup": args.warmup,
+        "channels_last": args.channels_last, "repeats": args.repeats, "warmup": args.warmup, "settings": args.set,
         "train_step_s": {"ours": train[0], "torchvision": train[1], "ratio": train[0] / train[1], "batch_size": 2},
         "inference_s": {"ours": infer[0], "torchvision": infer[1], "ratio": infer[0] / infer[1], "batch_size": 1},
         "machine": machine(device),
@@ -185,6 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast dtype; fp16: cuda")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (for GPUs)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings of both detectors, e.g. rpn.num_rois=8 rpn.post_nms_top_n_test=16")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -86,8 +86,9 @@ class NonFiniteGuard(L.Callback):
     parts and the batch's image ids. ``action="skip"``: the batch makes no optimiser step, a warning says why,
     and ``train/nonfinite_batches`` counts it. Non-finite weights always stop the run.
     The module leaves a batch's non-finite loss parts in ``nonfinite_losses`` and back-propagates nothing
-    then; gradients are checked before the optimiser step (unless an AMP grad scaler, which skips steps with
-    infinite gradients itself, is active), weights after it.
+    then. Before each optimiser step one check (one wait for the GPU) covers the gradients (unless an AMP grad
+    scaler, which skips steps with infinite gradients itself, is active) and the weights, which the previous
+    step made; the weights are checked again after a batch with a non-finite loss and at the end of each epoch.
     """
 
     def __init__(self, action: str = "stop") -> None:
@@ -101,23 +102,30 @@ class NonFiniteGuard(L.Callback):
         self._step, self._image_ids = trainer.global_step, [t.get("image_id") for t in batch[1]]
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        if pl_module.nonfinite_losses or getattr(trainer.precision_plugin, "scaler", None) is not None:
-            return  # a skipped loss has no gradients; the AMP scaler handles infinite gradients
-        nonfinite = nonfinite_names((name, p.grad) for name, p in pl_module.named_parameters())
-        if nonfinite:
-            self.stop_or_skip("gradients", nonfinite)
-            optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left untouched by the step
+        trainable = [(name, p) for name, p in pl_module.named_parameters() if p.requires_grad]
+        check_gradients = getattr(trainer.precision_plugin, "scaler", None) is None
+        gradients = [(f"gradient {name}", p.grad) for name, p in trainable] if check_gradients else []
+        nonfinite = nonfinite_names([*gradients, *((f"weight {name}", p) for name, p in trainable)])
+        if not nonfinite:
+            return
+        self.stop_if_nonfinite_weights(trainable)
+        self.stop_or_skip("gradients", [name.removeprefix("gradient ") for name in nonfinite])
+        optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left untouched by the step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if pl_module.nonfinite_losses:
+            self.stop_if_nonfinite_weights(pl_module.named_parameters())
             self.stop_or_skip("loss", pl_module.nonfinite_losses)
-        nonfinite = nonfinite_names((name, p) for name, p in pl_module.named_parameters() if p.requires_grad)
-        if nonfinite:
-            raise NonFiniteLossError(describe_nonfinite(self._step, "weights", nonfinite, self._image_ids))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stop_if_nonfinite_weights(pl_module.named_parameters())
         pl_module.log("train/nonfinite_batches", float(self.skipped))
+
+    def stop_if_nonfinite_weights(self, named_parameters: Iterable[tuple[str, Tensor]]) -> None:
+        nonfinite = nonfinite_names((name, p) for name, p in named_parameters if p.requires_grad)
+        if nonfinite:
+            raise NonFiniteLossError(describe_nonfinite(self._step, "weights", nonfinite, self._image_ids))
 
     def stop_or_skip(self, what: str, names: list[str]) -> None:
         message = describe_nonfinite(self._step, what, names, self._image_ids)

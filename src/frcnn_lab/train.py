@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,9 @@ def training_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [NonFiniteGuard(cfg.train.on_nonfinite), recorder, *configured]
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit on the train split, validate every epoch, and return a summary of the run."""
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Fit on the train split, validate every epoch, and return a summary of the run; ``extra_callbacks`` go
+    after the configured ones (e.g. a measurement)."""
     validate(cfg)
     claim_output_dir(cfg.paths.output_dir, cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
@@ -53,7 +55,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             name_wandb_run(cfg.logger.wandb, identity)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=training_callbacks(cfg), plugins=[AtomicCheckpointIO()]
+        cfg.trainer, logger=loggers or False, callbacks=[*training_callbacks(cfg), *extra_callbacks],
+        plugins=[AtomicCheckpointIO()],
     )
     if trainer.is_global_zero:
         datamodule.write_summary(cfg.paths.output_dir)  # printed, and data_summary.json in the run directory

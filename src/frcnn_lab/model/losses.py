@@ -2,6 +2,7 @@
 
 Both stages use the same recipe (as in the paper and torchvision): cross-entropy over the sampled
 anchors / RoIs, and smooth-L1 over the positive ones only, summed and divided by the number sampled.
+Selections are masks, not boolean indexing, so a training step does not wait for the GPU here.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ def rpn_losses(
     """
     positive = sampled & (labels == 1)
     num_sampled = sampled.sum().clamp(min=1)
-    cls = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled].to(objectness.dtype))
-    reg = F.smooth_l1_loss(deltas[positive], target_deltas[positive], beta=beta, reduction="sum") / num_sampled
+    cls = F.binary_cross_entropy_with_logits(objectness, labels.clamp(min=0), reduction="none")
+    cls = torch.where(sampled, cls, 0.0).sum() / num_sampled
+    reg = regression_sum(deltas, target_deltas, positive, beta) / num_sampled
     return {"rpn_cls": cls, "rpn_reg": reg}
 
 
@@ -39,10 +41,19 @@ def roi_losses(
         zero = class_logits.sum() * 0.0
         return {"roi_cls": zero, "roi_reg": zero}
     cls = F.cross_entropy(class_logits, labels)
-    positive = torch.where(labels > 0)[0]
-    class_deltas = box_deltas.reshape(len(labels), -1, 4)[positive, labels[positive]]
-    reg = F.smooth_l1_loss(class_deltas, target_deltas[positive], beta=beta, reduction="sum") / labels.numel()
+    own_class_deltas = box_deltas.reshape(len(labels), -1, 4)[torch.arange(len(labels), device=labels.device), labels]
+    reg = regression_sum(own_class_deltas, target_deltas, labels > 0, beta) / labels.numel()
     return {"roi_cls": cls, "roi_reg": reg}
+
+
+def regression_sum(deltas: Tensor, target_deltas: Tensor, positive: Tensor, beta: float) -> Tensor:
+    """Smooth-L1 summed over the rows (N, 4) where ``positive`` (N,) holds.
+
+    Masks instead of boolean indexing (which asks the host for the count); the other rows regress onto their own
+    detached prediction, so they add 0 and no gradient, whatever their targets (an image without GT boxes has none).
+    """
+    targets = torch.where(positive[:, None], target_deltas, deltas.detach())
+    return F.smooth_l1_loss(deltas, targets, beta=beta, reduction="sum")
 
 
 def weighted_total(losses: dict[str, Tensor], weights: dict[str, float]) -> Tensor:

@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from frcnn_lab.model.losses import roi_losses
 from frcnn_lab.model.roi_pooling import RoIPooler
+from frcnn_lab.model.sampling import BalancedSampler
 
 
 class BoxPredictor(nn.Module):
@@ -52,7 +53,8 @@ def assign_roi_labels(
     else:
         max_iou, matched = box_iou(gt_boxes, proposals).max(dim=0)
         labels = torch.where(max_iou >= fg_iou, gt_labels[matched], -1)
-    labels[(max_iou >= bg_iou_lo) & (max_iou < bg_iou_hi)] = 0
+    # torch.where rather than masked assignment, which asks the host for the mask's size
+    labels = torch.where((max_iou >= bg_iou_lo) & (max_iou < bg_iou_hi), 0, labels)
     return labels, matched
 
 
@@ -86,7 +88,7 @@ class RoIHead(nn.Module):
         super().__init__()
         self.pooler, self.tail = pooler, tail
         self.predictor = BoxPredictor(representation_size, num_classes)
-        self.sampler = BalancedPositiveNegativeSampler(num_rois, positive_fraction)
+        self.sampler = BalancedSampler(num_rois, positive_fraction)
         self.box_coder = BoxCoder(tuple(box_weights))
         self.fg_iou, self.bg_iou_lo, self.bg_iou_hi = fg_iou, bg_iou_lo, bg_iou_hi
         self.add_gt_as_proposals = add_gt_as_proposals
@@ -187,6 +189,6 @@ def head_stats(class_logits: Tensor, labels: Tensor, num_images: int) -> dict[st
     }
     if labels.numel():
         stats["cls_accuracy"] = correct.float().mean()
-    if foreground.any():
-        stats["cls_accuracy_fg"] = correct[foreground].float().mean()
+    if foreground.any():  # the one wait for the GPU here: a step without foreground RoIs logs no fg accuracy
+        stats["cls_accuracy_fg"] = (correct & foreground).sum() / foreground.sum()
     return stats

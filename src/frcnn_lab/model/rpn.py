@@ -12,12 +12,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, _topk_min
+from torchvision.models.detection._utils import BoxCoder, _topk_min
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from frcnn_lab.model.losses import rpn_losses
+from frcnn_lab.model.sampling import BalancedSampler
 
 
 class RPNHead(nn.Module):
@@ -52,12 +53,11 @@ def assign_anchor_labels(anchors: Tensor, gt_boxes: Tensor, fg_iou: float, bg_io
         return anchors.new_zeros(len(anchors)), torch.zeros(len(anchors), dtype=torch.long, device=anchors.device)
     iou = box_iou(gt_boxes, anchors)  # (G, A)
     max_iou, matched = iou.max(dim=0)
-    labels = torch.full_like(max_iou, -1.0)
-    labels[max_iou < bg_iou] = 0.0
-    labels[max_iou >= fg_iou] = 1.0
     best_per_gt = iou.max(dim=1, keepdim=True).values
     is_best = ((iou == best_per_gt) & (best_per_gt > 0)).any(dim=0)
-    labels[is_best] = 1.0
+    # torch.where rather than masked assignment, which asks the host for the mask's size
+    labels = torch.where(max_iou < bg_iou, 0.0, -1.0)
+    labels = torch.where((max_iou >= fg_iou) | is_best, 1.0, labels)
     return labels, matched
 
 
@@ -98,7 +98,7 @@ class RegionProposalNetwork(nn.Module):
         self.anchor_generator = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(aspect_ratios),) * len(sizes))
         self.head = RPNHead(in_channels, len(sizes[0]) * len(aspect_ratios), head_channels)
         self.box_coder = BoxCoder(tuple(box_weights))
-        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
         self.fg_iou, self.bg_iou = fg_iou, bg_iou
         self.pre_nms_top_n = {"train": pre_nms_top_n_train, "test": pre_nms_top_n_test}
         self.post_nms_top_n = {"train": post_nms_top_n_train, "test": post_nms_top_n_test}
@@ -154,7 +154,7 @@ class RegionProposalNetwork(nn.Module):
             labels.append(image_labels)
             target_deltas.append(self.box_coder.encode_single(matched_boxes, anchors))
         positive, negative = self.sampler(labels)
-        positive, negative = torch.cat(positive).bool(), torch.cat(negative).bool()
+        positive, negative = torch.cat(positive), torch.cat(negative)
         stats = {
             "rpn_pos_anchors": positive.sum() / len(gt_boxes),
             "rpn_neg_anchors": negative.sum() / len(gt_boxes),
