@@ -124,9 +124,10 @@ def validate(cfg: DictConfig) -> None:
     check("optim.optimizer.lr", lambda v: 0 < v < float("inf"), "finite and > 0")
     for key in ("rpn.anchor_sizes", "rpn.aspect_ratios"):
         values = OmegaConf.select(cfg, key)
-        if not positive_numbers(values):
+        if values != "auto" and not positive_numbers(values):
             shown = OmegaConf.to_container(values) if isinstance(values, ListConfig) else values
-            problems.append(f"{key}={shown} must be a non-empty list of numbers > 0 (or of such lists, one per level)")
+            problems.append(f"{key}={shown} must be a non-empty list of numbers > 0 (or of such lists, one per "
+                            "level), or auto")
     for key in ("rpn.box_weights", "roi_head.box_weights"):
         values = OmegaConf.select(cfg, key)
         if not (positive_numbers(values) and len(values) == 4 and all(is_number(v) for v in values)):

@@ -38,7 +38,7 @@ from frcnn_lab.data.sources import FILE_SOURCES, read_records
 from frcnn_lab.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
-from frcnn_lab.data.transforms import apply_transforms, build_transforms
+from frcnn_lab.data.transforms import apply_transforms, build_transforms, resized_scale
 
 SOURCES = ("synthetic", *FILE_SOURCES)
 SCENE_GENERATORS = {"easy": SyntheticScenes, "hard": ClutteredScenes}
@@ -47,6 +47,8 @@ SPLIT_MODES = ("official", "random")
 ALL_SPLITS = (*SPLITS, "negatives")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+Annotation = tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]
+"""(height, width) of the stored image, boxes (N, 4) xyxy, labels (N,), difficult (N,)."""
 
 
 class FileImages(Dataset):
@@ -187,6 +189,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.issues = IssueLog()
         self.notes: list[str] = []
         self.datasets: dict[str, DetectionDataset] = {}
+        self._input_annotations: dict[str, list[Annotation]] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -281,9 +284,24 @@ class DetectionDataModule(L.LightningDataModule):
         self.setup()
         return self.loader("negatives") if len(self.datasets["negatives"]) else None
 
-    def write_summary(self, output_dir: str | Path) -> Path:
-        """Print the dataset summary and write it to ``output_dir/data_summary.json``."""
+    def input_annotations(self, split: str) -> list[Annotation]:
+        """Every image of ``split`` with its boxes in input pixels: after the resize, before augmentation (the
+        scale the anchors live at). Read once per split: the synthetic source draws each image to know it."""
+        self.setup()
+        if split not in self._input_annotations:
+            annotations = []
+            for index in range(len(self.datasets[split].source)):
+                (height, width), boxes, labels, difficult = self.datasets[split].source.annotation(index)
+                scale = resized_scale(height, width, self.image_size, self.max_size)
+                annotations.append(((height, width), np.asarray(boxes, np.float32).reshape(-1, 4) * scale,
+                                    np.asarray(labels), np.asarray(difficult)))
+            self._input_annotations[split] = annotations
+        return self._input_annotations[split]
+
+    def write_summary(self, output_dir: str | Path, anchors: dict[str, Any] | None = None) -> Path:
+        """Print the dataset summary and write it to ``output_dir/data_summary.json``; ``anchors``: the
+        anchor-fit report of the train split (``frcnn_lab.model.anchor_fit.fit_report``)."""
         from frcnn_lab.data.summary import write_summary
 
         self.setup()
-        return write_summary(self, Path(output_dir))
+        return write_summary(self, Path(output_dir), anchors)
