@@ -3,6 +3,8 @@ checkpoint's module or an exported ONNX model, boxes back in the photo's pixels.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -12,13 +14,20 @@ from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.onnx_runner import OnnxDetector
 
 
+def trained_resize(model: DetectionModule | OnnxDetector) -> dict[str, Any]:
+    """The resize policy the model was trained with: ``{"resize": ..., "scale": ...}`` (``data.resize`` /
+    ``data.scale``; shortest side for models that predate them)."""
+    source = model.hparams if isinstance(model, DetectionModule) else vars(model)
+    return {"resize": source.get("resize", "shortest_side"), "scale": source.get("scale", 1.0)}
+
+
 class PhotoDetector:
     """uint8 (H, W, 3) RGB photo -> {"boxes" (D, 4) xyxy in the photo's pixels, "scores" (D,), "labels" (D,)}."""
 
     def __init__(self, model: DetectionModule | OnnxDetector, image_size: int, max_size: int) -> None:
         self.model, self.classes = model, list(model.classes)
         self.image_size, self.max_size = image_size, max_size
-        self.transforms = build_transforms(image_size, max_size, train=False)
+        self.transforms = build_transforms(image_size, max_size, train=False, **trained_resize(model))
         self.device = next(model.parameters()).device if isinstance(model, DetectionModule) else torch.device("cpu")
 
     @torch.inference_mode()

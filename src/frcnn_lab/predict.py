@@ -30,6 +30,7 @@ from frcnn_lab.checkpoints import input_sizes, load_module, resolve_device
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
+from frcnn_lab.inference import trained_resize
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.metrics import coco_json
 from frcnn_lab.onnx_runner import OnnxDetector
@@ -113,7 +114,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     module = load_detector(cfg, device)
     keep_labels = class_filter(module, cfg.classes)
     image_size, max_size = input_size(cfg, module)
-    transforms = build_transforms(image_size, max_size, train=False)
+    transforms = build_transforms(image_size, max_size, train=False, **trained_resize(module))
     output.mkdir(parents=True, exist_ok=True)
     results, skipped, written = [], [], []
     for image_id, path in enumerate(files):

@@ -31,6 +31,7 @@ def build_module(cfg: DictConfig) -> DetectionModule:
     return DetectionModule(
         **groups, classes=list(cfg.data.classes), mode=cfg.model.mode, score_threshold=cfg.eval.score_threshold,
         voc07=cfg.data.name == "voc", image_size=cfg.data.image_size, max_size=cfg.data.max_size,
+        resize=cfg.data.get("resize", "shortest_side"), scale=cfg.data.get("scale", 1.0),
     )
 
 

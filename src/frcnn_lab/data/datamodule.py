@@ -38,7 +38,7 @@ from frcnn_lab.data.sources import FILE_SOURCES, read_records
 from frcnn_lab.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
-from frcnn_lab.data.transforms import apply_transforms, build_transforms, resized_scale
+from frcnn_lab.data.transforms import Resize, apply_transforms, build_transforms
 
 SOURCES = ("synthetic", *FILE_SOURCES)
 SCENE_GENERATORS = {"easy": SyntheticScenes, "hard": ClutteredScenes}
@@ -54,8 +54,8 @@ Annotation = tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]
 class FileImages(Dataset):
     """Checked samples read from disk: item -> source item dict (see the module docstring)."""
 
-    def __init__(self, samples: Sequence[Sample], min_side: int, max_side: int) -> None:
-        self.samples, self.min_side, self.max_side = list(samples), min_side, max_side
+    def __init__(self, samples: Sequence[Sample], resize: Resize) -> None:
+        self.samples, self.resize = list(samples), resize
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -69,7 +69,10 @@ class FileImages(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        image = load(sample.path, self.min_side, self.max_side)
+        # A reduced JPEG decode suits shortest_side, which resizes whatever is loaded to its sides;
+        # fixed_scale multiplies the loaded size, so it needs the file's own.
+        shortest_side = self.resize.policy == "shortest_side"
+        image = load(sample.path, self.resize.image_size, self.resize.max_size) if shortest_side else load(sample.path)
         height, width = image.shape[:2]
         # JPEGs may be decoded at a reduced scale: boxes follow the pixels actually loaded.
         scale = np.array([width / sample.width, height / sample.height] * 2, np.float32)
@@ -149,8 +152,9 @@ class DetectionDataModule(L.LightningDataModule):
     """``name`` selects the source; ``source`` holds its own arguments (see docs/datasets.md).
 
     ``classes``: label 1..K in this order; ``class_map``: more source class names for a class
-    (``{"Mobile phone": camera}``). ``image_size``: shortest side after resizing; ``max_size``: cap on the
-    long side. ``split``: ``official`` (the source's splits) or ``random`` (``split_fractions`` of the
+    (``{"Mobile phone": camera}``). ``resize``: ``shortest_side`` (``image_size``: shortest side after
+    resizing; ``max_size``: cap on the long side) or ``fixed_scale`` (every image times ``scale``), see
+    ``transforms.Resize``. ``split``: ``official`` (the source's splits) or ``random`` (``split_fractions`` of the
     source's train set, seeded by ``split_seed``). ``limit``: at most this many images per split (a
     seeded choice). ``include`` / ``exclude``: curation files of image ids. ``use_difficult``: train on
     difficult / crowd boxes. ``num_negatives``: size of the negatives set (synthetic) or its cap.
@@ -169,7 +173,8 @@ class DetectionDataModule(L.LightningDataModule):
         split: str = "official", split_fractions: Sequence[float] = (0.8, 0.2, 0.0), split_seed: int = 0,
         limit: int | None = None, include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None, use_difficult: bool = False, num_negatives: int | None = 100,
-        verify_images: bool = True, group_aspect_ratio: bool = True,
+        verify_images: bool = True, group_aspect_ratio: bool = True, resize: str = "shortest_side",
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         if name not in SOURCES:
@@ -180,6 +185,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.category_ids = list(range(1, len(self.classes) + 1))  # the dataset's id of each class
         self.source_args = dict(source)
         self.image_size, self.max_size = image_size, max_size
+        self.resize = Resize(resize, image_size, max_size, scale)
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, dict(augment)
         self.split, self.split_fractions, self.split_seed = split, list(split_fractions), split_seed
         self.limit, self.include, self.exclude = limit, include, exclude
@@ -197,7 +203,8 @@ class DetectionDataModule(L.LightningDataModule):
         sources = self._synthetic() if self.name == "synthetic" else self._files()
         for split, source in sources.items():
             train = split == "train"
-            transforms = build_transforms(self.image_size, self.max_size, train, **(self.augment if train else {}))
+            transforms = build_transforms(self.image_size, self.max_size, train, **(self.augment if train else {}),
+                                          resize=self.resize.policy, scale=self.resize.scale)
             self.datasets[split] = DetectionDataset(source, transforms)
 
     def _synthetic(self) -> dict[str, SceneRange]:
@@ -258,7 +265,7 @@ class DetectionDataModule(L.LightningDataModule):
                 samples[split] = [samples[split][i] for i in order[:cap]]
         if not samples["train"]:
             raise DataError(f"data={self.name}: no training image left; see the skipped items above")
-        return {split: FileImages(samples[split], self.image_size, self.max_size) for split in ALL_SPLITS}
+        return {split: FileImages(samples[split], self.resize) for split in ALL_SPLITS}
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         dataset = self.datasets[split]
@@ -292,7 +299,7 @@ class DetectionDataModule(L.LightningDataModule):
             annotations = []
             for index in range(len(self.datasets[split].source)):
                 (height, width), boxes, labels, difficult = self.datasets[split].source.annotation(index)
-                scale = resized_scale(height, width, self.image_size, self.max_size)
+                scale = self.resize.factor(height, width)
                 annotations.append(((height, width), np.asarray(boxes, np.float32).reshape(-1, 4) * scale,
                                     np.asarray(labels), np.asarray(difficult)))
             self._input_annotations[split] = annotations

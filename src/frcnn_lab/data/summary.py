@@ -5,7 +5,10 @@ images, and the distribution of box sides sqrt(w * h) and shapes h / w in *input
 resize to ``data.image_size``, the scale the anchors live at). Then everything left out or changed
 while reading the source, counted by reason, with the first examples of each reason. Training runs and
 ``browse`` add ``anchors``: how well the RPN's anchors fit the train boxes, and anchors suggested from
-them (``frcnn_lab.model.anchor_fit``).
+them (``frcnn_lab.model.anchor_fit``). ``object_size_mismatch`` compares the median box side of train
+and val after the resize: a ratio above ``SIZE_MISMATCH_RATIO`` warns, as the model would be asked for
+objects at a size it rarely saw in training (``data.resize=fixed_scale`` keeps photos of one ground
+resolution at one object size).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from frcnn_lab.model.backbones import feature_levels
 
 log = logging.getLogger(__name__)
 EXAMPLES_PER_REASON = 5
+SIZE_MISMATCH_RATIO = 1.5  # train / val median box side (either way round) above which the run warns
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float] | None:
@@ -57,9 +61,31 @@ def split_statistics(annotations, classes: list[str]) -> dict[str, Any]:
     }
 
 
+def size_mismatch(splits: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Median box sides of train and val in input pixels, their ratio (>= 1) and whether it passes
+    ``SIZE_MISMATCH_RATIO``; None when either split has no boxes."""
+    train, val = (splits.get(split, {}).get("box_side_input_px") for split in ("train", "val"))
+    if not train or not val:
+        return None
+    ratio = max(train["median"], val["median"]) / max(min(train["median"], val["median"]), 1e-6)
+    return {"train_median_px": train["median"], "val_median_px": val["median"], "ratio": round(ratio, 2),
+            "warn": ratio > SIZE_MISMATCH_RATIO}
+
+
+def mismatch_warning(mismatch: dict[str, Any] | None) -> str | None:
+    if not mismatch or not mismatch["warn"]:
+        return None
+    return (f"train and val objects differ in size after the resize: median box side {mismatch['train_median_px']} "
+            f"px in train, {mismatch['val_median_px']} px in val (ratio {mismatch['ratio']}, more than "
+            f"{SIZE_MISMATCH_RATIO}); if the photos share one ground resolution, data.resize=fixed_scale keeps "
+            "their objects at one size")
+
+
 def summarize(datamodule, anchors: dict[str, Any] | None = None) -> dict[str, Any]:
     """The summary of a set-up DetectionDataModule as a JSON-ready dict (with the anchor-fit report)."""
     issues = datamodule.issues
+    splits = {split: split_statistics(datamodule.input_annotations(split), datamodule.classes)
+              for split in datamodule.datasets}
     examples: dict[str, list[str]] = {}
     for entry in issues.entries:
         shown = examples.setdefault(entry["reason"], [])
@@ -71,8 +97,10 @@ def summarize(datamodule, anchors: dict[str, Any] | None = None) -> dict[str, An
         "class_map": datamodule.class_map,
         "image_size": datamodule.image_size,
         "max_size": datamodule.max_size,
-        "splits": {split: split_statistics(datamodule.input_annotations(split), datamodule.classes)
-                   for split in datamodule.datasets},
+        "resize": datamodule.resize.policy,
+        "scale": datamodule.resize.scale,
+        "splits": splits,
+        "object_size_mismatch": size_mismatch(splits),
         "anchors": anchors,
         "skipped_or_changed": issues.counts(),
         "examples": examples,
@@ -136,8 +164,9 @@ def write_summary(datamodule, output_dir: Path, anchors: dict[str, Any] | None =
     """Log the summary and write it as JSON (a new file name if one exists already); returns the path."""
     summary = summarize(datamodule, anchors)
     log.info("\n%s", format_summary(summary))
-    if anchors and (warning := anchor_warning(anchors)):
-        log.warning(warning)
+    for warning in (mismatch_warning(summary["object_size_mismatch"]), anchors and anchor_warning(anchors)):
+        if warning:
+            log.warning(warning)
     output_dir.mkdir(parents=True, exist_ok=True)
     path, number = output_dir / "data_summary.json", 1
     while path.exists():
