@@ -13,6 +13,7 @@ Splits: ``train``, ``val``, ``test`` and ``negatives`` (images of other categori
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from frcnn_lab.data.sources import FILE_SOURCES, read_records
 from frcnn_lab.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
+from frcnn_lab.data.tiles import TiledImages
 from frcnn_lab.data.transforms import Resize, apply_transforms, build_transforms
 
 SOURCES = ("synthetic", *FILE_SOURCES)
@@ -154,7 +156,9 @@ class DetectionDataModule(L.LightningDataModule):
     ``classes``: label 1..K in this order; ``class_map``: more source class names for a class
     (``{"Mobile phone": camera}``). ``resize``: ``shortest_side`` (``image_size``: shortest side after
     resizing; ``max_size``: cap on the long side) or ``fixed_scale`` (every image times ``scale``), see
-    ``transforms.Resize``. ``split``: ``official`` (the source's splits) or ``random`` (``split_fractions`` of the
+    ``transforms.Resize``. ``tiles``: ``size`` (input pixels; null: no tiling), ``overlap``, ``min_visible``,
+    ``empty_fraction``: the train split as overlapping tiles of its photos (``frcnn_lab.data.tiles``; needs
+    ``fixed_scale``). ``split``: ``official`` (the source's splits) or ``random`` (``split_fractions`` of the
     source's train set, seeded by ``split_seed``). ``limit``: at most this many images per split (a
     seeded choice). ``include`` / ``exclude``: curation files of image ids. ``use_difficult``: train on
     difficult / crowd boxes. ``num_negatives``: size of the negatives set (synthetic) or its cap.
@@ -174,7 +178,7 @@ class DetectionDataModule(L.LightningDataModule):
         limit: int | None = None, include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None, use_difficult: bool = False, num_negatives: int | None = 100,
         verify_images: bool = True, group_aspect_ratio: bool = True, resize: str = "shortest_side",
-        scale: float = 1.0,
+        scale: float = 1.0, tiles: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if name not in SOURCES:
@@ -186,6 +190,10 @@ class DetectionDataModule(L.LightningDataModule):
         self.source_args = dict(source)
         self.image_size, self.max_size = image_size, max_size
         self.resize = Resize(resize, image_size, max_size, scale)
+        self.tiles = dict(tiles or {})
+        if self.tiles.get("size") is not None and resize != "fixed_scale":
+            raise ValueError(f"data.tiles.size={self.tiles['size']} needs data.resize=fixed_scale (got {resize}): "
+                             "tiles are cut at one scale for every photo")
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, dict(augment)
         self.split, self.split_fractions, self.split_seed = split, list(split_fractions), split_seed
         self.limit, self.include, self.exclude = limit, include, exclude
@@ -203,6 +211,8 @@ class DetectionDataModule(L.LightningDataModule):
         sources = self._synthetic() if self.name == "synthetic" else self._files()
         for split, source in sources.items():
             train = split == "train"
+            if train and self.tiles.get("size") is not None:
+                source = TiledImages(source, factor=self.resize.factor, seed=self.split_seed, **self.tiles)
             transforms = build_transforms(self.image_size, self.max_size, train, **(self.augment if train else {}),
                                           resize=self.resize.policy, scale=self.resize.scale)
             self.datasets[split] = DetectionDataset(source, transforms)
@@ -290,6 +300,12 @@ class DetectionDataModule(L.LightningDataModule):
         """Images with no box of ``classes`` (evaluation transforms), or None when the source has none."""
         self.setup()
         return self.loader("negatives") if len(self.datasets["negatives"]) else None
+
+    def tiling(self) -> dict[str, Any] | None:
+        """What tiling did to the train split (``TilingCounts`` as a dict), or None without tiles."""
+        self.setup()
+        source = self.datasets["train"].source
+        return asdict(source.counts) if isinstance(source, TiledImages) else None
 
     def input_annotations(self, split: str) -> list[Annotation]:
         """Every image of ``split`` with its boxes in input pixels: after the resize, before augmentation (the

@@ -101,6 +101,7 @@ def summarize(datamodule, anchors: dict[str, Any] | None = None) -> dict[str, An
         "scale": datamodule.resize.scale,
         "splits": splits,
         "object_size_mismatch": size_mismatch(splits),
+        "tiling": datamodule.tiling(),
         "anchors": anchors,
         "skipped_or_changed": issues.counts(),
         "examples": examples,
@@ -116,6 +117,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         spread = f"box side px median {side['median']} (p10 {side['p10']}, p90 {side['p90']})" if side else "no boxes"
         lines.append(f"{split:>9}: {stats['images']} images ({stats['images_without_boxes']} without boxes), "
                      f"boxes: {per_class}; {spread}")
+    if tiling := summary["tiling"]:
+        lines.append(f"    tiles: train is {tiling['tiles']} tiles of {tiling['photos']} photos "
+                     f"({tiling['tiles_with_boxes']} with boxes, {tiling['empty_tiles_kept']} without kept, "
+                     f"{tiling['empty_tiles_left_out']} left out); boxes cut by a tile edge: "
+                     f"{tiling['boxes_clipped']} clipped, {tiling['boxes_dropped']} dropped")
     if summary["skipped_or_changed"]:
         lines.append("skipped or changed while reading (reason: count):")
         lines += [f"  {reason}: {count}   e.g. {summary['examples'][reason][0]}"
