@@ -15,7 +15,13 @@ from conftest import compose_config
 from frcnn_lab.checkpoints import load_module
 from frcnn_lab.config import ConfigError, validate
 from frcnn_lab.data.browse import browse
-from frcnn_lab.model.anchor_fit import WARN_SHARE, anchor_fit, fit_report
+from frcnn_lab.model.anchor_fit import (
+    WARN_SHARE,
+    anchor_fit,
+    fit_report,
+    suggest_anchor_sizes,
+    suggest_aspect_ratios,
+)
 from frcnn_lab.model.backbones import feature_levels
 from frcnn_lab.predict import predict
 from frcnn_lab.train import train
@@ -33,6 +39,9 @@ def test_fit_shares_match_hand_computed_ious():
     assert fit["levels"]["a"]["share_iou_at_least_0.7"] == 0.25 and fit["levels"]["b"]["share_iou_at_least_0.7"] == 0
     assert fit["share_smaller_than_smallest_anchor"] == 0.25 and fit["share_larger_than_largest_anchor"] == 0.25
     assert fit["warn"]  # 50 % at IoU 0.5
+    one_level = anchor_fit(sides, sides, {"c4": [32, 64]}, [1.0], fg_iou=0.7)  # the best of two anchors
+    assert one_level["share_best_iou_at_least"] == fit["share_best_iou_at_least"]
+    assert one_level["levels"]["c4"]["boxes_best_here"] == 4
 
 
 def test_fit_uses_the_anchors_torchvision_places():
@@ -44,6 +53,16 @@ def test_fit_uses_the_anchors_torchvision_places():
     assert fit["share_best_iou_at_least"]["0.505"] == 1.0
     fit = anchor_fit(np.array([32.0]), np.array([16.0]), {"c4": [32]}, [0.5], fg_iou=0.507)
     assert fit["share_best_iou_at_least"]["0.507"] == 0.0
+
+
+def test_suggested_sizes_and_ratios_are_quantiles_of_the_log_sides_and_shapes():
+    # log sides ln 10, ln 20, ln 40, ln 80: the quantile at 0.25 lies 3/4 of the way from ln 10 to ln 20
+    # (numpy's linear interpolation), 10 * 2^0.75 = 16.8; at 0.75, 40 * 2^0.25 = 47.6.
+    sides = np.array([10.0, 20.0, 40.0, 80.0])
+    assert suggest_anchor_sizes(sides, sides, 2) == [17.0, 48.0]
+    # h / w 0.25, 1, 1, 4: quantiles at 1/6, 1/2, 5/6 of the logs: 4^(-1/2) = 0.5, 1, 4^(1/2) = 2.
+    widths, heights = np.array([40.0, 20.0, 20.0, 10.0]), np.array([10.0, 20.0, 20.0, 40.0])
+    assert suggest_aspect_ratios(widths, heights, 3) == [0.5, 1.0, 2.0]
 
 
 def small_boxes(count: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
