@@ -211,7 +211,8 @@ class DetectionDataModule(L.LightningDataModule):
         sources = self._synthetic() if self.name == "synthetic" else self._files()
         for split, source in sources.items():
             train = split == "train"
-            if train and self.tiles.get("size") is not None:
+            # Tiling reads every train annotation: not worth it for evaluation alone (stage "test").
+            if train and self.tiles.get("size") is not None and stage != "test":
                 source = TiledImages(source, factor=self.resize.factor, seed=self.split_seed, **self.tiles)
             transforms = build_transforms(self.image_size, self.max_size, train, **(self.augment if train else {}),
                                           resize=self.resize.policy, scale=self.resize.scale)
