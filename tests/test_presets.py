@@ -36,7 +36,7 @@ def test_model_presets_carry_the_thesis_settings(model):
         assert (cfg.roi_head.bg_iou_lo, cfg.roi_head.bg_iou_hi, cfg.roi_head.positive_fraction) == (0.1, 0.5, 0.5)
         assert list(cfg.roi_head.box_weights) == [8, 8, 4, 4] and list(cfg.rpn.box_weights) == [4, 4, 4, 4]
         assert cfg.rpn.post_nms_top_n_train == 300 and cfg.eval.score_threshold == 0.9
-        assert dict(cfg.data.augment) == {"hflip": 0.5, "vflip": 0.5, "rot90": 1.0, "extra": []}
+        assert dict(cfg.data.augment) == {"hflip": 0.5, "vflip": 0.5, "rot90": 1.0, "scale_jitter": None, "extra": []}
         assert list(cfg.tags) == ["thesis", model]
 
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from frcnn_lab.callbacks import NONFINITE_ACTIONS
 from frcnn_lab.data.datamodule import SOURCES, SPLIT_MODES
+from frcnn_lab.data.transforms import RESIZE_POLICIES
 from frcnn_lab.lit_module import SCHEDULES
 from frcnn_lab.model.detector import MODES
 from frcnn_lab.model.roi_pooling import POOLERS
@@ -84,6 +85,9 @@ def validate(cfg: DictConfig) -> None:
     choice("data.name", SOURCES)
     if present("data.split"):
         choice("data.split", SPLIT_MODES)
+    if present("data.resize"):
+        choice("data.resize", RESIZE_POLICIES)
+        check("data.scale", lambda v: 0 < v < float("inf"), "finite and > 0")
     choice("model.mode", MODES)
     choice("optim.schedule", SCHEDULES)
     choice("train.on_nonfinite", NONFINITE_ACTIONS)
@@ -124,9 +128,10 @@ def validate(cfg: DictConfig) -> None:
     check("optim.optimizer.lr", lambda v: 0 < v < float("inf"), "finite and > 0")
     for key in ("rpn.anchor_sizes", "rpn.aspect_ratios"):
         values = OmegaConf.select(cfg, key)
-        if not positive_numbers(values):
+        if values != "auto" and not positive_numbers(values):
             shown = OmegaConf.to_container(values) if isinstance(values, ListConfig) else values
-            problems.append(f"{key}={shown} must be a non-empty list of numbers > 0 (or of such lists, one per level)")
+            problems.append(f"{key}={shown} must be a non-empty list of numbers > 0 (or of such lists, one per "
+                            "level), or auto")
     for key in ("rpn.box_weights", "roi_head.box_weights"):
         values = OmegaConf.select(cfg, key)
         if not (positive_numbers(values) and len(values) == 4 and all(is_number(v) for v in values)):

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from frcnn_lab.checkpoints import device_name, input_sizes, load_module, resolve_device, run_data_config
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
+from frcnn_lab.inference import trained_resize
 from frcnn_lab.metrics.coco_json import write_coco_files
 from frcnn_lab.metrics.tide import format_tide
 
@@ -62,6 +63,7 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
     # batch (the thesis's test protocol).
     data["image_size"], data["max_size"] = input_sizes(module, cfg.ckpt_path, cfg.image_size, cfg.max_size,
                                                        fallback=(data["image_size"], data["max_size"]))
+    data.update(trained_resize(module))
     data["batch_size"] = 1
     module.score_threshold = cfg.score_threshold if cfg.score_threshold is not None else module.score_threshold
     module.voc07 = data["name"] == "voc"

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from frcnn_lab.checkpoints import input_sizes, load_module
 from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.inference import trained_resize
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.model.detector import FasterRCNN
 
@@ -64,7 +65,8 @@ def export_metadata(module: DetectionModule, image_size: int, max_size: int) -> 
     """What a runner needs beside the graph: class names (label i is ``classes[i - 1]``), their COCO category
     ids and the resize."""
     return {"classes": list(module.classes), "category_ids": list(module.category_ids),
-            "image_size": int(image_size), "max_size": int(max_size), "mode": module.hparams.mode}
+            "image_size": int(image_size), "max_size": int(max_size), "mode": module.hparams.mode,
+            **trained_resize(module)}
 
 
 def export_onnx(module: DetectionModule, path: Path, metadata: dict[str, Any], opset: int = 17) -> Path:

@@ -4,6 +4,7 @@ exported ``.onnx``) with its input size, and the training resize around it, boxe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +14,13 @@ from frcnn_lab.checkpoints import input_sizes, load_module, requested_input_size
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.onnx_runner import OnnxDetector
+
+
+def trained_resize(model: DetectionModule | OnnxDetector) -> dict[str, Any]:
+    """The resize policy the model was trained with: ``{"resize": ..., "scale": ...}`` (``data.resize`` /
+    ``data.scale``; shortest side for models that predate them)."""
+    source = model.hparams if isinstance(model, DetectionModule) else vars(model)
+    return {"resize": source.get("resize", "shortest_side"), "scale": source.get("scale", 1.0)}
 
 
 class PhotoDetector:
@@ -25,7 +33,7 @@ class PhotoDetector:
     def __init__(self, model: DetectionModule | OnnxDetector, image_size: int, max_size: int) -> None:
         self.model, self.classes, self.category_ids = model, list(model.classes), list(model.category_ids)
         self.image_size, self.max_size = image_size, max_size
-        self.transforms = build_transforms(image_size, max_size, train=False)
+        self.transforms = build_transforms(image_size, max_size, train=False, **trained_resize(model))
         self.device = next(model.parameters()).device if isinstance(model, DetectionModule) else torch.device("cpu")
 
     @torch.inference_mode()

@@ -36,10 +36,10 @@ class DetectionModule(L.LightningModule):
     ``test_results[i]`` holds loader i's figures and ``test_outputs[i]`` its (prediction, target) pairs.
 
     The checkpoint carries what inference needs: the config groups, ``classes`` with their dataset
-    ``category_ids`` (the training datamodule's, else as given, else 1..K), ``image_size`` / ``max_size``
-    and ``normalization`` (the backbone's mean / std unless given). ``pretrained_backbone=False`` builds the
-    backbone without reading pretrained weights, for a state dict that replaces them; ``load_from_checkpoint``
-    always does so.
+    ``category_ids`` (the training datamodule's, else as given, else 1..K), ``image_size`` / ``max_size``,
+    the ``resize`` policy and its ``scale`` (``data.resize`` / ``data.scale``) and ``normalization`` (the
+    backbone's mean / std unless given). ``pretrained_backbone=False`` builds the backbone without reading
+    pretrained weights, for a state dict that replaces them; ``load_from_checkpoint`` always does so.
 
     A training batch with a NaN / infinite loss part is neither logged nor back-propagated: its part names
     are left in ``nonfinite_losses`` for the ``NonFiniteGuard`` callback, which stops the run or counts it.
@@ -50,7 +50,7 @@ class DetectionModule(L.LightningModule):
         optim: dict[str, Any], classes: list[str], mode: str = "full", score_threshold: float = 0.5,
         voc07: bool = False, category_ids: list[int] | None = None, image_size: int | None = None,
         max_size: int | None = None, normalization: dict[str, list[float]] | None = None,
-        pretrained_backbone: bool = True,
+        pretrained_backbone: bool = True, resize: str = "shortest_side", scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained_backbone"])

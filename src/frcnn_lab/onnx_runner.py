@@ -39,6 +39,8 @@ class OnnxDetector:
         self.classes: list[str] = json.loads(metadata["classes"])
         self.image_size: int = json.loads(metadata["image_size"])
         self.max_size: int = json.loads(metadata["max_size"])
+        self.resize: str = json.loads(metadata.get("resize", '"shortest_side"'))
+        self.scale: float = json.loads(metadata.get("scale", "1.0"))
         self.category_ids: list[int] = (json.loads(metadata["category_ids"]) if "category_ids" in metadata
                                         else list(range(1, len(self.classes) + 1)))
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from frcnn_lab.callbacks import AtomicCheckpointIO, NonFiniteGuard, ValImageRecorder
 from frcnn_lab.config import CONFIG_DIR, ConfigError, refuse_local_ddp_in_multirun, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
+from frcnn_lab.data.summary import train_anchor_report
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.run_dir import claim_output_dir, reserve_output_dir
 from frcnn_lab.tracking import finish_wandb_runs, flat_config, hydra_run_identity, name_wandb_run, write_status
@@ -31,6 +32,7 @@ def build_module(cfg: DictConfig) -> DetectionModule:
     return DetectionModule(
         **groups, classes=list(cfg.data.classes), mode=cfg.model.mode, score_threshold=cfg.eval.score_threshold,
         voc07=cfg.data.name == "voc", image_size=cfg.data.image_size, max_size=cfg.data.max_size,
+        resize=cfg.data.get("resize", "shortest_side"), scale=cfg.data.get("scale", 1.0),
     )
 
 
@@ -48,6 +50,12 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     claim_output_dir(cfg.paths.output_dir, cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    anchors = train_anchor_report(datamodule, OmegaConf.to_container(cfg.rpn, resolve=True), cfg.backbone.name)
+    with open_dict(cfg):
+        # `auto` becomes the suggested values: the module (and its checkpoint) records what was used.
+        for key in ("anchor_sizes", "aspect_ratios"):
+            if anchors["auto"][key]:
+                cfg.rpn[key] = anchors["used"][key]
     module = build_module(cfg)
     identity = hydra_run_identity()
     if cfg.get("logger") and "wandb" in cfg.logger:
@@ -59,7 +67,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         plugins=[AtomicCheckpointIO()],
     )
     if trainer.is_global_zero:
-        datamodule.write_summary(cfg.paths.output_dir)  # printed, and data_summary.json in the run directory
+        datamodule.write_summary(cfg.paths.output_dir, anchors)  # printed, and data_summary.json in the run directory
     config = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:
         # W&B gets dotted keys (backbone.name, rpn.num_rois...) so its runs table groups by them.
@@ -71,6 +79,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
             # trainer.max_steps stopped training inside the first epoch: validate what was trained.
             trainer.validate(module, datamodule=datamodule, verbose=False)
         summary = run_summary(trainer, module)
+        summary["anchor_fit"] = anchor_fit_line(anchors)
     if trainer.is_global_zero:
         log.info(format_summary(summary))
     return summary
@@ -90,12 +99,21 @@ def run_summary(trainer: L.Trainer, module: DetectionModule) -> dict[str, Any]:
     }
 
 
+def anchor_fit_line(anchors: dict[str, Any]) -> str:
+    """One line for the run summary: the share of train boxes whose best anchor has IoU >= 0.5, and the advice."""
+    share = anchors["fit"]["share_best_iou_at_least"]["0.5"]
+    advice = (f"; poor fit, try rpn.anchor_sizes={anchors['suggested']['anchor_sizes']} or rpn.anchor_sizes=auto"
+              if anchors["fit"]["warn"] else "")
+    return f"{share:.0%} of the train boxes have an anchor of IoU >= 0.5 ({anchors['used']['anchor_sizes']}){advice}"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     lines = ["", "=== frcnn_lab run summary ==="]
     if summary["best_map_50"] is None:
         lines.append("no validation ran")
     else:
         lines.append(f"best val mAP@0.5: {summary['best_map_50']:.3f} (epoch {summary['best_epoch']})")
+    lines.append(f"anchor fit:       {summary['anchor_fit']}")
     lines.append(f"best checkpoint:  {summary['checkpoint'] or '-'}")
     lines.append(f"metrics CSV:      {summary['metrics_csv'] or '-'}")
     if summary["wandb_dir"]:

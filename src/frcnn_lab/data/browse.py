@@ -6,7 +6,8 @@ on ``n`` images of ``split``, a seeded choice, into ``<run dir>/images/<index>_<
 applied, at the file's size); ``augmented=true`` shows what the model gets: the split's transforms (for
 train: the resize and the augmentation). The dataset summary goes to ``data_summary.json`` with its
 plots beside it in ``data_summary.png``: boxes per class, box side histogram per class (input pixels,
-after the resize) and boxes per image, one row per split.
+after the resize, the anchor sizes of ``rpn`` / ``backbone`` marked) and boxes per image, one row per
+split. The summary holds the anchor fit of the train boxes (``rpn.anchor_sizes=auto``: of the suggestion).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
-from frcnn_lab.data.transforms import resized_scale
+from frcnn_lab.data.summary import train_anchor_report
 from frcnn_lab.run_dir import claim_output_dir
 from frcnn_lab.visualize import CLASS_COLORS, class_name, save_png
 
@@ -84,21 +85,18 @@ def contact_sheet(pictures: Sequence[Path], path: Path) -> Path:
     return path
 
 
-def plot_summary(datamodule: DetectionDataModule, path: Path) -> Path:
-    """One row per split with images: boxes per class, box side histogram per class (input pixels), boxes
-    per image."""
-    splits = [(name, dataset) for name, dataset in datamodule.datasets.items() if len(dataset)]
+def plot_summary(datamodule: DetectionDataModule, path: Path, anchor_sizes: Sequence[float] = ()) -> Path:
+    """One row per split with images: boxes per class, box side histogram per class (input pixels, with
+    ``anchor_sizes`` marked as dashed lines), boxes per image."""
+    splits = [split for split, dataset in datamodule.datasets.items() if len(dataset)]
     classes = datamodule.classes
     figure, axes = plt.subplots(len(splits), 3, figsize=(15, 3.6 * len(splits)), squeeze=False)
-    for row, (split, dataset) in zip(axes, splits, strict=True):
-        labels, sides, per_image = [], [], []
-        for index in range(len(dataset.source)):
-            (height, width), boxes, box_labels, _ = dataset.source.annotation(index)
-            scale = resized_scale(height, width, datamodule.image_size, datamodule.max_size)
-            labels.append(np.asarray(box_labels))
-            sides.append(np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) * scale)
-            per_image.append(len(boxes))
-        labels, sides = np.concatenate(labels), np.concatenate(sides)
+    for row, split in zip(axes, splits, strict=True):
+        annotations = datamodule.input_annotations(split)
+        labels = np.concatenate([box_labels for _, _, box_labels, _ in annotations])
+        boxes = np.concatenate([boxes for _, boxes, _, _ in annotations])
+        sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        per_image = [len(boxes) for _, boxes, _, _ in annotations]
         counts = [int(np.sum(labels == k)) for k in range(1, len(classes) + 1)]
         row[0].bar(range(len(classes)), counts, color=[class_color(k) for k in range(1, len(classes) + 1)])
         row[0].set_xticks(range(len(classes)), classes, rotation=30, ha="right")
@@ -108,7 +106,10 @@ def plot_summary(datamodule: DetectionDataModule, path: Path) -> Path:
             if np.any(labels == k):
                 row[1].hist(sides[labels == k], bins=bins, histtype="step", linewidth=1.5, color=class_color(k),
                             label=name)
-        if len(sides):
+        for number, size in enumerate(anchor_sizes):
+            row[1].axvline(size, color="black", linestyle="--", linewidth=1,
+                           label="anchor sizes" if number == 0 else None)
+        if len(sides) or len(anchor_sizes):
             row[1].legend(fontsize="small")
         row[1].set_title(f"{split}: box side sqrt(w*h), input px (image_size {datamodule.image_size})")
         images_with = np.bincount(per_image)
@@ -135,8 +136,9 @@ def browse(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"split={cfg.split!r} is unknown; choose one of {list(datamodule.datasets)}")
     if cfg.n < 1:
         raise ValueError(f"n={cfg.n} must be >= 1")
-    summary_path = datamodule.write_summary(output)
-    plots = plot_summary(datamodule, summary_path.with_suffix(".png"))
+    anchors = train_anchor_report(datamodule, OmegaConf.to_container(cfg.rpn, resolve=True), cfg.backbone.name)
+    summary_path = datamodule.write_summary(output, anchors)
+    plots = plot_summary(datamodule, summary_path.with_suffix(".png"), anchors["used"]["anchor_sizes"])
     dataset = datamodule.datasets[cfg.split]
     if not len(dataset):
         raise ValueError(f"split={cfg.split!r} has no images; see {summary_path}")

@@ -13,6 +13,7 @@ Splits: ``train``, ``val``, ``test`` and ``negatives`` (images of other categori
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ from frcnn_lab.data.sources import FILE_SOURCES, read_records
 from frcnn_lab.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
-from frcnn_lab.data.transforms import apply_transforms, build_transforms
+from frcnn_lab.data.tiles import TiledImages
+from frcnn_lab.data.transforms import Resize, apply_transforms, build_transforms
 
 SOURCES = ("synthetic", *FILE_SOURCES)
 SCENE_GENERATORS = {"easy": SyntheticScenes, "hard": ClutteredScenes}
@@ -47,13 +49,15 @@ SPLIT_MODES = ("official", "random")
 ALL_SPLITS = (*SPLITS, "negatives")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+Annotation = tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]
+"""(height, width) of the stored image, boxes (N, 4) xyxy, labels (N,), difficult (N,)."""
 
 
 class FileImages(Dataset):
     """Checked samples read from disk: item -> source item dict (see the module docstring)."""
 
-    def __init__(self, samples: Sequence[Sample], min_side: int, max_side: int) -> None:
-        self.samples, self.min_side, self.max_side = list(samples), min_side, max_side
+    def __init__(self, samples: Sequence[Sample], resize: Resize) -> None:
+        self.samples, self.resize = list(samples), resize
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -67,7 +71,10 @@ class FileImages(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        image = load(sample.path, self.min_side, self.max_side)
+        # A reduced JPEG decode suits shortest_side, which resizes whatever is loaded to its sides;
+        # fixed_scale multiplies the loaded size, so it needs the file's own.
+        shortest_side = self.resize.policy == "shortest_side"
+        image = load(sample.path, self.resize.image_size, self.resize.max_size) if shortest_side else load(sample.path)
         height, width = image.shape[:2]
         # JPEGs may be decoded at a reduced scale: boxes follow the pixels actually loaded.
         scale = np.array([width / sample.width, height / sample.height] * 2, np.float32)
@@ -147,8 +154,11 @@ class DetectionDataModule(L.LightningDataModule):
     """``name`` selects the source; ``source`` holds its own arguments (see docs/datasets.md).
 
     ``classes``: label 1..K in this order; ``class_map``: more source class names for a class
-    (``{"Mobile phone": camera}``). ``image_size``: shortest side after resizing; ``max_size``: cap on the
-    long side. ``split``: ``official`` (the source's splits) or ``random`` (``split_fractions`` of the
+    (``{"Mobile phone": camera}``). ``resize``: ``shortest_side`` (``image_size``: shortest side after
+    resizing; ``max_size``: cap on the long side) or ``fixed_scale`` (every image times ``scale``), see
+    ``transforms.Resize``. ``tiles``: ``size`` (input pixels; null: no tiling), ``overlap``, ``min_visible``,
+    ``empty_fraction``: the train split as overlapping tiles of its photos (``frcnn_lab.data.tiles``; needs
+    ``fixed_scale``). ``split``: ``official`` (the source's splits) or ``random`` (``split_fractions`` of the
     source's train set, seeded by ``split_seed``). ``limit``: at most this many images per split (a
     seeded choice). ``include`` / ``exclude``: curation files of image ids. ``use_difficult``: train on
     difficult / crowd boxes. ``num_negatives``: size of the negatives set (synthetic) or its cap.
@@ -167,7 +177,8 @@ class DetectionDataModule(L.LightningDataModule):
         split: str = "official", split_fractions: Sequence[float] = (0.8, 0.2, 0.0), split_seed: int = 0,
         limit: int | None = None, include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None, use_difficult: bool = False, num_negatives: int | None = 100,
-        verify_images: bool = True, group_aspect_ratio: bool = True,
+        verify_images: bool = True, group_aspect_ratio: bool = True, resize: str = "shortest_side",
+        scale: float = 1.0, tiles: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if name not in SOURCES:
@@ -178,6 +189,11 @@ class DetectionDataModule(L.LightningDataModule):
         self.category_ids = list(range(1, len(self.classes) + 1))  # the dataset's id of each class
         self.source_args = dict(source)
         self.image_size, self.max_size = image_size, max_size
+        self.resize = Resize(resize, image_size, max_size, scale)
+        self.tiles = dict(tiles or {})
+        if self.tiles.get("size") is not None and resize != "fixed_scale":
+            raise ValueError(f"data.tiles.size={self.tiles['size']} needs data.resize=fixed_scale (got {resize}): "
+                             "tiles are cut at one scale for every photo")
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, dict(augment)
         self.split, self.split_fractions, self.split_seed = split, list(split_fractions), split_seed
         self.limit, self.include, self.exclude = limit, include, exclude
@@ -187,6 +203,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.issues = IssueLog()
         self.notes: list[str] = []
         self.datasets: dict[str, DetectionDataset] = {}
+        self._input_annotations: dict[str, list[Annotation]] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -194,7 +211,11 @@ class DetectionDataModule(L.LightningDataModule):
         sources = self._synthetic() if self.name == "synthetic" else self._files()
         for split, source in sources.items():
             train = split == "train"
-            transforms = build_transforms(self.image_size, self.max_size, train, **(self.augment if train else {}))
+            # Tiling reads every train annotation: not worth it for evaluation alone (stage "test").
+            if train and self.tiles.get("size") is not None and stage != "test":
+                source = TiledImages(source, factor=self.resize.factor, seed=self.split_seed, **self.tiles)
+            transforms = build_transforms(self.image_size, self.max_size, train, **(self.augment if train else {}),
+                                          resize=self.resize.policy, scale=self.resize.scale)
             self.datasets[split] = DetectionDataset(source, transforms)
 
     def _synthetic(self) -> dict[str, SceneRange]:
@@ -255,7 +276,7 @@ class DetectionDataModule(L.LightningDataModule):
                 samples[split] = [samples[split][i] for i in order[:cap]]
         if not samples["train"]:
             raise DataError(f"data={self.name}: no training image left; see the skipped items above")
-        return {split: FileImages(samples[split], self.image_size, self.max_size) for split in ALL_SPLITS}
+        return {split: FileImages(samples[split], self.resize) for split in ALL_SPLITS}
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         dataset = self.datasets[split]
@@ -281,9 +302,30 @@ class DetectionDataModule(L.LightningDataModule):
         self.setup()
         return self.loader("negatives") if len(self.datasets["negatives"]) else None
 
-    def write_summary(self, output_dir: str | Path) -> Path:
-        """Print the dataset summary and write it to ``output_dir/data_summary.json``."""
+    def tiling(self) -> dict[str, Any] | None:
+        """What tiling did to the train split (``TilingCounts`` as a dict), or None without tiles."""
+        self.setup()
+        source = self.datasets["train"].source
+        return asdict(source.counts) if isinstance(source, TiledImages) else None
+
+    def input_annotations(self, split: str) -> list[Annotation]:
+        """Every image of ``split`` with its boxes in input pixels: after the resize, before augmentation (the
+        scale the anchors live at). Read once per split: the synthetic source draws each image to know it."""
+        self.setup()
+        if split not in self._input_annotations:
+            annotations = []
+            for index in range(len(self.datasets[split].source)):
+                (height, width), boxes, labels, difficult = self.datasets[split].source.annotation(index)
+                scale = self.resize.factor(height, width)
+                annotations.append(((height, width), np.asarray(boxes, np.float32).reshape(-1, 4) * scale,
+                                    np.asarray(labels), np.asarray(difficult)))
+            self._input_annotations[split] = annotations
+        return self._input_annotations[split]
+
+    def write_summary(self, output_dir: str | Path, anchors: dict[str, Any] | None = None) -> Path:
+        """Print the dataset summary and write it to ``output_dir/data_summary.json``; ``anchors``: the
+        anchor-fit report of the train split (``frcnn_lab.model.anchor_fit.fit_report``)."""
         from frcnn_lab.data.summary import write_summary
 
         self.setup()
-        return write_summary(self, Path(output_dir))
+        return write_summary(self, Path(output_dir), anchors)

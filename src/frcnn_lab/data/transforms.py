@@ -1,4 +1,5 @@
-"""Albumentations pipelines: resize (shortest side, capped long side), then bbox-aware augmentation.
+"""Albumentations pipelines: resize (``data.resize``: shortest side, or one fixed factor), then bbox-aware
+augmentation.
 
 Boxes are ``pascal_voc`` (x1, y1, x2, y2 in pixels) throughout; augmentation runs on the train split only.
 """
@@ -6,6 +7,7 @@ Boxes are ``pascal_voc`` (x1, y1, x2, y2 in pixels) throughout; augmentation run
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import albumentations as A
@@ -14,35 +16,69 @@ import torch
 from albumentations.augmentations.geometric.resize import MaxSizeTransform
 from hydra.utils import instantiate
 
-
-def resized_scale(height: int, width: int, image_size: int, max_size: int) -> float:
-    """Factor that brings the shortest side to ``image_size`` unless the long side would pass ``max_size``."""
-    return min(image_size / min(height, width), max_size / max(height, width))
+RESIZE_POLICIES = ("shortest_side", "fixed_scale")
 
 
-class ShortestSideResize(MaxSizeTransform):
-    """Resize by ``resized_scale`` (up or down), keeping the aspect ratio; boxes follow."""
+@dataclass(frozen=True)
+class Resize:
+    """How a photo becomes the model's input (``data.resize``).
 
-    def __init__(self, image_size: int, max_size: int, p: float = 1.0) -> None:
-        super().__init__(max_size=image_size, p=p)
-        self.image_size, self.long_side_cap = image_size, max_size
+    ``shortest_side``: the shortest side to ``image_size`` unless the long side would pass ``max_size`` (up
+    or down): photos of any size fill the same input, so an object's size in the input varies with the
+    photo's pixel size. ``fixed_scale``: every photo times ``scale`` (1.0 keeps the photos' own scale):
+    an object keeps its size from photo to photo whatever their pixel sizes, as orthophoto tiles, drone
+    surveys or microscopy at one ground resolution need; ``image_size`` / ``max_size`` play no part.
+    """
+
+    policy: str = "shortest_side"
+    image_size: int = 600
+    max_size: int = 1000
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in RESIZE_POLICIES:
+            raise ValueError(f"data.resize={self.policy!r} is unknown; choose one of {list(RESIZE_POLICIES)}")
+        if not self.scale > 0:
+            raise ValueError(f"data.scale={self.scale} must be > 0")
+
+    def factor(self, height: int, width: int) -> float:
+        """The factor a (height, width) photo is resized by."""
+        if self.policy == "fixed_scale":
+            return self.scale
+        return min(self.image_size / min(height, width), self.max_size / max(height, width))
+
+
+class PolicyResize(MaxSizeTransform):
+    """Resize by ``Resize.factor``, keeping the aspect ratio; boxes follow."""
+
+    def __init__(self, resize: Resize, p: float = 1.0) -> None:
+        super().__init__(max_size=resize.image_size, p=p)
+        self.resize = resize
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, float]:
         height, width = params["shape"][:2]
-        return {"scale": resized_scale(height, width, self.image_size, self.long_side_cap)}
+        return {"scale": self.resize.factor(height, width)}
 
 
 def build_transforms(
     image_size: int, max_size: int, train: bool, hflip: float = 0.0, vflip: float = 0.0, rot90: float = 0.0,
-    extra: Sequence[Any] = (),
+    extra: Sequence[Any] = (), resize: str = "shortest_side", scale: float = 1.0,
+    scale_jitter: Sequence[float] | None = None,
 ) -> A.Compose:
-    """Resize the shortest side to ``image_size`` unless the long side would pass ``max_size``.
+    """The ``resize`` policy (see ``Resize``), then for training the augmentation.
 
-    ``hflip``, ``vflip``, ``rot90`` are probabilities (the thesis's three augmentations); ``extra`` holds
-    albumentations transforms, or Hydra configs of them (``_target_: albumentations.ColorJitter``...).
+    ``hflip``, ``vflip``, ``rot90`` are probabilities (the thesis's three augmentations); ``scale_jitter``
+    ``[lo, hi]`` rescales every training image (and its boxes) after the resize by a factor drawn
+    uniformly from it (albumentations' RandomScale), so the model sees each object at several sizes;
+    ``extra`` holds albumentations transforms, or Hydra configs of them (``_target_: albumentations.ColorJitter``...).
     """
-    steps: list[A.BasicTransform] = [ShortestSideResize(image_size, max_size)]
+    steps: list[A.BasicTransform] = [PolicyResize(Resize(resize, image_size, max_size, scale))]
     if train:
+        if scale_jitter is not None:
+            low, high = (float(v) for v in scale_jitter)
+            if not 0 < low <= high:
+                raise ValueError(f"data.augment.scale_jitter={list(scale_jitter)} must be [lo, hi] with 0 < lo <= hi")
+            steps.append(A.RandomScale(scale_limit=(low - 1, high - 1), p=1.0))
         steps += [A.HorizontalFlip(p=hflip), A.VerticalFlip(p=vflip), A.RandomRotate90(p=rot90)]
         steps += [instantiate(t) if not isinstance(t, A.BasicTransform) else t for t in extra]
     # clip: float rounding in the resize may push an edge a hair past the border.

@@ -108,6 +108,13 @@ def build_backbone(
     return backbone
 
 
+def feature_levels(name: str) -> dict[str, int]:
+    """Backbone ``name``'s feature levels -> strides, finest first; built on the meta device (no memory, no
+    weights), so it is cheap to ask before the model is built."""
+    with torch.device("meta"):
+        return build_backbone(name, "none", pretrained=False).strides
+
+
 def split_vgg16(network: models.VGG, pool_size: int | None) -> Backbone:
     if pool_size not in (None, 7):
         raise ValueError(f"roi_head.pool_size={pool_size} must be 7 (or null) for vgg16: fc6 expects 7x7")
