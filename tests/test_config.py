@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 
 import frcnn_lab.train as train_entry
 from frcnn_lab.config import CONFIG_DIR, ConfigError, validate
+from support import run_module
 
 GROUPS = {
     group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
@@ -126,16 +125,8 @@ def test_per_level_anchor_sizes_pass(make_config):
     validate(make_config(["rpn.anchor_sizes=[[32],[64],[128,256]]", "rpn.aspect_ratios=[[0.5,1.0,2.0]]"]))
 
 
-def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, "-m", "frcnn_lab.train", *overrides],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-    )
-
-
 def test_cli_unknown_backbone_lists_the_choices(tmp_path):
-    result = run_cli("backbone=alexnet", cwd=tmp_path)
+    result = run_module("frcnn_lab.train", "backbone=alexnet", cwd=tmp_path)
     assert result.returncode != 0
     assert "Could not find 'backbone/alexnet'" in result.stderr
     for name in ("mobilenet_v2", "resnet50", "vgg16"):
@@ -143,7 +134,7 @@ def test_cli_unknown_backbone_lists_the_choices(tmp_path):
 
 
 def test_cli_impossible_value_stops_before_building_anything(tmp_path):
-    result = run_cli("rpn.num_rois=0", "logger=csv", cwd=tmp_path)
+    result = run_module("frcnn_lab.train", "rpn.num_rois=0", "logger=csv", cwd=tmp_path)
     assert result.returncode != 0
     assert "rpn.num_rois=0 must be an integer >= 1" in result.stderr
     # No model was built and no training directory was filled with checkpoints or metrics.

@@ -1,4 +1,5 @@
-"""experiments/findings/run.sh: every cell once, resumable, and safe to run as two drivers on one runs dir.
+"""experiments/findings/run.sh: every cell once, resumable, and safe to run as two drivers on one runs dir; every
+cell of run.sh and converge.sh is a config that Hydra composes and ``validate`` accepts.
 
 The training command is replaced by a stand-in interpreter that records the cell it was given and writes
 the ``status.json`` a finished ``frcnn_lab.train`` run writes.
@@ -10,7 +11,15 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from frcnn_lab.config import CONFIG_DIR, validate
+from support import compose_config
+
 DRIVER = Path(__file__).resolve().parents[1] / "experiments" / "findings" / "run.sh"
+CONVERGE = DRIVER.with_name("converge.sh")
 CELLS = 33
 
 FAKE_PYTHON = """#!/usr/bin/env bash
@@ -34,9 +43,11 @@ def fake_python(tmp_path: Path) -> Path:
     return path
 
 
-def drive(runs: Path, python: Path, calls: Path, drivers: int = 1, fail_cell: str = "") -> list[str]:
+def drive(runs: Path, python: Path, calls: Path, drivers: int = 1, fail_cell: str = "", script: Path = DRIVER,
+          arguments: tuple[str, ...] = ()) -> list[str]:
+    """Run ``drivers`` copies of ``script RUNS_DIR [arguments] PYTHON`` at once -> their outputs."""
     env = {"PATH": "/usr/bin:/bin", "CALLS": str(calls), "FAIL_CELL": fail_cell}
-    processes = [subprocess.Popen(["bash", str(DRIVER), str(runs), str(python)], env=env,
+    processes = [subprocess.Popen(["bash", str(script), str(runs), *arguments, str(python)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for _ in range(drivers)]
     outputs = [p.communicate(timeout=120)[0] for p in processes]
@@ -82,3 +93,23 @@ def test_a_rerun_skips_completed_cells_and_keeps_unfinished_ones(tmp_path):
     assert json.loads((runs / "rois4_px600_s0" / "status.json").read_text())["status"] == "completed"
     kept = list((tmp_path / "runs.unfinished").iterdir())
     assert len(kept) == 1 and (kept[0] / "partial.txt").read_text() == "from the first attempt"
+
+
+@pytest.mark.parametrize("script,arguments", [(DRIVER, ()), (CONVERGE, ("3", "0 1"))], ids=["run.sh", "converge.sh"])
+def test_every_cell_composes_with_the_findings_preset_and_validates(tmp_path, script, arguments):
+    """Each cell's command line as the script builds it (bash's own word splitting), composed through Hydra: a
+    mistyped key fails to compose, an impossible value fails ``validate``, and each value reaches the config."""
+    calls = tmp_path / "calls.txt"
+    drive(tmp_path / "runs", fake_python(tmp_path), calls, script=script, arguments=arguments)
+    lines = calls.read_text().splitlines()
+    assert len(lines) == (CELLS if script == DRIVER else 2)
+    groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
+    for line in lines:
+        cell, module_flag, module, *arguments = line.split()
+        assert (module_flag, module) == ("-m", "frcnn_lab.train"), line
+        overrides = [a for a in arguments if not a.startswith("hydra.")]
+        assert "experiment=findings/hard" in overrides, line
+        cfg = compose_config("config", overrides, tmp_path / cell)
+        validate(cfg)
+        for key, value in (o.split("=", 1) for o in overrides if o.split("=", 1)[0] not in groups):
+            assert OmegaConf.select(cfg, key) == yaml.safe_load(value), f"{cell}: {key}"

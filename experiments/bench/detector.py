@@ -6,8 +6,9 @@
 
 Both detectors get the same trunk and tail (copies with equal weights and the same frozen stages), the
 anchors, RoI Align, thresholds, sampling sizes and box-coder weights of the default config groups
-(``src/frcnn_lab/conf/rpn/default.yaml``, ``src/frcnn_lab/conf/roi_head/default.yaml``, ``src/frcnn_lab/conf/loss/default.yaml``), square images
-of ``--image-size`` (torchvision's resize is then a scale of 1) and the same SGD optimiser.
+(``src/frcnn_lab/conf/rpn/default.yaml``, ``src/frcnn_lab/conf/roi_head/default.yaml``,
+``src/frcnn_lab/conf/loss/default.yaml``), square images of ``--image-size`` (torchvision's resize is then a
+scale of 1) and the same SGD optimiser.
 
 Measured: the train step (forward + backward + optimiser step, batch of 2) and inference latency
 (batch of 1), each the median of ``--repeats`` after ``--warmup`` untimed steps. The two detectors'
