@@ -28,9 +28,11 @@ def test_training_lowers_the_loss_and_detects_above_chance(make_config, tmp_path
     maps = epoch_rows(summary["metrics_csv"], "val/map_50")
     assert len(losses) == 3 and len(maps) == 3
     assert losses[-1] < 0.8 * losses[0]
-    # Chance (boxes at random places) scores about 0; a detector that learned scores well above
-    # (this 3-epoch run on 64 scenes reaches about 0.11).
-    assert max(maps) > 0.05
+    # Chance (boxes at random places) scores about 0. At the tests' pinned thread count (support.TEST_THREADS = 1)
+    # this run's best val mAP@0.5 over seeds 0-4 is 0.324, 0.176, 0.098, 0.157, 0.237 (seed 0 is the test's; the
+    # first epoch alone gives 0.015-0.122): the bar sits just under the weakest seed, so a change of random stream
+    # passes and a detector that stopped learning does not.
+    assert max(maps) > 0.08
     assert summary["best_map_50"] == pytest.approx(max(maps), abs=1e-6)
     assert summary["best_epoch"] == maps.index(max(maps)) + 1
     assert Path(summary["checkpoint"]).is_file() and Path(summary["checkpoint"]).name == "best.ckpt"
