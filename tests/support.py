@@ -36,10 +36,15 @@ def override_key(override: str) -> str:
 
 
 def tiny_run(*overrides: str, base: list[str] = TINY_RUN) -> list[str]:
-    """``base`` with ``overrides`` added, each replacing the base's override of the same key (Hydra refuses a
-    group chosen twice)."""
+    """``base`` with ``overrides`` added, each replacing the base's override of the same key, and a deletion
+    (``~key``) those of the keys under it too (Hydra refuses a group chosen twice, or a deleted key set)."""
     keys = {override_key(o) for o in overrides}
-    return [o for o in base if override_key(o) not in keys] + list(overrides)
+    deleted = tuple(override_key(o) + "." for o in overrides if o.startswith("~"))
+
+    def replaced(key: str) -> bool:
+        return key in keys or key.startswith(deleted)
+
+    return [o for o in base if not replaced(override_key(o))] + list(overrides)
 
 
 def compose_config(name: str, overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
