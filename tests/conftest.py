@@ -1,58 +1,48 @@
-"""Shared fixtures: composing the project's Hydra config the way the CLI does, into a temporary run dir."""
+"""Shared fixtures: pinned torch threads, configs composed into a temporary run dir, a tiny trained run."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from frcnn_lab.train import CONFIG_DIR
+from support import TEST_THREADS, compose_config, tiny_run
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
-TINY_RUN = [
-    "logger=csv",
-    "data.source.num_train=24",
-    "data.source.num_val=8",
-    "data.source.num_test=8",
-    "data.batch_size=4",
-    "trainer.max_epochs=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
-"""Overrides for runs that must finish in seconds on a CPU."""
+@pytest.fixture(scope="session", autouse=True)
+def session_threads():
+    """Session- and module-scoped fixtures (trained runs, models) run at TEST_THREADS too; the entry points
+    that tests start inherit OMP_NUM_THREADS."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(TEST_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS")
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(autouse=True)
+def test_threads(monkeypatch):
+    """Every test starts at TEST_THREADS torch threads whatever the test before it set, and the count is put
+    back after it: a test's figures do not depend on which tests ran first."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TEST_THREADS)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(TEST_THREADS))
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
     """compose(overrides) -> the resolved-at-use config, writing its outputs under tmp_path."""
-
-    def make(overrides: list[str] = ()) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=list(overrides))
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path)
-        return cfg
-
-    yield make
-    GlobalHydra.instance().clear()
-
-
-def compose_config(name: str, overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
-    """The primary config ``name`` (config, evaluate, predict) composed like its CLI, outputs in ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir)
-    return cfg
+    return lambda overrides=(): compose_config("config", overrides, tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +53,8 @@ def trained_run(tmp_path_factory) -> Path:
     from frcnn_lab.train import train
 
     run = tmp_path_factory.mktemp("trained_run")
-    cfg = compose_config("config", [*TINY_RUN, "backbone.weights=none", "data.source.num_train=8",
-                                    "data.source.num_val=4", "data.source.num_test=4", "data.num_negatives=3"], run)
+    cfg = compose_config("config", tiny_run("backbone.weights=none", "data.source.num_train=8", "data.source.num_val=4",
+                                            "data.source.num_test=4", "data.num_negatives=3"), run)
     (run / ".hydra").mkdir()
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     train(cfg)
@@ -92,14 +82,3 @@ def initialised_checkpoint(trained_run, tmp_path_factory) -> Path:
     (run / "checkpoints").mkdir()
     torch.save(state, run / "checkpoints" / "best.ckpt")
     return run / "checkpoints" / "best.ckpt"
-
-
-@pytest.fixture
-def one_cpu_thread(monkeypatch):
-    """Torch on one thread, and OMP_NUM_THREADS=1 for subprocesses: on a shared, busy CPU, more threads only
-    spin against other processes (a small CNN step runs many times slower on two contended threads than on one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose_config
 from frcnn_lab.checkpoints import load_module
 from frcnn_lab.config import ConfigError, validate
 from frcnn_lab.data.browse import browse
@@ -25,8 +24,7 @@ from frcnn_lab.model.anchor_fit import (
 from frcnn_lab.model.backbones import feature_levels
 from frcnn_lab.predict import predict
 from frcnn_lab.train import train
-
-pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+from support import compose_config
 
 
 def test_fit_shares_match_hand_computed_ious():

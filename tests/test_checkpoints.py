@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 import frcnn_lab.model.backbones as backbones
-from conftest import compose_config
 from frcnn_lab.checkpoints import load_module
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.evaluate import evaluate
@@ -18,17 +17,13 @@ from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.model.weights import OFFLINE_ENV
 from frcnn_lab.predict import predict
 from frcnn_lab.train import train
-
-pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+from support import compose_config, tiny_run
 
 SIZE = 64
-TINY = [
-    "logger=csv", "data.source.num_train=2", "data.source.num_val=2", "data.source.num_test=2", "data.num_negatives=0",
-    "data.batch_size=2", f"data.image_size={SIZE}", f"data.max_size={SIZE}", "trainer.max_epochs=1", "rpn.num_rois=8",
-    "rpn.post_nms_top_n_test=10",
-    "callbacks.progress_bar.refresh_rate=0", "+callbacks.model_checkpoint.save_weights_only=true",
-    "callbacks.model_checkpoint.save_last=false", "~callbacks.step_checkpoint", "eval.val_images=0",
-]
+TINY = tiny_run("data.source.num_train=2", "data.source.num_val=2", "data.source.num_test=2", "data.num_negatives=0",
+                "data.batch_size=2", f"data.image_size={SIZE}", f"data.max_size={SIZE}", "rpn.num_rois=8",
+                "rpn.post_nms_top_n_test=10", "+callbacks.model_checkpoint.save_weights_only=true",
+                "callbacks.model_checkpoint.save_last=false", "~callbacks.step_checkpoint", "eval.val_images=0")
 
 
 def stand_in_weights(weights):

@@ -16,9 +16,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from conftest import TINY_RUN, compose_config
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.metrics.coco_json import GROUND_TRUTH_FILE, PREDICTIONS_FILE
+from support import TINY_RUN, compose_config
 
 CATEGORIES = [{"id": 3, "name": "camera"}, {"id": 7, "name": "phone"}, {"id": 42, "name": "tripod"}]
 IDS = [c["id"] for c in CATEGORIES]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 
 import frcnn_lab.train as train_entry
 from frcnn_lab.config import CONFIG_DIR, ConfigError, validate
+from support import run_module
 
 GROUPS = {
     group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
@@ -75,8 +74,19 @@ def test_missing_required_key_is_named(make_config):
         validate(cfg)
 
 
+def exit_of_main(arguments: list[str], monkeypatch) -> SystemExit:
+    """``python -m frcnn_lab.train arguments`` run in this process -> the SystemExit it ends with."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setattr(sys, "argv", ["frcnn_lab.train", *arguments])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as stop:
+        train_entry.main()
+    GlobalHydra.instance().clear()
+    return stop.value
+
+
 BAD_VALUES = [
-    (["data.image_size=abc"], "data.image_size='abc' must be an integer >= 1"),
     (["data.image_size=-5"], "data.image_size=-5 must be an integer >= 1"),
     (["data.max_size=100"], "data.max_size=100 must be an integer >= data.image_size (320)"),
     (["optim.schedule=linear"], "optim.schedule='linear' is unknown; choose one of ['constant', 'cosine']"),
@@ -87,11 +97,9 @@ BAD_VALUES = [
     (["rpn.anchor_sizes=[[32],[64,-1]]"],
      "rpn.anchor_sizes=[[32], [64, -1]] must be a non-empty list of numbers > 0"),
     (["rpn.aspect_ratios=[[]]"], "rpn.aspect_ratios=[[]] must be a non-empty list of numbers > 0"),
-    (["rpn.num_rois=2.5"], "rpn.num_rois=2.5 must be an integer >= 1"),
-    (["rpn.fg_iou=high"], "rpn.fg_iou='high' must be in [0, 1]"),
     (["roi_head.pool_size=0"], "roi_head.pool_size=0 must be an integer >= 1"),
     (["roi_head.box_weights=[10,10,5]"], "roi_head.box_weights=[10, 10, 5] must be 4 numbers > 0"),
-    (["optim.min_lr_ratio=2"], "optim.min_lr_ratio=2 must be in [0, 1]"),
+    (["optim.min_lr_ratio=2"], "optim.min_lr_ratio=2.0 must be in [0, 1]"),  # a float key: 2 is 2.0
     (["backbone.weights=/no/such/weights.pth"],
      "backbone.weights='/no/such/weights.pth' must be imagenet, none or the path of an existing file"),
     (["backbone.freeze_stages=-1"], "backbone.freeze_stages=-1 must be an integer >= 0"),
@@ -104,38 +112,58 @@ def test_the_cli_refuses_a_bad_value_with_one_message_before_building_anything(o
                                                                                 monkeypatch, capsys):
     """``python -m frcnn_lab.train <bad value>`` through its main function: one message naming the key and the
     valid choices or range, exit without a traceback, and no model or data code reached."""
-    from hydra.core.global_hydra import GlobalHydra
-
     def unreachable(*args, **kwargs):
         raise AssertionError("model or data code ran before the config was checked")
 
     monkeypatch.setattr(train_entry, "build_module", unreachable)
     monkeypatch.setattr(train_entry, "DetectionDataModule", unreachable)
-    monkeypatch.setattr(sys, "argv", ["frcnn_lab.train", *overrides, "logger=csv", f"hydra.run.dir={tmp_path}"])
-    GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit) as stop:
-        train_entry.main()
-    GlobalHydra.instance().clear()
-    message = str(stop.value.code)
+    message = str(exit_of_main([*overrides, "logger=csv", f"hydra.run.dir={tmp_path}"], monkeypatch).code)
     assert message.startswith("error: invalid config:") and expected in message
     assert message.count("\n  ") == 1, f"one problem expected, got: {message}"
     assert "Traceback" not in capsys.readouterr().err
+
+
+WRONG_TYPES = [
+    ("data.image_size=abc", "Value 'abc' of type 'str' could not be converted to Integer", "data.image_size"),
+    ("rpn.num_rois=2.5", "Value '2.5' of type 'float' could not be converted to Integer", "rpn.num_rois"),
+    ("rpn.fg_iou=high", "Value 'high' of type 'str' could not be converted to Float", "rpn.fg_iou"),
+    ("backbone.frozen_bn=maybe", "Value 'maybe' is not a valid bool", "backbone.frozen_bn"),
+]
+
+
+@pytest.mark.parametrize("override,expected,key", WRONG_TYPES, ids=[o for o, _, _ in WRONG_TYPES])
+def test_the_cli_refuses_a_wrong_type_while_composing(override, expected, key, tmp_path, monkeypatch, capsys):
+    """The group schemas (frcnn_lab.schema): Hydra stops at composition, naming the override, the value, the type
+    wanted and the full key, without a traceback and before the entry point's body runs."""
+    monkeypatch.setattr(train_entry, "train", lambda cfg: pytest.fail("the entry point ran"))
+    assert exit_of_main([override, "logger=csv", f"hydra.run.dir={tmp_path}"], monkeypatch).code == 1
+    error = capsys.readouterr().err
+    assert f"Error merging override {override}" in error and expected in error and f"full_key: {key}" in error
+    assert "Traceback" not in error
+
+
+@pytest.mark.parametrize("preset,expected", [
+    ("rpn:\n  num_roi: 8\n", "Key 'num_roi' not in 'RPNSchema'"),
+    ("data:\n  image_size: big\n", "Value 'big' of type 'str' could not be converted to Integer"),
+    ("loss:\n  weights:\n    rpn_clss: 2.0\n", "Key 'rpn_clss' not in 'LossWeightsSchema'"),
+])
+def test_a_preset_with_an_unknown_key_or_a_wrong_type_does_not_compose(preset, expected, tmp_path, monkeypatch,
+                                                                        capsys):
+    """What struct mode alone let through: a preset (here a user's, from --config-dir) that sets a key the group
+    does not have, or a value of the wrong type, stops composition naming the preset and the key."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n" + preset)
+    assert exit_of_main(["--config-dir", str(tmp_path), "experiment=mine", "--cfg", "job"], monkeypatch).code == 1
+    error = capsys.readouterr().err
+    assert "In 'experiment/mine'" in error and expected in error
 
 
 def test_per_level_anchor_sizes_pass(make_config):
     validate(make_config(["rpn.anchor_sizes=[[32],[64],[128,256]]", "rpn.aspect_ratios=[[0.5,1.0,2.0]]"]))
 
 
-def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, "-m", "frcnn_lab.train", *overrides],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-    )
-
-
 def test_cli_unknown_backbone_lists_the_choices(tmp_path):
-    result = run_cli("backbone=alexnet", cwd=tmp_path)
+    result = run_module("frcnn_lab.train", "backbone=alexnet", cwd=tmp_path)
     assert result.returncode != 0
     assert "Could not find 'backbone/alexnet'" in result.stderr
     for name in ("mobilenet_v2", "resnet50", "vgg16"):
@@ -143,7 +171,7 @@ def test_cli_unknown_backbone_lists_the_choices(tmp_path):
 
 
 def test_cli_impossible_value_stops_before_building_anything(tmp_path):
-    result = run_cli("rpn.num_rois=0", "logger=csv", cwd=tmp_path)
+    result = run_module("frcnn_lab.train", "rpn.num_rois=0", "logger=csv", cwd=tmp_path)
     assert result.returncode != 0
     assert "rpn.num_rois=0 must be an integer >= 1" in result.stderr
     # No model was built and no training directory was filled with checkpoints or metrics.

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from conftest import compose_config
 from frcnn_lab.data.browse import browse, class_color
+from support import compose_config
 
 GREY = (128, 128, 128)
 SIZE = (48, 64)  # (height, width); image_size 48 / max_size 64 keep it: the transforms' resize is 1:1

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_RUN
 from frcnn_lab.data import openimages
 from frcnn_lab.data.records import DataError
 from frcnn_lab.train import train
+from support import TINY_RUN
 from test_data_folders import write_coco_with_ids, write_voc_folder, write_yolo_export
 from test_data_formats import write_coco_dataset, write_csv_dataset, write_voc_dataset
 from test_data_openimages import CAMERA, PHONE, box_row, bucket, command, publish  # noqa: F401 (bucket: a fixture)

@@ -8,27 +8,21 @@ into either shard (with an odd size it would repeat one image and shift mAP slig
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from frcnn_lab.data.datamodule import DetectionDataModule, collate
 from frcnn_lab.lit_module import DetectionModule
+from support import cli_env, run_ok, tiny_run
 
 NUM_VAL = 8
-RUN = [
-    "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=csv", "backbone.weights=none",
-    "data.source.num_train=8", f"data.source.num_val={NUM_VAL}", "data.batch_size=2", "data.image_size=128",
-    "data.max_size=128", "trainer.max_epochs=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+RUN = tiny_run("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "backbone.weights=none",
+               "data.source.num_train=8", f"data.source.num_val={NUM_VAL}", "data.batch_size=2",
+               "data.image_size=128", "data.max_size=128")
 COMPARED = ("val/map_50", "val/map", "val/detections_per_image", "val/fn_rate", "val/fp_image_rate")
 
 
@@ -47,14 +41,8 @@ def single_process_validation(module: DetectionModule, loader: DataLoader, root:
 @pytest.mark.slow
 def test_two_process_val_metrics_equal_a_single_process_evaluation_of_the_same_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
-    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "frcnn_lab.train", *RUN, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    env = {k: v for k, v in cli_env().items() if not k.startswith("SLURM_")}  # not inside a cluster's allocation
+    output = run_ok("frcnn_lab.train", *RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path, env=env)
     assert output.count("=== frcnn_lab run summary ===") == 1, "only rank 0 reports"
     assert len(list(run_dir.rglob("metrics.csv"))) == 1
     ddp = last_val_row(run_dir / "csv" / "metrics.csv")
@@ -63,7 +51,6 @@ def test_two_process_val_metrics_equal_a_single_process_evaluation_of_the_same_c
     datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
     datamodule.setup("validate")
     module = DetectionModule.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
-    torch.set_num_threads(1)
     whole = single_process_validation(module, datamodule.val_dataloader(), tmp_path / "whole")
     val = datamodule.val_dataloader().dataset
     rank0_share = single_process_validation(

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from conftest import compose_config
 from frcnn_lab.checkpoints import evaluation_dir, training_run_dir
 from frcnn_lab.evaluate import evaluate, format_table, write_results
+from support import compose_config
 
 
 def test_evaluate_reports_every_figure_consistently(trained_run, tmp_path):

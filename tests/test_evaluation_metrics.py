@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import compose_config
 from frcnn_lab.lit_module import validation_logs
 from frcnn_lab.metrics import DetectionEvaluation
 from frcnn_lab.model.detector import DetectorOutput
 from frcnn_lab.train import build_module
+from support import compose_config
 
 
 def metric_states(evaluation: DetectionEvaluation) -> dict[str, list[torch.Tensor]]:

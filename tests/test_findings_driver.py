@@ -1,4 +1,5 @@
-"""experiments/findings/run.sh and study.sh: every cell once, resumable, and safe to run as two drivers on one runs dir.
+"""experiments/findings/run.sh, study.sh and converge.sh: every cell once, resumable, and safe to run as two drivers
+on one runs dir; every cell is a config that Hydra composes and ``validate`` accepts.
 
 The training command is replaced by a stand-in interpreter that records the cell it was given and writes
 the ``status.json`` a finished ``frcnn_lab.train`` run writes.
@@ -10,9 +11,16 @@ import json
 import subprocess
 from pathlib import Path
 
-FINDINGS = Path(__file__).resolve().parents[1] / "experiments" / "findings"
-DRIVER = FINDINGS / "run.sh"
-STUDY = FINDINGS / "study.sh"
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from frcnn_lab.config import CONFIG_DIR, validate
+from support import compose_config
+
+DRIVER = Path(__file__).resolve().parents[1] / "experiments" / "findings" / "run.sh"
+CONVERGE = DRIVER.with_name("converge.sh")
+STUDY = DRIVER.with_name("study.sh")
 CELLS = 33
 
 FAKE_PYTHON = """#!/usr/bin/env bash
@@ -36,12 +44,11 @@ def fake_python(tmp_path: Path) -> Path:
     return path
 
 
-def drive(runs: Path, python: Path, calls: Path, drivers: int = 1, fail_cell: str = "",
-          driver: list[str] = ()) -> list[str]:
-    """Run ``driver`` (default: run.sh RUNS python; study.sh takes ``[STUDY, runs, epochs, seeds, python]``)."""
+def drive(runs: Path, python: Path, calls: Path, drivers: int = 1, fail_cell: str = "", script: Path = DRIVER,
+          arguments: tuple[str, ...] = ()) -> list[str]:
+    """Run ``drivers`` copies of ``script RUNS_DIR [arguments] PYTHON`` at once -> their outputs."""
     env = {"PATH": "/usr/bin:/bin", "CALLS": str(calls), "FAIL_CELL": fail_cell}
-    command = list(driver) or [DRIVER, runs, python]
-    processes = [subprocess.Popen(["bash", *map(str, command)], env=env,
+    processes = [subprocess.Popen(["bash", str(script), str(runs), *arguments, str(python)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for _ in range(drivers)]
     outputs = [p.communicate(timeout=120)[0] for p in processes]
@@ -91,7 +98,7 @@ def test_a_rerun_skips_completed_cells_and_keeps_unfinished_ones(tmp_path):
 
 def test_the_study_runs_five_cells_per_seed_at_its_budget(tmp_path):
     runs, calls, python = tmp_path / "runs", tmp_path / "calls.txt", fake_python(tmp_path)
-    drive(runs, python, calls, driver=[STUDY, runs, 17, "0 1 2 3", python])
+    drive(runs, python, calls, script=STUDY, arguments=("17", "0 1 2 3"))
     lines = calls.read_text().splitlines()
     cells = called_cells(calls)
     assert len(cells) == len(set(cells)) == 20
@@ -105,17 +112,39 @@ def test_the_study_runs_five_cells_per_seed_at_its_budget(tmp_path):
 
 def test_the_study_resumes_an_interrupted_cell_from_its_last_checkpoint(tmp_path):
     runs, calls, python = tmp_path / "runs", tmp_path / "calls.txt", fake_python(tmp_path)
-    drive(runs, python, calls, driver=[STUDY, runs, 5, "0", python])
+    drive(runs, python, calls, script=STUDY, arguments=("5", "0"))
     for name, checkpoint in (("rois4_px600_s0", True), ("bglo01_s0", False)):  # killed, with or without a ckpt
         (runs / name / "status.json").write_text('{"status": "running"}')
         if checkpoint:
             (runs / name / "checkpoints").mkdir()
             (runs / name / "checkpoints" / "last.ckpt").write_text("epoch 3")
     calls.unlink()
-    output = drive(runs, python, calls, driver=[STUDY, runs, 5, "0", python])[0]
+    output = drive(runs, python, calls, script=STUDY, arguments=("5", "0"))[0]
     by_cell = {line.split()[0]: line for line in calls.read_text().splitlines()}
     assert sorted(by_cell) == ["bglo01_s0", "rois4_px600_s0"]
     assert f"ckpt_path={runs}/rois4_px600_s0/checkpoints/last.ckpt" in by_cell["rois4_px600_s0"]
     assert (runs / "rois4_px600_s0" / "checkpoints" / "last.ckpt").read_text() == "epoch 3"  # resumed in place
     assert "ckpt_path" not in by_cell["bglo01_s0"] and "resume rois4_px600_s0" in output
     assert [p.name.split("-")[0] for p in (tmp_path / "runs.unfinished").iterdir()] == ["bglo01_s0"]
+
+
+@pytest.mark.parametrize("script,arguments,count",
+                         [(DRIVER, (), CELLS), (CONVERGE, ("3", "0 1"), 2), (STUDY, ("4", "0"), 5)],
+                         ids=["run.sh", "converge.sh", "study.sh"])
+def test_every_cell_composes_with_the_findings_preset_and_validates(tmp_path, script, arguments, count):
+    """Each cell's command line as the script builds it (bash's own word splitting), composed through Hydra: a
+    mistyped key fails to compose, an impossible value fails ``validate``, and each value reaches the config."""
+    calls = tmp_path / "calls.txt"
+    drive(tmp_path / "runs", fake_python(tmp_path), calls, script=script, arguments=arguments)
+    lines = calls.read_text().splitlines()
+    assert len(lines) == count
+    groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
+    for line in lines:
+        cell, module_flag, module, *arguments = line.split()
+        assert (module_flag, module) == ("-m", "frcnn_lab.train"), line
+        overrides = [a for a in arguments if not a.startswith("hydra.")]
+        assert "experiment=findings/hard" in overrides, line
+        cfg = compose_config("config", overrides, tmp_path / cell)
+        validate(cfg)
+        for key, value in (o.split("=", 1) for o in overrides if o.split("=", 1)[0] not in groups):
+            assert OmegaConf.select(cfg, key) == yaml.safe_load(value), f"{cell}: {key}"

@@ -19,8 +19,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import TINY_RUN, compose_config
 from frcnn_lab.config import CONFIG_DIR
+from support import TINY_RUN, compose_config
 
 pytestmark = pytest.mark.gpu
 

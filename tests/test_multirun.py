@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import open_dict
 
-from conftest import TINY_RUN
 from frcnn_lab.train import train
+from support import cli_env, run_ok, tiny_run
 
-TINY = [*TINY_RUN, "backbone.weights=none", "data.source.num_train=8", "data.source.num_val=4",
-        "data.source.num_test=4", "data.num_negatives=2"]
+TINY = tiny_run("backbone.weights=none", "data.source.num_train=8", "data.source.num_val=4", "data.source.num_test=4",
+                "data.num_negatives=2")
 
 
 @pytest.mark.slow
@@ -45,17 +42,12 @@ def test_resume_continues_epoch_optimizer_and_scheduler(make_config, tmp_path):
 
 
 def run_cli(module: str, arguments: list[str], cwd: Path) -> str:
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run([sys.executable, "-m", module, *arguments], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=600, stdin=subprocess.DEVNULL)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    return output
+    return run_ok(module, *arguments, cwd=cwd, env=cli_env(WANDB_MODE="disabled"))
 
 
 @pytest.mark.slow
 def test_sweep_with_a_failing_job_then_evaluate_predict_and_report(tmp_path):
-    overrides = [o for o in TINY if not o.startswith("data.source.num_train")] + ["data.source.num_train=4"]
+    overrides = tiny_run("data.source.num_train=4", base=TINY)
     run_cli("frcnn_lab.train", ["-m", *overrides, "rpn.num_rois=8,0", "seed=0,1"], tmp_path)
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())

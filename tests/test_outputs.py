@@ -13,21 +13,11 @@ import pytest
 
 from frcnn_lab.run_dir import CLAIM_FILE, OutputDirInUseError, claim_output_dir
 from frcnn_lab.train import train
+from support import tiny_run
 
-pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-ONE_STEP = [
-    "logger=csv",
-    "backbone.weights=none",
-    "data.source.num_train=4",
-    "data.source.num_val=2",
-    "data.source.num_test=2",
-    "data.batch_size=2",
-    "data.image_size=64",
-    "data.max_size=64",
-    "trainer.max_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+ONE_STEP = tiny_run("backbone.weights=none", "data.source.num_train=4", "data.source.num_val=2",
+                    "data.source.num_test=2", "data.batch_size=2", "data.image_size=64", "data.max_size=64",
+                    "trainer.max_steps=1")
 
 
 def snapshot(directory: Path) -> dict[str, str]:

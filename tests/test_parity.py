@@ -13,7 +13,6 @@ that it does not resize.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,13 +74,8 @@ class Models:
 
 
 @pytest.fixture(scope="module", params=["mobilenet_v2", "resnet50_fpn"])
-def models(request) -> Iterator[Models]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small CPU work: more threads only contend with other processes
-    try:
-        yield build_models(request.param)
-    finally:
-        torch.set_num_threads(threads)
+def models(request) -> Models:
+    return build_models(request.param)
 
 
 def build_models(backbone: str) -> Models:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose_config
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.predict import find_images, predict
+from support import compose_config
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from conftest import compose_config as compose_at
 from frcnn_lab.config import validate
 from frcnn_lab.train import CONFIG_DIR
+from support import compose_config as compose_at
 
 
 def compose_config(name, overrides):

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from conftest import REPO_ROOT
+from support import REPO_ROOT
 
 
 def python_blocks() -> list[str]:

@@ -16,22 +16,11 @@ import frcnn_lab.train as train_entry
 from frcnn_lab.callbacks import AtomicCheckpointIO, NonFiniteLossError, nonfinite_names
 from frcnn_lab.config import ConfigError, validate
 from frcnn_lab.train import train
+from support import run_module, tiny_run
 
-pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-TINY_STEPS = [
-    "logger=csv",
-    "backbone.weights=none",
-    "data.source.num_train=12",
-    "data.source.num_val=2",
-    "data.source.num_test=2",
-    "data.batch_size=2",
-    "data.image_size=96",
-    "data.max_size=96",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+TINY_STEPS = tiny_run("backbone.weights=none", "data.source.num_train=12", "data.source.num_val=2",
+                      "data.source.num_test=2", "data.batch_size=2", "data.image_size=96", "data.max_size=96",
+                      "trainer.log_every_n_steps=1")
 """Six optimiser steps on 96 px images: seconds on a CPU."""
 
 POISONED_BATCHES = (2, 4)
@@ -234,10 +223,7 @@ def test_impossible_values_are_refused_before_any_work(make_config, overrides, e
 
 
 def test_an_unknown_logger_lists_the_choices(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "frcnn_lab.train", "logger=spreadsheet"], cwd=tmp_path, capture_output=True, text=True,
-        timeout=120, env={**os.environ, "WANDB_MODE": "offline"},
-    )
+    result = run_module("frcnn_lab.train", "logger=spreadsheet", cwd=tmp_path)
     assert result.returncode != 0
     assert "Could not find 'logger/spreadsheet'" in result.stderr
     assert "csv" in result.stderr and "default" in result.stderr

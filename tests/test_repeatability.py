@@ -8,22 +8,11 @@ from pathlib import Path
 import pytest
 
 from frcnn_lab.train import train
+from support import tiny_run
 
-pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-REPEATABLE_RUN = [
-    "logger=csv",
-    "data.source.num_train=6",
-    "data.source.num_val=2",
-    "data.source.num_test=2",
-    "data.batch_size=2",
-    "data.image_size=96",
-    "data.max_size=96",
-    "trainer.max_epochs=2",
-    "trainer.log_every_n_steps=1",
-    "trainer.deterministic=true",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+REPEATABLE_RUN = tiny_run("data.source.num_train=6", "data.source.num_val=2", "data.source.num_test=2",
+                          "data.batch_size=2", "data.image_size=96", "data.max_size=96", "trainer.max_epochs=2",
+                          "trainer.log_every_n_steps=1", "trainer.deterministic=true")
 WALL_CLOCK_COLUMNS = {"train/epoch_time_s", "train/images_per_s", "val/ms_per_image"}
 """Timings differ from run to run by nature; every other logged figure must not."""
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose_config
 from frcnn_lab.config import ConfigError, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.inference import PhotoDetector
 from frcnn_lab.train import build_module
+from support import compose_config
 
 OBJECT = 30  # px: the same object at the same ground resolution in every photo
 

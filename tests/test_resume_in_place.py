@@ -14,8 +14,6 @@ import pytest
 from frcnn_lab.run_dir import CLAIM_FILE, OutputDirInUseError
 from frcnn_lab.train import train
 
-pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
 TWO_EPOCHS_OF_ONE_STEP = [
     "logger=csv",
     "backbone.weights=none",

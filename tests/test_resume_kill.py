@@ -17,23 +17,13 @@ import pytest
 import torch
 
 from frcnn_lab.train import train
+from support import tiny_run
 
-pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-SMALL_RUN = [
-    "logger=csv",
-    "backbone.weights=none",
-    "data.source.num_train=200",  # 100 steps per epoch: the kill lands well inside the first epoch
-    "data.source.num_val=4",
-    "data.source.num_test=4",
-    "data.batch_size=2",
-    "data.image_size=128",
-    "data.max_size=128",
-    "trainer.max_epochs=2",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-    "callbacks.step_checkpoint.every_n_train_steps=2",
-]
+# 200 training images: 100 steps per epoch, so the kill lands well inside the first epoch
+SMALL_RUN = tiny_run("backbone.weights=none", "data.source.num_train=200", "data.source.num_val=4",
+                     "data.source.num_test=4", "data.batch_size=2", "data.image_size=128", "data.max_size=128",
+                     "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+                     "callbacks.step_checkpoint.every_n_train_steps=2")
 
 
 class ResumeProbe(L.Callback):

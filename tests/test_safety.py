@@ -19,8 +19,6 @@ from frcnn_lab.data.records import DataError
 from frcnn_lab.train import train
 from test_data_formats import scenes, voc_xml
 
-pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
 CLASSES = ("camera", "phone")
 BAD_BOXES = [  # (x1, y1, x2, y2, class) on a good 96 x 128 image
     (float("nan"), 5, 20, 20, "camera"),

@@ -7,8 +7,6 @@ import csv
 import importlib.util
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from conftest import TINY_RUN
 from frcnn_lab.config import ConfigError, processes_per_node, refuse_local_ddp_in_multirun
 from frcnn_lab.model.detector import build_detector
 from frcnn_lab.train import CONFIG_DIR, train
+from support import TINY_RUN, cli_env, run_module
 
 SMALL = ["backbone.weights=none", "data.image_size=128", "data.max_size=128"]
 
@@ -139,13 +137,10 @@ def test_processes_per_node_reads_lightnings_device_forms(devices, count):
 
 
 def test_cli_multirun_with_local_ddp_stops_before_any_work(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
+    env = {k: v for k, v in cli_env().items() if not k.startswith("SLURM_")}  # not inside a cluster's allocation
     sweep_dir = tmp_path / "sweep"
-    result = subprocess.run(
-        [sys.executable, "-m", "frcnn_lab.train", "-m", "trainer=ddp", "trainer.accelerator=cpu", "seed=0,1",
-         *TINY_RUN, f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-    )
+    result = run_module("frcnn_lab.train", "-m", "trainer=ddp", "trainer.accelerator=cpu", "seed=0,1", *TINY_RUN,
+                        f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env=env, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
     assert "cannot run inside a Hydra multirun" in output

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose_config
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.tiles import TiledImages, boxes_in_window, tile_windows
+from support import compose_config
 
 
 def test_tiles_overlap_by_the_share_and_the_last_row_and_column_end_at_the_border():

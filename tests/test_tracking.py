@@ -6,9 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from frcnn_lab.checkpoints import load_module
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.metrics.matching import match_counts
 from frcnn_lab.tracking import compact_line
+from support import cli_env, run_ok
 from test_outputs import wandb_records
 
 # A thesis preset shrunk to seconds: MobileNetV2 (ImageNet) instead of VGG16, 4 + 4 tiny images, two epochs.
@@ -34,12 +32,7 @@ RUN = ["experiment=thesis/model4", "backbone=mobilenet_v2", "data=synthetic", "d
 def sweep(tmp_path_factory):
     """One job of a CLI sweep (-m) with an offline W&B run -> (sweep dir, job dir, console output)."""
     home = tmp_path_factory.mktemp("wandb_sweep")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(HOME=str(home), WANDB_SILENT="true", OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "frcnn_lab.train", "-m", *RUN, "seed=0"], cwd=home, env=env,
-                            capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    output = run_ok("frcnn_lab.train", "-m", *RUN, "seed=0", cwd=home, env=cli_env(HOME=str(home)))
     (sweep_dir,) = (home / "outputs" / "train" / "multiruns").iterdir()
     return sweep_dir, sweep_dir / "0", output
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RUN
 from frcnn_lab.train import train
+from support import TINY_RUN, cli_env, run_ok, tiny_run
 
 
 def epoch_rows(metrics_csv: str, column: str) -> list[float]:
@@ -31,9 +28,11 @@ def test_training_lowers_the_loss_and_detects_above_chance(make_config, tmp_path
     maps = epoch_rows(summary["metrics_csv"], "val/map_50")
     assert len(losses) == 3 and len(maps) == 3
     assert losses[-1] < 0.8 * losses[0]
-    # Chance (boxes at random places) scores about 0; a detector that learned scores well above
-    # (this 3-epoch run on 64 scenes reaches about 0.11).
-    assert max(maps) > 0.05
+    # Chance (boxes at random places) scores about 0. At the tests' pinned thread count (support.TEST_THREADS = 1)
+    # this run's best val mAP@0.5 over seeds 0-4 is 0.324, 0.176, 0.098, 0.157, 0.237 (seed 0 is the test's; the
+    # first epoch alone gives 0.015-0.122): the bar sits just under the weakest seed, so a change of random stream
+    # passes and a detector that stopped learning does not.
+    assert max(maps) > 0.08
     assert summary["best_map_50"] == pytest.approx(max(maps), abs=1e-6)
     assert summary["best_epoch"] == maps.index(max(maps)) + 1
     assert Path(summary["checkpoint"]).is_file() and Path(summary["checkpoint"]).name == "best.ckpt"
@@ -46,15 +45,10 @@ def test_training_lowers_the_loss_and_detects_above_chance(make_config, tmp_path
 
 
 def test_cli_run_tracks_to_csv_and_offline_wandb_and_prints_a_summary(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(HOME=str(tmp_path), WANDB_SILENT="true")  # no credentials anywhere: W&B must go offline by itself
-    overrides = [o for o in TINY_RUN if o != "logger=csv"] + ["trainer.max_steps=3", "data.source.num_val=4"]
-    result = subprocess.run(
-        [sys.executable, "-m", "frcnn_lab.train", *overrides], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    env = cli_env(HOME=str(tmp_path))  # no credentials anywhere: W&B must go offline by itself
+    del env["WANDB_MODE"]
+    overrides = [o for o in tiny_run("trainer.max_steps=3", "data.source.num_val=4") if o != "logger=csv"]
+    output = run_ok("frcnn_lab.train", *overrides, cwd=tmp_path, env=env, timeout=300)
     assert "best val mAP@0.5:" in output
     run_dirs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert len(run_dirs) == 1
@@ -74,12 +68,7 @@ def test_documented_short_runs_of_the_large_backbones_train_and_validate(tmp_pat
     small = ["trainer.max_steps=2", "data.source.num_train=4", "data.source.num_val=2", "data.image_size=160",
              "data.max_size=160", "logger=csv", "backbone.weights=none", "callbacks.progress_bar.refresh_rate=0",
              "trainer.log_every_n_steps=1"]
-    result = subprocess.run(
-        [sys.executable, "-m", "frcnn_lab.train", *overrides, *small], cwd=tmp_path, capture_output=True, text=True,
-        timeout=600, stdin=subprocess.DEVNULL,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    output = run_ok("frcnn_lab.train", *overrides, *small, cwd=tmp_path)
     assert "best val mAP@0.5:" in output  # validation ran after the short training
     (metrics,) = (tmp_path / "outputs").rglob("metrics.csv")
     assert epoch_rows(str(metrics), "train/loss_step") and epoch_rows(str(metrics), "val/map_50")

@@ -1,7 +1,9 @@
-"""The config's one schema check: keys, types, ranges and choices, before any model or data is built.
+"""The config's checks, before any model or data is built.
 
-``validate`` raises one ConfigError listing every problem, each naming the key, its value and the valid
-choices or range. Constructors keep only the checks that protect direct Python use.
+Keys and types are the schemas' (``frcnn_lab.schema``): Hydra refuses a wrong type or an unknown key while it
+composes. ``validate`` checks what a type cannot say (ranges, choices, list shapes, rules across keys) and raises
+one ConfigError listing every problem, each naming the key, its value and the valid choices or range.
+Constructors keep only the checks that protect direct Python use.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from frcnn_lab.data.transforms import RESIZE_POLICIES
 from frcnn_lab.lit_module import SCHEDULES
 from frcnn_lab.model.detector import MODES
 from frcnn_lab.model.roi_pooling import POOLERS
+from frcnn_lab.schema import register as register_schemas
 from frcnn_lab.tracking import WANDB_MODES
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+register_schemas()
 
 class ConfigError(ValueError):
     """The config names an unknown choice, lacks a required key or holds an impossible value."""

@@ -1,0 +1,81 @@
+"""What many test files share: the tiny-run overrides, composing a config like the CLI, running an entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from frcnn_lab.config import CONFIG_DIR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_THREADS = 1
+"""Torch threads of every test and of the entry points it starts: results depend on the thread count (reductions
+split differently), and one thread gives the same figures on any machine."""
+
+TINY_RUN = [
+    "logger=csv",
+    "data.source.num_train=24",
+    "data.source.num_val=8",
+    "data.source.num_test=8",
+    "data.batch_size=4",
+    "trainer.max_epochs=1",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+"""Overrides for runs that must finish in seconds on a CPU."""
+
+
+def override_key(override: str) -> str:
+    """``+a.b=1`` / ``~a.b`` / ``a.b=1`` -> ``a.b``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def tiny_run(*overrides: str, base: list[str] = TINY_RUN) -> list[str]:
+    """``base`` with ``overrides`` added, each replacing the base's override of the same key, and a deletion
+    (``~key``) those of the keys under it too (Hydra refuses a group chosen twice, or a deleted key set)."""
+    keys = {override_key(o) for o in overrides}
+    deleted = tuple(override_key(o) + "." for o in overrides if o.startswith("~"))
+
+    def replaced(key: str) -> bool:
+        return key in keys or key.startswith(deleted)
+
+    return [o for o in base if not replaced(override_key(o))] + list(overrides)
+
+
+def compose_config(name: str, overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
+    """The primary config ``name`` (config, evaluate, predict, ...) composed like its CLI, outputs in ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def cli_env(**changes: str) -> dict[str, str]:
+    """The test process's environment without W&B settings, with W&B offline, pinned threads and ``changes``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS=str(TEST_THREADS), **changes)
+    return env
+
+
+def run_module(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600,
+               python: str = sys.executable) -> subprocess.CompletedProcess:
+    """``python -m module arguments`` in ``cwd``: output captured as text, no stdin, ``cli_env()`` by default."""
+    return subprocess.run([python, "-m", module, *arguments], cwd=cwd, env=cli_env() if env is None else env,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def run_ok(module: str, *arguments: str, cwd: Path, **kwargs) -> str:
+    """``run_module`` that must succeed -> its stdout and stderr together."""
+    result = run_module(module, *arguments, cwd=cwd, **kwargs)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return output

@@ -1,0 +1,28 @@
+"""The suite's own guarantees: each test starts at the pinned torch thread count, whatever the test before it did,
+and the tiny-run override lists replace keys instead of repeating them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from support import TEST_THREADS, TINY_RUN, tiny_run
+
+
+@pytest.mark.parametrize("changed_to", [TEST_THREADS + 1, TEST_THREADS + 2])
+def test_each_test_starts_at_the_pinned_thread_count(changed_to):
+    """Run in order: the second case sees the count the first one changed put back."""
+    assert torch.get_num_threads() == TEST_THREADS
+    assert os.environ["OMP_NUM_THREADS"] == str(TEST_THREADS)
+    torch.set_num_threads(changed_to)
+    os.environ["OMP_NUM_THREADS"] = str(changed_to)
+
+
+def test_tiny_run_replaces_the_keys_it_is_given():
+    overrides = tiny_run("data.batch_size=2", "+callbacks.model_checkpoint.save_weights_only=true", "trainer=ddp")
+    assert overrides.count("data.batch_size=2") == 1 and "data.batch_size=4" not in overrides
+    assert overrides[:len(TINY_RUN) - 1] == [o for o in TINY_RUN if o != "data.batch_size=4"]
+    without_bar = [o for o in TINY_RUN if not o.startswith("callbacks.progress_bar")]
+    assert tiny_run("~callbacks.progress_bar") == [*without_bar, "~callbacks.progress_bar"]
