@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from frcnn_lab.report import convergence
-from frcnn_lab.report.tables import LEARNING_SPEED
+from frcnn_lab.report.tables import LEARNING_SPEED, UNSETTLED_BANNER
 from frcnn_lab.report.writer import TARGET, write_report
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = path.read_text()
     print(text)
-    if "⚠" in text:
+    if UNSETTLED_BANNER in text:
         print(f"warning: some runs have not plateaued; each comparison that involves them {LEARNING_SPEED}",
               file=sys.stderr)
     print(f"written: {path}")

@@ -71,8 +71,6 @@ class Estimate:
     raw_p: float | None
     p: float | None = None            # Holm-adjusted within the family
     tests: int = 1                    # m, the family's number of tests
-    detectable: float | None = None   # smallest |difference| with 80 % power at level 1 - 0.05 / m
-    seeds_needed: int | None = None   # seeds (per side) a target difference needs at that level and power
 
     def interval(self, level: float) -> tuple[float, float] | tuple[None, None]:
         if self.se is None:
@@ -141,25 +139,23 @@ def compare(first: Mapping[Any, float], second: Mapping[Any, float]) -> Estimate
     return unpaired(list(first.values()), list(second.values()))
 
 
-def adjust(estimates: Sequence[Estimate], target: float) -> list[Estimate]:
-    """One family's estimates with Holm-adjusted p, Bonferroni level, detectable difference and seeds needed
-    for ``target`` (a difference of best val mAP@0.5) at 80 % power."""
+def adjust(estimates: Sequence[Estimate]) -> list[Estimate]:
+    """One family's estimates with Holm-adjusted p and the family's size (for the Bonferroni intervals)."""
     tested = [i for i, e in enumerate(estimates) if e.raw_p is not None]
     adjusted = list(estimates)
     if not tested:
         return adjusted
     holm = multipletests([estimates[i].raw_p for i in tested], alpha=1 - LEVEL, method="holm")[1]
-    alpha = (1 - LEVEL) / len(tested)
     for i, p in zip(tested, holm, strict=True):
-        detectable, needed = power(estimates[i], alpha, target)
-        adjusted[i] = dataclasses.replace(estimates[i], p=float(p), tests=len(tested), detectable=detectable,
-                                          seeds_needed=needed)
+        adjusted[i] = dataclasses.replace(estimates[i], p=float(p), tests=len(tested))
     return adjusted
 
 
-def power(estimate: Estimate, alpha: float, target: float) -> tuple[float | None, int | None]:
-    """(smallest |difference| with 80 % power, seeds per side for ``target``) of a paired or Welch t-test; at
-    least two seeds, as a t-test needs."""
+def power(estimate: Estimate, target: float) -> tuple[float | None, int | None]:
+    """(smallest |difference| detectable with 80 % power, seeds per side a difference of ``target`` needs) for a
+    paired or Welch t-test at the family's Bonferroni level 0.05 / m, given the observed spread; at least two
+    seeds, as a t-test needs."""
+    alpha = (1 - LEVEL) / estimate.tests
     if estimate.spread is None:
         return None, None
     if estimate.spread == 0:
@@ -191,8 +187,8 @@ class Difference:
     estimate: Estimate
 
 
-def one_key_differences(configurations: Mapping[str, Mapping[str, Any]], scores: Mapping[str, Mapping[Any, float]],
-                        target: float) -> list[Difference]:
+def one_key_differences(configurations: Mapping[str, Mapping[str, Any]],
+                        scores: Mapping[str, Mapping[Any, float]]) -> list[Difference]:
     """Every pair of configurations that differ in exactly one key and both have scores, Holm-adjusted as
     one family."""
     labels = [label for label in configurations if scores.get(label)]
@@ -207,7 +203,7 @@ def one_key_differences(configurations: Mapping[str, Mapping[str, Any]], scores:
             first, second = sorted((one, two), key=lambda label: _order(configurations[label].get(key)))
             found.append(Difference(key, first, second, configurations[first].get(key),
                                     configurations[second].get(key), compare(scores[first], scores[second])))
-    adjusted = adjust([d.estimate for d in found], target)
+    adjusted = adjust([d.estimate for d in found])
     return [dataclasses.replace(d, estimate=e) for d, e in zip(found, adjusted, strict=True)]
 
 
@@ -338,8 +334,8 @@ class Factorial:
     interactions: list[Interaction]
 
 
-def factorial_analysis(configurations: Mapping[str, Mapping[str, Any]], scores: Mapping[str, Mapping[Any, float]],
-                       target: float) -> Factorial:
+def factorial_analysis(configurations: Mapping[str, Mapping[str, Any]],
+                       scores: Mapping[str, Mapping[Any, float]]) -> Factorial:
     effects: dict[str, MainEffect] = {}
     interactions: list[Interaction] = []
     for design in find_designs(configurations, scores):
@@ -358,7 +354,7 @@ def factorial_analysis(configurations: Mapping[str, Mapping[str, Any]], scores: 
                 found.estimate, raw_p=tests.get((a, b), found.estimate.raw_p)),
                 mirror=interaction(design_effects[b], a, scores)))
     main = list(effects.values())
-    adjusted = adjust([e.estimate for e in main] + [i.estimate for i in interactions], target)
+    adjusted = adjust([e.estimate for e in main] + [i.estimate for i in interactions])
     main = [dataclasses.replace(e, estimate=a) for e, a in zip(main, adjusted[:len(main)], strict=True)]
     interactions = [dataclasses.replace(i, estimate=a) for i, a in zip(interactions, adjusted[len(main):], strict=True)]
     return Factorial(main, interactions)

@@ -11,10 +11,11 @@ from typing import Any
 from frcnn_lab.metrics.tide import DESCRIPTIONS as TIDE_DESCRIPTIONS
 from frcnn_lab.report.convergence import Convergence, summary
 from frcnn_lab.report.runs import TIDE_TYPES, Run, run_figures
-from frcnn_lab.report.statistics import Difference, Estimate, Interaction, MainEffect, format_interval
+from frcnn_lab.report.statistics import Difference, Estimate, Interaction, MainEffect, format_interval, power
 
 LEARNING_SPEED = "ranks learning speed in this budget, not final accuracy"
 UNSETTLED_MARK = "⚠ learning speed"
+UNSETTLED_BANNER = "> **⚠"  # opens report.md's warning when any run has not plateaued
 
 
 def mean_std(values: list[float]) -> str:
@@ -80,16 +81,17 @@ def runs_table(groups: dict[str, list[Run]], root: Path, convergence: Mapping[Pa
                   "gain of the last window", "note"], rows)
 
 
-def estimate_cells(estimate: Estimate, unsettled: bool) -> list[str]:
-    """Δ [adjusted CI], Holm p, matters, d_z, detectable difference, seeds for the target, test, budget warning."""
+def estimate_cells(estimate: Estimate, unsettled: bool, target: float) -> list[str]:
+    """Δ [adjusted CI], Holm p, matters, d_z, detectable difference, seeds for ``target``, test, budget warning."""
     effect = estimate.effect_size
+    detectable, seeds_needed = power(estimate, target)
     return [
         format_interval(estimate),
         "–" if estimate.p is None else f"{estimate.p:.3f}",
         "**yes**" if estimate.matters else "no",
         "–" if effect is None else f"{effect:+.1f}",
-        "–" if estimate.detectable is None else f"{estimate.detectable:.3f}",
-        "–" if estimate.seeds_needed is None else str(estimate.seeds_needed),
+        "–" if detectable is None else f"{detectable:.3f}",
+        "–" if seeds_needed is None else str(seeds_needed),
         f"{estimate.method} ({estimate.counts[0]}/{estimate.counts[1]})",
         UNSETTLED_MARK if unsettled else "plateaued",
     ]
@@ -109,7 +111,7 @@ def context(diff: Difference, configurations: Mapping[str, Mapping[str, Any]]) -
 def differences_table(differences: list[Difference], configurations: Mapping[str, Mapping[str, Any]],
                       unsettled: Callable[[list[str]], bool], target: float) -> str:
     rows = [[f"`{d.key}`", f"{d.first_value} → {d.second_value}", f"`{context(d, configurations)}`",
-             *estimate_cells(d.estimate, unsettled([d.first, d.second]))]
+             *estimate_cells(d.estimate, unsettled([d.first, d.second]), target)]
             for d in sorted(differences, key=lambda d: (d.key, context(d, configurations)))]
     return table(["key", "from → to", "with", *estimate_header(target)], rows)
 
@@ -121,7 +123,7 @@ def design_text(fixed: Mapping[str, Any]) -> str:
 def main_effects_table(effects: list[MainEffect], unsettled: Callable[[list[str]], bool], target: float) -> str:
     rows = [[f"`{e.key}`", ", ".join(f"{level}: {mean:.3f}" for level, mean in e.means.items()),
              f"{e.first} → {e.second}", f"`{design_text(e.design.fixed)}`",
-             *estimate_cells(e.estimate, unsettled(list(e.design.cells.values())))]
+             *estimate_cells(e.estimate, unsettled(list(e.design.cells.values())), target)]
             for e in sorted(effects, key=lambda e: e.key)]
     return table(["key", "marginal means", "contrast", "with", *estimate_header(target)], rows)
 
@@ -130,7 +132,8 @@ def interactions_table(interactions: list[Interaction], unsettled: Callable[[lis
                        target: float) -> str:
     rows = [[f"`{i.key}` × `{i.by}`",
              ", ".join(f"{i.by.rsplit('.', 1)[-1]}={level}: {value:+.3f}" for level, value in i.simple.items()),
-             f"{i.first} → {i.second}", *estimate_cells(i.estimate, unsettled(list(i.design.cells.values())))]
+             f"{i.first} → {i.second}",
+             *estimate_cells(i.estimate, unsettled(list(i.design.cells.values())), target)]
             for i in interactions]
     return table(["keys", "first key's contrast at each level of the second", "second key", *estimate_header(target)],
                  rows)

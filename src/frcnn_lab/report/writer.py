@@ -40,6 +40,7 @@ from frcnn_lab.report.statistics import (
 )
 from frcnn_lab.report.tables import (
     LEARNING_SPEED,
+    UNSETTLED_BANNER,
     UNSETTLED_MARK,
     configuration_table,
     context,
@@ -85,8 +86,9 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
                      "(never started).**")
     unsettled_runs = [r for r in scored if not verdicts[r.path].plateaued]
     if unsettled_runs:
-        lines += ["", f"> **⚠ {len(unsettled_runs)} of {len(scored)} runs have not plateaued** (still learning or "
-                  f"too short to judge; see Convergence). Every comparison that involves them {LEARNING_SPEED}."]
+        lines += ["", f"{UNSETTLED_BANNER} {len(unsettled_runs)} of {len(scored)} runs have not plateaued** (still "
+                  f"learning or too short to judge; see Convergence). Every comparison that involves them "
+                  f"{LEARNING_SPEED}."]
     lines += [
         "", configuration_table(groups, verdicts), "",
         "Runs: with a val mAP / all (failed, interrupted, without val mAP: no metrics, or no GT box in val). "
@@ -121,8 +123,8 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
 def comparison_sections(configurations: Mapping[str, Mapping[str, Any]], scores: Mapping[str, Mapping[Any, float]],
                         unsettled, output: Path, plots: list[Path], target: float) -> list[str]:
     """"Which choice mattered": main effects, interactions, the ranking and the one-key pairs."""
-    differences = one_key_differences(configurations, scores, target)
-    analysis = factorial_analysis(configurations, scores, target)
+    differences = one_key_differences(configurations, scores)
+    analysis = factorial_analysis(configurations, scores)
     if not differences and not analysis.main_effects:
         return []
     level = f"{LEVEL * 100:.0f} %"
@@ -135,9 +137,9 @@ def comparison_sections(configurations: Mapping[str, Mapping[str, Any]], scores:
         "over the standard deviation of the per-seed differences (Welch pairs: over sqrt((s1² + s2²)/2)). "
         f"Detectable: the smallest difference this many seeds would detect with {POWER * 100:.0f} % power at the "
         "family's Bonferroni level given the observed sd (statsmodels `TTestPower`; Welch pairs: `TTestIndPower`); "
-        f"seeds for {target:.2f}: how many seeds a difference of {target:.2f} would need for that. "
-        f"Budget: {UNSETTLED_MARK} marks a comparison that involves runs which have not plateaued: "
-        f"it {LEARNING_SPEED}.",
+        f"seeds for {target:.2f}: how many seeds a difference of {target:.2f} would need for that."
+        + (f" Budget: {UNSETTLED_MARK} marks a comparison that involves runs which have not plateaued: "
+           f"it {LEARNING_SPEED}." if unsettled(list(configurations)) else ""),
     ]
     if analysis.main_effects:
         lines += factorial_section(analysis, unsettled, target)
