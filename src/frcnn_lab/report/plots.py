@@ -82,8 +82,11 @@ def plot_map_per_epoch(groups: dict[str, list[Run]], path: Path, unsettled: bool
 
 
 def short_ticks(labels: list[str]) -> list[str]:
-    """"backbone.name=vgg16 rpn.num_rois=4" -> "name=vgg16\nnum_rois=4": short enough to sit side by side."""
-    return ["\n".join(part.rsplit(".", 1)[-1] for part in label.split(" ")) for label in labels]
+    """"backbone.name=vgg16 roi_head.bg_iou_lo=0.1" -> "name=vgg16\nbg_iou_lo=0.1": short enough to sit side by
+    side."""
+    return ["\n".join(f"{key.rsplit('.', 1)[-1]}={value}" if value else key
+                      for key, _, value in (part.partition("=") for part in label.split(" ")))
+            for label in labels]
 
 
 def plot_ablation(groups: dict[str, list[Run]], path: Path, unsettled: bool) -> Path:
@@ -152,7 +155,7 @@ def plot_pareto(points: Mapping[str, dict[str, float | None]], fronts: Mapping[s
         for label, (x, y) in placed.items():
             on_front = label in fronts[cost]
             axis.plot([x], [y], "o", color="C3" if on_front else "grey", markerfacecolor="C3" if on_front else "white")
-            axis.annotate("\n".join(short_ticks([label])[0].split("\n")[:3]), (x, y), fontsize=6,
+            axis.annotate(short_ticks([label])[0], (x, y), fontsize=6,
                           xytext=(3, 3), textcoords="offset points")
         front = sorted(placed[label] for label in fronts[cost] if label in placed)
         if front:
