@@ -7,8 +7,10 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
 from frcnn_lab.report import find_runs, group_runs, main, write_report
 
@@ -17,14 +19,14 @@ COLUMNS = ["epoch", "step", "train/loss_epoch", "train/epoch_time_s", "diag/cls_
 
 
 def make_run(folder: Path, num_rois: int, seed: int, maps: list[float] | None, status: str = "completed",
-             error: str | None = None) -> None:
+             error: str | None = None, ms_per_image: float = 20.0, duration_s: float | None = None) -> None:
     """A run folder: .hydra/config.yaml, status.json and (unless ``maps`` is None) csv/metrics.csv with one
     training row and one validation row per epoch, as Lightning's CSVLogger writes them."""
     config = {"seed": seed, "trainer": {"max_epochs": 3}, "rpn": {"num_rois": num_rois},
               "backbone": {"name": "vgg16"}, "paths": {"output_dir": "${hydra:runtime.output_dir}"}}
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
-    (folder / "status.json").write_text(json.dumps({"status": status, "error": error}))
+    (folder / "status.json").write_text(json.dumps({"status": status, "error": error, "duration_s": duration_s}))
     if maps is None:
         return
     (folder / "csv").mkdir()
@@ -33,7 +35,8 @@ def make_run(folder: Path, num_rois: int, seed: int, maps: list[float] | None, s
         writer.writeheader()
         for epoch, value in enumerate(maps):
             writer.writerow({"epoch": epoch, "step": epoch, "val/map_50": value, "val/map": value / 2,
-                             "val/fn_rate": 0.1 * (epoch + 1), "val/fp_image_rate": 0.5, "val/ms_per_image": 20.0})
+                             "val/fn_rate": 0.1 * (epoch + 1), "val/fp_image_rate": 0.5,
+                             "val/ms_per_image": ms_per_image})
             writer.writerow({"epoch": epoch, "step": epoch, "train/loss_epoch": 1.0 / (epoch + 1),
                              "train/epoch_time_s": 10.0, "diag/cls_accuracy_epoch": 0.5})
 
@@ -119,6 +122,88 @@ def test_report_gives_differences_with_intervals_and_ranks_the_keys(tmp_path):
     # 64 vs 4 RoIs at 600 px: per-seed differences 0.30, 0.31, 0.31 (paired), mean 0.307.
     row = next(line for line in section.splitlines() if "4 → 64" in line and "data.image_size=600" in line)
     assert "+0.307" in row and "paired" in row and "**yes**" in row
-    ranking = section.split("Keys ranked by effect")[1]
-    assert ranking.index("`data.image_size`") < ranking.index("`rpn.num_rois`")  # 0.403 > 0.307
-    assert (tmp_path / "report" / "differences.png").stat().st_size > 0
+    # Main effects over both levels of the other key, paired per seed: image size +0.30, +0.305, +0.30;
+    # RoIs +0.20, +0.215, +0.20; the gap between them is clear of 0, so image size is named first.
+    assert "**`data.image_size` mattered most** over the ranges swept: +0.302" in section
+    assert "Holm" in section and "Bonferroni" in section
+    assert "abs Δ / seed std" not in report and "Keys ranked by effect" not in report
+    for name in ("differences.png", "main_effects.png", "pareto.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+
+
+def red_pixels(path: Path) -> int:
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int(((pixels[..., 0] > 200) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)).sum())
+
+
+def test_runs_that_have_not_plateaued_are_labelled_and_their_comparisons_warned(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    flat = [0.1, 0.3, 0.5, 0.50, 0.51, 0.50, 0.505]
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    for seed in range(3):
+        make_run(root / f"flat4_{seed}", 4, seed, [v + 0.01 * seed for v in flat])
+        make_run(root / f"flat8_{seed}", 8, seed, [v + 0.1 + 0.01 * seed for v in flat])
+        make_run(root / f"rising_{seed}", 64, seed, [v + 0.01 * seed for v in rising])
+    make_run(root / "short", 16, 0, [0.2, 0.21])
+    assert main([str(root), "--output", str(tmp_path / "report")]) == 0
+    captured = capsys.readouterr()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert report == captured.out.split("written: ")[0].rstrip("\n") + "\n"
+    assert "ranks learning speed in this budget, not final accuracy" in captured.err
+    runs = {row[0]: row for row in table_rows(report, "## Runs")}
+    assert runs["`flat4_0`"][7] == "plateaued" and runs["`rising_0`"][7] == "still learning"
+    assert runs["`short`"][7] == "too short to judge"
+    assert runs["`rising_0`"][8] == "+0.300"  # best of the last three (0.7) minus the best before (0.4)
+    configurations = {row[0]: row for row in table_rows(report, "# Report")}
+    assert configurations["`rpn.num_rois=4`"][-1] == "3/3 plateaued"
+    assert configurations["`rpn.num_rois=64`"][-1] == "0/3 plateaued (3 still learning)"
+    assert "> **⚠ 4 of 10 runs have not plateaued**" in report
+    pairs = table_rows(report, "### One-key pairs")
+    budget = {row[1]: row[-1] for row in pairs}
+    assert budget["4 → 8"] == "plateaued"
+    assert budget["4 → 64"] == budget["8 → 64"] == budget["4 → 16"] == "⚠ learning speed"
+    assert "ranks learning speed in this budget, not final accuracy" in report.split("## Accuracy against cost")[1]
+    assert red_pixels(tmp_path / "report" / "differences.png") > 0  # the warning across the top
+    assert red_pixels(tmp_path / "report" / "ablation_map50.png") > 0
+
+    # Among plateaued runs only, no warning; a tolerance below the last gain (0.51 - 0.50) or a window that
+    # reaches back into the rise reads the same curves as still learning.
+    plateaued = tmp_path / "plateaued"
+    for seed in range(3):
+        make_run(plateaued / f"a{seed}", 4, seed, [v + 0.01 * seed for v in flat])
+        make_run(plateaued / f"b{seed}", 8, seed, [v + 0.1 + 0.01 * seed for v in flat])
+    report = write_report(plateaued, tmp_path / "quiet").read_text()
+    assert "⚠" not in report and "learning speed in this budget" not in report
+    assert red_pixels(tmp_path / "quiet" / "differences.png") == 0
+    for option, value in (("--plateau-tolerance", "0.005"), ("--plateau-window", "5")):
+        output = tmp_path / option.strip("-")
+        assert main([str(plateaued), "--output", str(output), option, value]) == 0
+        assert "0/3 plateaued (3 still learning)" in (output / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        main([str(plateaued), "--plateau-tolerance", "-0.1"])
+    assert "--plateau-tolerance >= 0 (got -0.1)" in capsys.readouterr().err
+
+
+def test_accuracy_against_cost_marks_the_pareto_front(tmp_path):
+    root = tmp_path / "sweep"
+    # (RoIs, mAP, ms/img, wall time): 64 is best, 4 cheapest; 16 is beaten by 64 in accuracy and speed.
+    for rois, value, ms, seconds in ((4, 0.2, 10.0, 100.0), (16, 0.3, 40.0, 200.0), (64, 0.5, 30.0, 300.0)):
+        make_run(root / str(rois), rois, 0, [value], ms_per_image=ms, duration_s=seconds)
+    report = write_report(root, tmp_path / "report").read_text()
+    rows = {row[0]: row for row in table_rows(report, "## Accuracy against cost")}
+    assert rows["`rpn.num_rois=4`"][1:] == ["0.200", "10.0", "**yes**", "100", "**yes**"]
+    assert rows["`rpn.num_rois=16`"][1:] == ["0.300", "40.0", "no", "200", "**yes**"]
+    assert rows["`rpn.num_rois=64`"][1:] == ["0.500", "30.0", "**yes**", "300", "**yes**"]
+    assert (tmp_path / "report" / "pareto.png").stat().st_size > 0
+
+
+def table_rows(report: str, heading: str) -> list[list[str]]:
+    """The cells of the first table after ``heading``."""
+    lines = report.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("| "):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    return rows

@@ -1,0 +1,45 @@
+"""``python -m frcnn_lab.report <run or multirun dir> [--output DIR] [--overwrite]`` and the statistics' options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from frcnn_lab.report import convergence
+from frcnn_lab.report.tables import LEARNING_SPEED, UNSETTLED_BANNER
+from frcnn_lab.report.writer import TARGET, write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m frcnn_lab.report",
+                                     description="Results table, statistics and plots of a run or a sweep.")
+    parser.add_argument("directory", type=Path, help="a training run's folder, or a multirun (sweep) folder")
+    parser.add_argument("--output", type=Path,
+                        help="where to write report.md and the plots (default: <directory>/report)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files of an existing report")
+    parser.add_argument("--plateau-window", type=int, default=convergence.WINDOW, metavar="K",
+                        help="validations at the end of a curve that must not beat the best before them "
+                             "(default %(default)s)")
+    parser.add_argument("--plateau-tolerance", type=float, default=convergence.TOLERANCE, metavar="MAP",
+                        help="the gain in val mAP@0.5 a plateau may still show (default %(default)s)")
+    parser.add_argument("--target-difference", type=float, default=TARGET, metavar="MAP",
+                        help="difference of best val mAP@0.5 whose seed count each comparison gives "
+                             "(default %(default)s)")
+    args = parser.parse_args(argv)
+    if args.plateau_window < 1 or args.plateau_tolerance < 0 or args.target_difference <= 0:
+        parser.error(f"--plateau-window must be >= 1 (got {args.plateau_window}), --plateau-tolerance >= 0 "
+                     f"(got {args.plateau_tolerance}) and --target-difference > 0 (got {args.target_difference})")
+    try:
+        path = write_report(args.directory, args.output or args.directory / "report", args.overwrite,
+                            args.plateau_window, args.plateau_tolerance, args.target_difference)
+    except (FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    text = path.read_text()
+    print(text)
+    if UNSETTLED_BANNER in text:
+        print(f"warning: some runs have not plateaued; each comparison that involves them {LEARNING_SPEED}",
+              file=sys.stderr)
+    print(f"written: {path}")
+    return 0

@@ -1,0 +1,67 @@
+"""Has a run stopped learning? A verdict from its validation curve (val mAP@0.5 per validation).
+
+The criterion: the best of the last ``window`` validations exceeds the best of all validations before
+them by more than ``tolerance`` -> **still learning**; by ``tolerance`` or less, with at least
+``window + 1`` validations -> **plateaued**; fewer validations and no such rise -> **too short to
+judge** (which counts as not plateaued). A run with fewer than ``window + 1`` validations whose last
+ones still rise past the tolerance is called still learning from the validations it has: a rise needs
+no long window to be seen, a plateau does.
+
+Defaults, and why:
+
+- ``window`` = 3 validations: a plateau must hold over more than one noisy point, and three is the
+  shortest window in which one lucky validation does not decide (the best of three must still be no
+  better than what came before). With one validation per epoch it asks for the last three epochs.
+- ``tolerance`` = 0.02 mAP@0.5: the noise of mAP@0.5 on a validation set of the size the lab uses.
+  An AP estimated on n ground-truth boxes is roughly a proportion, with standard error
+  sqrt(p (1 - p) / n): 0.024 at p = 0.5 for the 421 boxes of the hard benchmark's 100 val scenes,
+  0.03-0.04 for a few hundred. A gain below that could vanish by drawing another validation set, so it
+  is no evidence of learning; a gain above it is. The verdict compares maxima, so a flat curve whose
+  validations scatter with a standard deviation of half the tolerance is called still learning rarely
+  (under 5 % of simulated flat curves of ten validations; ``tests/test_report_simulation.py``).
+
+Both are ``report`` options (``--plateau-window``, ``--plateau-tolerance``): a larger validation set
+allows a smaller tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+WINDOW = 3
+TOLERANCE = 0.02
+PLATEAUED, STILL_LEARNING, TOO_SHORT = "plateaued", "still learning", "too short to judge"
+
+
+@dataclass(frozen=True)
+class Convergence:
+    verdict: str                      # PLATEAUED | STILL_LEARNING | TOO_SHORT
+    gain: float | None                # best of the last window minus best before it; None with < 2 validations
+    validations: int
+
+    @property
+    def plateaued(self) -> bool:
+        return self.verdict == PLATEAUED
+
+
+def judge(curve: Sequence[float], window: int = WINDOW, tolerance: float = TOLERANCE) -> Convergence:
+    """``curve``: val mAP@0.5 per validation, in order."""
+    if window < 1 or tolerance < 0:
+        raise ValueError(f"plateau window must be >= 1 and tolerance >= 0, got {window} and {tolerance}")
+    n = len(curve)
+    if n < 2:
+        return Convergence(TOO_SHORT, None, n)
+    last = min(window, n - 1)
+    gain = max(curve[-last:]) - max(curve[:-last])
+    if gain > tolerance:
+        return Convergence(STILL_LEARNING, gain, n)
+    return Convergence(PLATEAUED if n > window else TOO_SHORT, gain, n)
+
+
+def summary(verdicts: Sequence[Convergence]) -> str:
+    """"2/3 plateaued (1 still learning)" for a configuration's runs."""
+    text = f"{sum(v.plateaued for v in verdicts)}/{len(verdicts)} plateaued"
+    others = [f"{n} {verdict}" for verdict in (STILL_LEARNING, TOO_SHORT)
+              if (n := sum(v.verdict == verdict for v in verdicts))]
+    return text + (f" ({', '.join(others)})" if others else "")

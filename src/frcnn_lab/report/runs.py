@@ -1,0 +1,233 @@
+"""Training runs read from their folders: config, status, per-epoch metrics, evaluation, TIDE figures.
+
+A run is a folder with ``.hydra/config.yaml`` (with a ``trainer`` section), ``status.json`` (written by
+``frcnn_lab.train``), ``csv/metrics.csv`` (Lightning's CSVLogger) and, when ``frcnn_lab.evaluate`` ran on
+it, ``evaluate/<time>/evaluation.json``. Runs group into configurations by the config keys that differ
+between them, the seed and bookkeeping aside.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from frcnn_lab.metrics.tide import ERROR_TYPES as TIDE_ERROR_TYPES
+from frcnn_lab.metrics.tide import SPECIAL_TYPES as TIDE_SPECIAL_TYPES
+from frcnn_lab.tracking import flat_config
+
+TIDE_TYPES = (*TIDE_ERROR_TYPES, *TIDE_SPECIAL_TYPES)
+IGNORED_KEYS = ("seed", "tags", "ckpt_path", "task_name")
+IGNORED_PREFIXES = ("paths.", "logger.", "callbacks.progress_bar.", "hydra.", "trainer.default_root_dir")
+
+
+@dataclass
+class Run:
+    """One training run's files, read."""
+
+    path: Path
+    config: dict[str, Any]
+    status: str                      # completed | failed | interrupted | unknown
+    error: str | None = None
+    epochs: dict[int, dict[str, float]] = field(default_factory=dict)  # 0-based epoch -> column -> value
+    evaluation: dict[str, Any] | None = None
+    duration_s: float | None = None
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    def series(self, column: str) -> tuple[list[int], list[float]]:
+        """(1-based epochs, values) where ``column`` was logged."""
+        points = [(e + 1, row[column]) for e, row in sorted(self.epochs.items()) if column in row]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    @property
+    def curve(self) -> list[float]:
+        """val mAP@0.5 per validation, in epoch order."""
+        return self.series("val/map_50")[1]
+
+    @property
+    def best_epoch(self) -> int | None:
+        """0-based epoch of the highest val/map_50 (the one best.ckpt holds), or None without validation."""
+        scored = [(row["val/map_50"], -e) for e, row in self.epochs.items() if "val/map_50" in row]
+        return -max(scored)[1] if scored else None
+
+    def at_best(self, column: str) -> float | None:
+        best = self.best_epoch
+        return None if best is None else self.epochs[best].get(column)
+
+    @property
+    def train_time_s(self) -> float | None:
+        times = self.series("train/epoch_time_s")[1]
+        return sum(times) if times else self.duration_s
+
+    @property
+    def note(self) -> str:
+        if self.status == "failed":
+            return f"failed: {self.error or 'no error recorded'}"
+        if self.status == "interrupted":
+            return "interrupted (status.json still says running)"
+        if not self.epochs:
+            return "no metrics (csv/metrics.csv missing or empty)"
+        if self.best_epoch is None:
+            return "no validation logged"
+        return ""
+
+
+def read_metrics(path: Path) -> dict[int, dict[str, float]]:
+    """metrics.csv -> 0-based epoch -> {column: value}, merging the rows Lightning writes per epoch."""
+    epochs: dict[int, dict[str, float]] = {}
+    if not path.is_file():
+        return epochs
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if not row.get("epoch"):
+                continue
+            merged = epochs.setdefault(int(float(row["epoch"])), {})
+            for key, value in row.items():
+                if key in ("epoch", "step") or value in (None, ""):
+                    continue
+                number = float(value)
+                # torchmetrics reports -1 for an AP without ground truth to measure it on: not a result.
+                if not (key.startswith(("val/map", "val/ap_")) and number < 0):
+                    merged[key] = number
+    return epochs
+
+
+def read_status(run: Path) -> tuple[str, str | None, float | None]:
+    """(status, error, duration) from status.json; "running" there means the process died mid-run."""
+    path = run / "status.json"
+    if not path.is_file():
+        return "unknown", None, None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        return "unknown", f"unreadable status.json ({error})", None
+    status = {"running": "interrupted"}.get(record.get("status"), record.get("status", "unknown"))
+    return status, record.get("error"), record.get("duration_s")
+
+
+def latest_evaluation(run: Path) -> dict[str, Any] | None:
+    files = sorted((run / "evaluate").glob("*/evaluation.json"))
+    return json.loads(files[-1].read_text()) if files else None
+
+
+def read_run(run: Path) -> Run:
+    config = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=False)
+    status, error, duration = read_status(run)
+    return Run(run, flat_config(config), status, error, read_metrics(run / "csv" / "metrics.csv"),
+               latest_evaluation(run), duration)
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Training runs at or below ``root``: folders with a ``.hydra/config.yaml`` that has a ``trainer``."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    runs = []
+    for config in sorted(root.rglob(".hydra/config.yaml"), key=lambda p: natural_key(str(p))):
+        if "trainer" in (OmegaConf.load(config) or {}):
+            runs.append(read_run(config.parent.parent))
+    if not runs:
+        raise FileNotFoundError(f"{root}: no training run (a folder with .hydra/config.yaml) at or below it")
+    return runs
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort "10" after "9"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def expected_jobs(root: Path) -> int | None:
+    """Number of jobs the sweep in ``root/multirun.yaml`` launches, or None when there is none."""
+    path = root / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = OmegaConf.load(path).hydra
+    arguments = [f"{k}={v}" for k, v in (OmegaConf.select(hydra_cfg, "sweeper.params") or {}).items()]
+    arguments += list(hydra_cfg.overrides.task)
+    sizes: dict[str, int] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [None]
+        sizes[override.get_key_element()] = len(values)  # a command-line sweep replaces the preset's
+    return math.prod(sizes.values())
+
+
+def configuration_keys(runs: list[Run]) -> list[str]:
+    """The config keys whose values differ between the runs, apart from the seed and bookkeeping."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run.config if k not in keys]
+    return [
+        k for k in keys
+        if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)
+        and len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}) > 1
+    ]
+
+
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """Configuration label ("backbone.name=vgg16 rpn.num_rois=4") -> its runs (seeds), in first-seen order."""
+    keys = configuration_keys(runs)
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        label = " ".join(f"{k}={run.config.get(k)}" for k in keys) or "all runs"
+        groups.setdefault(label, []).append(run)
+    return groups
+
+
+def run_figures(run: Run) -> dict[str, float | None]:
+    """FN share, FP share and ms/img of a run: from its evaluation when there is one, else its best epoch."""
+    evaluation = run.evaluation
+    if evaluation:
+        negatives = evaluation.get("negatives") or {}
+        return {"fn": evaluation.get("fn_rate"), "fp": negatives.get("fp_image_rate", evaluation.get("fp_image_rate")),
+                "ms": evaluation.get("ms_per_image_median"), "source": "evaluate"}
+    return {"fn": run.at_best("val/fn_rate"), "fp": run.at_best("val/fp_image_rate"),
+            "ms": run.at_best("val/ms_per_image"), "source": "val"}
+
+
+def configuration_scores(groups: dict[str, list[Run]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+    """label -> {key: value} of the keys that tell the configurations apart, and label -> {seed: best mAP@0.5}."""
+    runs = [run for group in groups.values() for run in group]
+    keys = configuration_keys(runs)
+    configurations = {label: {k: group[0].config.get(k) for k in keys} for label, group in groups.items()}
+    scores = {label: {r.seed: r.at_best("val/map_50") for r in group if r.best_epoch is not None}
+              for label, group in groups.items()}
+    return configurations, scores
+
+
+def tide_figures(run: Run) -> tuple[dict[str, float | None], str] | None:
+    """A run's TIDE dAPs ({type: dAP}) and their source: its latest evaluation's ``error_analysis``, else
+    the best epoch's ``val/tide_<type>``; None when neither has them."""
+    analysis = (run.evaluation or {}).get("error_analysis")
+    if analysis:
+        return dict(analysis["delta_ap"]), "evaluate"
+    values = {key: run.at_best(f"val/tide_{key}") for key in TIDE_TYPES}
+    return (values, "val") if any(v is not None for v in values.values()) else None
+
+
+def tide_means(groups: dict[str, list[Run]]) -> dict[str, tuple[dict[str, float | None], str]]:
+    """Configuration -> (mean dAP per TIDE type over its runs, sources); configurations without figures left out."""
+    means = {}
+    for label, runs in groups.items():
+        found = [f for f in (tide_figures(r) for r in runs) if f is not None]
+        if found:
+            means[label] = ({key: finite_mean([values.get(key) for values, _ in found]) for key in TIDE_TYPES},
+                            " + ".join(sorted({source for _, source in found})))
+    return means
+
+
+def finite_mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.mean(present) if present else None
+
+
