@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.config import CONFIG_DIR, group_option
 from support import TINY_RUN, compose_config
 
 pytestmark = pytest.mark.gpu
@@ -143,9 +143,8 @@ def test_detections_on_the_device_equal_the_cpu_ones(device):
     from frcnn_lab.data.synthetic import SyntheticScenes
     from frcnn_lab.model.detector import build_detector
 
-    groups = {g: OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / g / "default.yaml"), resolve=True)
-              for g in ("rpn", "roi_head", "loss")}
-    backbone = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "backbone" / "mobilenet_v2.yaml"))
+    groups = {g: group_option(g) for g in ("rpn", "roi_head", "loss")}
+    backbone = group_option("backbone", "mobilenet_v2")
     torch.manual_seed(0)
     detector = build_detector({**backbone, "weights": "none"}, groups["rpn"], groups["roi_head"], groups["loss"],
                               num_classes=2).eval()

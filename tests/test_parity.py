@@ -13,21 +13,17 @@ that it does not resize.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.config import group_option
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.model.detector import FasterRCNN, build_detector
 from frcnn_lab.model.reference import torchvision_equivalent
 
-CONF_DIR = Path(CONFIG_DIR)
 IMAGE_SIZES = ((320, 320), (240, 320), (320, 240))
 NUM_CLASSES = 2
 RPN = {"pre_nms_top_n_test": 300, "post_nms_top_n_test": 100, "nms_iou": 0.7}
@@ -36,8 +32,7 @@ HEAD = {"pooler": "roi_align", "sampling_ratio": 2, "aligned": False, "score_thr
 
 
 def config_group(group: str, **overrides) -> dict:
-    config = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / "default.yaml"))
-    return {**config, **overrides}
+    return {**group_option(group), **overrides}
 
 
 def scene(height: int, width: int, seed: int) -> Tensor:

@@ -207,7 +207,7 @@ def test_no_torch_load_without_weights_only_in_the_package():
          "logger.wandb.mode='sometimes' is unknown; choose one of ['auto', 'disabled', 'offline', 'online']"),
         (["rpn.post_nms_top_n_train=0"], "rpn.post_nms_top_n_train=0 must be an integer >= 1"),
         (["roi_head.detections_per_image=0"], "roi_head.detections_per_image=0 must be an integer >= 1"),
-        (["loss.weights.roi_reg=-1"], "loss.weights.roi_reg=-1 must be finite and >= 0"),
+        (["loss.weights.roi_reg=-1"], "loss.weights.roi_reg=-1.0 must be finite and >= 0"),
         (["loss.weights.rpn_cls=nan"], "loss.weights.rpn_cls=nan must be finite and >= 0"),
         (["optim.optimizer.lr=0"], "optim.optimizer.lr=0 must be finite and > 0"),
         (["rpn.anchor_sizes=[]"], "rpn.anchor_sizes=[] must be a non-empty list of numbers > 0"),

@@ -127,5 +127,5 @@ def test_the_checkpoint_carries_the_policy_to_inference():
 def test_a_bad_policy_or_scale_is_refused(make_config):
     with pytest.raises(ConfigError, match=r"data.resize='native' is unknown; choose one of \['fixed_scale'"):
         validate(make_config(["data.resize=native"]))
-    with pytest.raises(ConfigError, match="data.scale=0 must be finite and > 0"):
+    with pytest.raises(ConfigError, match="data.scale=0.0 must be finite and > 0"):
         validate(make_config(["data.scale=0"]))

@@ -7,7 +7,6 @@ import csv
 import importlib.util
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
-from frcnn_lab.config import ConfigError, processes_per_node, refuse_local_ddp_in_multirun
+from frcnn_lab.config import ConfigError, group_option, processes_per_node, refuse_local_ddp_in_multirun
 from frcnn_lab.model.detector import build_detector
 from frcnn_lab.train import CONFIG_DIR, train
 from support import TINY_RUN, cli_env, run_module
@@ -26,7 +25,7 @@ SMALL = ["backbone.weights=none", "data.image_size=128", "data.max_size=128"]
 
 
 def group(name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / name / "default.yaml"))
+    return group_option(name)
 
 
 def test_losses_and_detections_stay_fp32_under_bf16_autocast():

@@ -34,19 +34,18 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.config import group_option
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.model.detector import FasterRCNN, build_detector
 from frcnn_lab.model.reference import torchvision_equivalent
 
-CONF_DIR = Path(CONFIG_DIR)
 NUM_CLASSES = 2
 BACKBONES = ["mobilenet_v2", "resnet50", "vgg16"]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def config_group(group: str, name: str = "default") -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True)
+    return group_option(group, name)
 
 
 def build_pair(backbone: str, image_size: int, settings: list[str] = ()) -> tuple[FasterRCNN, TorchvisionFasterRCNN]:

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.config import group_option
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
 from frcnn_lab.lit_module import warmup_then_decay
@@ -38,7 +37,6 @@ from frcnn_lab.metrics import mean_average_precision
 from frcnn_lab.model.detector import FasterRCNN, build_detector
 from frcnn_lab.model.reference import torchvision_equivalent
 
-CONF_DIR = Path(CONFIG_DIR)
 # (generator, square image side, rpn overrides): the quickstart's scenes and the findings benchmark's.
 DATASETS = {
     "easy": (SyntheticScenes, 320, {}),
@@ -47,7 +45,7 @@ DATASETS = {
 
 
 def config_group(group: str, name: str = "default") -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True)
+    return group_option(group, name)
 
 
 def to_tensors(sample: dict) -> tuple[Tensor, dict[str, Tensor]]:

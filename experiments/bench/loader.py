@@ -29,20 +29,17 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.config import group_option
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.synthetic import CLASSES, SyntheticScenes
 from frcnn_lab.model.detector import build_detector
 from frcnn_lab.model.losses import weighted_total
 
-CONF_DIR = Path(CONFIG_DIR)
-
 
 def config_group(group: str, name: str = "default") -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True)
+    return group_option(group, name)
 
 
 def write_photos(root: Path, count: int) -> Path:

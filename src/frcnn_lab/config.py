@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -28,8 +29,17 @@ from frcnn_lab.tracking import WANDB_MODES
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 register_schemas()
 
+
 class ConfigError(ValueError):
     """The config names an unknown choice, lacks a required key or holds an impossible value."""
+
+
+def group_option(group: str, name: str = "default") -> dict[str, Any]:
+    """The keys of ``conf/<group>/<name>.yaml`` as written, resolved, without its ``defaults`` list (the schema it
+    starts from): a group's settings for code that builds parts without composing the whole config."""
+    option = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / group / f"{name}.yaml"), resolve=True)
+    option.pop("defaults", None)
+    return option
 
 
 def backbone_choices() -> list[str]:
