@@ -62,7 +62,7 @@ def compose_config(name: str, overrides: list[str] = (), output_dir: Path | None
 def cli_env(**changes: str) -> dict[str, str]:
     """The test process's environment without W&B settings, with W&B offline, pinned threads and ``changes``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS=str(TEST_THREADS), **changes)
+    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": str(TEST_THREADS), **changes})
     return env
 
 

@@ -87,9 +87,10 @@ def test_evaluate_predict_export_serve_from_the_gpu_checkpoint(gpu_run, device, 
 
     from frcnn_lab.evaluate import evaluate
     from frcnn_lab.export import export
+    from frcnn_lab.inference import load_photo_detector
     from frcnn_lab.onnx_runner import OnnxDetector
     from frcnn_lab.predict import predict
-    from frcnn_lab.serve import build_detector, create_app
+    from frcnn_lab.serve import create_app
 
     ckpt = gpu_run / "checkpoints" / "best.ckpt"
     results = evaluate(compose_config("evaluate", [f"ckpt_path={ckpt}", f"device={device.type}", "split=val",
@@ -110,7 +111,7 @@ def test_evaluate_predict_export_serve_from_the_gpu_checkpoint(gpu_run, device, 
     onnx_detections = OnnxDetector(onnx_path)([image])[0]
     assert set(onnx_detections) >= {"boxes", "scores", "labels"}
 
-    detector = build_detector(compose_config("serve", [f"ckpt_path={ckpt}", f"device={device.type}"]))
+    detector = load_photo_detector(ckpt, None, None, None, device.type)
     png = io.BytesIO()
     Image.fromarray(photo).save(png, format="PNG")
     answer = TestClient(create_app(detector, {})).post("/predict", files={"file": ("photo.png", png.getvalue(),

@@ -114,9 +114,10 @@ def wandb_records(path: Path):
 @pytest.mark.slow
 def test_a_failed_run_finishes_its_offline_wandb_run_as_failed(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(tmp_path)}
-    overrides = [o for o in ONE_STEP if o not in ("logger=csv", "trainer.max_steps=1")]
-    # A learning rate this large sends the weights to infinity within two steps: the non-finite guard stops the run.
-    diverging = ["optim.optimizer.lr=1e12", "optim.warmup_steps=0"]
+    overrides = [o for o in ONE_STEP if o not in ("logger=csv", "trainer.max_steps=1", "trainer.max_epochs=1")]
+    # A learning rate this large sends the weights to infinity within two steps: the non-finite guard stops the run
+    # (epochs of 2 steps: the guard sees the diverged weights in the second epoch).
+    diverging = ["optim.optimizer.lr=1e12", "optim.warmup_steps=0", "trainer.max_epochs=3"]
     code, output = finish(start_cli(*overrides, *diverging, cwd=tmp_path, env=env))
     assert code != 0
     assert "NonFiniteLossError: non-finite" in output
