@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 import frcnn_lab.model.backbones as backbones
-from frcnn_lab.checkpoints import load_module
 from frcnn_lab.data.synthetic import SyntheticScenes
+from frcnn_lab.engine.checkpoints import load_module
+from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.evaluate import evaluate
-from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.model.weights import OFFLINE_ENV
 from frcnn_lab.predict import predict
 from frcnn_lab.train import train
@@ -83,7 +83,7 @@ def test_evaluate_and_predict_from_the_checkpoint_file_alone(backbone, tmp_path,
 
 
 def test_a_given_image_size_keeps_the_trained_ratio_and_a_sizeless_loose_checkpoint_is_refused(trained_run, tmp_path):
-    from frcnn_lab.checkpoints import input_sizes
+    from frcnn_lab.engine.checkpoints import input_sizes
 
     ckpt = trained_run / "checkpoints" / "best.ckpt"
     module = load_module(ckpt)
@@ -99,7 +99,7 @@ def test_a_given_image_size_keeps_the_trained_ratio_and_a_sizeless_loose_checkpo
 
 
 def test_the_requested_input_size_rule():
-    from frcnn_lab.checkpoints import requested_input_size
+    from frcnn_lab.engine.checkpoints import requested_input_size
 
     assert requested_input_size((300, 500)) == (300, 500)
     assert requested_input_size((300, 500), image_size=600) == (600, 1000)  # the trained ratio of the two

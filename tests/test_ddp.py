@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from frcnn_lab.data.datamodule import DetectionDataModule, collate
-from frcnn_lab.lit_module import DetectionModule
+from frcnn_lab.engine.module import DetectionModule
 from support import cli_env, run_ok, tiny_run
 
 NUM_VAL = 8

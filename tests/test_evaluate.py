@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from frcnn_lab.checkpoints import evaluation_dir, training_run_dir
 from frcnn_lab.evaluate import evaluate, format_table, write_results
+from frcnn_lab.runs.folders import evaluation_dir, training_run_dir
 from support import compose_config
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from frcnn_lab.lit_module import validation_logs
+from frcnn_lab.engine.module import validation_logs
 from frcnn_lab.metrics import DetectionEvaluation
 from frcnn_lab.model.detector import DetectorOutput
 from frcnn_lab.train import build_module

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn_lab.checkpoints import load_module
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
+from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.export import export, export_metadata, export_onnx, export_torchscript
-from frcnn_lab.onnx_runner import OnnxDetector
+from frcnn_lab.inference.onnx_detector import OnnxDetector
 from frcnn_lab.predict import predict
 from frcnn_lab.train import build_module
 from support import compose_config

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from frcnn_lab.run_dir import CLAIM_FILE, OutputDirInUseError, claim_output_dir
+from frcnn_lab.runs.folders import CLAIM_FILE, OutputDirInUseError, claim_output_dir
 from frcnn_lab.train import train
 from support import tiny_run
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import frcnn_lab.train as train_entry
-from frcnn_lab.callbacks import AtomicCheckpointIO, NonFiniteLossError, nonfinite_names
 from frcnn_lab.config import ConfigError, validate
+from frcnn_lab.engine.callbacks import AtomicCheckpointIO, NonFiniteLossError, nonfinite_names
 from frcnn_lab.train import train
 from support import run_module, tiny_run
 
@@ -152,7 +152,7 @@ def test_nonfinite_names_lists_only_the_bad_tensors():
 KILL_DURING_SAVE = textwrap.dedent(
     """
     import io, os, sys, torch
-    from frcnn_lab.callbacks import AtomicCheckpointIO
+    from frcnn_lab.engine.callbacks import AtomicCheckpointIO
 
     serialise = torch.save
 

@@ -15,7 +15,7 @@ from PIL import Image
 from frcnn_lab.config import ConfigError, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
-from frcnn_lab.inference import PhotoDetector
+from frcnn_lab.inference.loading import PhotoDetector
 from frcnn_lab.train import build_module
 from support import compose_config
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from frcnn_lab.run_dir import CLAIM_FILE, OutputDirInUseError
+from frcnn_lab.runs.folders import CLAIM_FILE, OutputDirInUseError
 from frcnn_lab.train import train
 
 TWO_EPOCHS_OF_ONE_STEP = [

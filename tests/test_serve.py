@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn_lab.checkpoints import input_sizes, load_module
-from frcnn_lab.inference import PhotoDetector
+from frcnn_lab.engine.checkpoints import input_sizes, load_module
+from frcnn_lab.inference.drawing import CLASS_COLORS
+from frcnn_lab.inference.loading import PhotoDetector
 from frcnn_lab.serve import example_images
-from frcnn_lab.visualize import CLASS_COLORS
 
 CHROMEDRIVER = shutil.which("chromedriver")
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from frcnn_lab.checkpoints import load_module
 from frcnn_lab.data.datamodule import DetectionDataModule
+from frcnn_lab.engine.callbacks import compact_line
+from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.metrics.matching import match_counts
-from frcnn_lab.tracking import compact_line
 from support import cli_env, run_ok
 from test_outputs import wandb_records
 
@@ -25,7 +25,7 @@ RUN = ["experiment=thesis/model4", "backbone=mobilenet_v2", "data=synthetic", "d
        "data.source.num_val=4", "data.source.num_test=2", "data.num_negatives=0", "data.batch_size=2",
        "data.image_size=128", "data.max_size=160", "trainer.max_epochs=2", "callbacks.progress_bar.refresh_rate=0",
        "optim.optimizer.lr=1e-3", "roi_head.score_thresh=0.0", "roi_head.detections_per_image=10",
-       "eval.score_threshold=0.0", "callbacks.wandb_predictions.log_model=true", "logger.wandb.mode=offline"]
+       "eval.score_threshold=0.0", "callbacks.wandb_model.enabled=true", "logger.wandb.mode=offline"]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from frcnn_lab.config import group_option
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
-from frcnn_lab.lit_module import warmup_then_decay
+from frcnn_lab.engine.module import warmup_then_decay
 from frcnn_lab.metrics import mean_average_precision
 from frcnn_lab.model.detector import FasterRCNN, build_detector
 from frcnn_lab.model.reference import torchvision_equivalent

@@ -30,13 +30,13 @@ import onnxruntime
 import torch
 from hydra import compose, initialize_config_dir
 
-from frcnn_lab.checkpoints import load_module
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
+from frcnn_lab.engine.checkpoints import load_module
+from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.export import export_metadata, export_onnx
-from frcnn_lab.lit_module import DetectionModule
-from frcnn_lab.onnx_runner import OnnxDetector
+from frcnn_lab.inference.onnx_detector import OnnxDetector
 from frcnn_lab.train import build_module
 
 

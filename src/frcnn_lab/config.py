@@ -17,14 +17,14 @@ from hydra.types import RunMode
 from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from frcnn_lab.callbacks import NONFINITE_ACTIONS
 from frcnn_lab.data.datamodule import SOURCES, SPLIT_MODES
 from frcnn_lab.data.transforms import RESIZE_POLICIES
-from frcnn_lab.lit_module import SCHEDULES
+from frcnn_lab.engine.callbacks import NONFINITE_ACTIONS
+from frcnn_lab.engine.module import SCHEDULES
 from frcnn_lab.model.detector import MODES
 from frcnn_lab.model.roi_pooling import POOLERS
+from frcnn_lab.runs.tracking import WANDB_MODES
 from frcnn_lab.schema import register as register_schemas
-from frcnn_lab.tracking import WANDB_MODES
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 register_schemas()

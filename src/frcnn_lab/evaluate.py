@@ -25,12 +25,13 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn_lab.checkpoints import device_name, input_sizes, load_module, resolve_device, run_data_config
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
-from frcnn_lab.inference import trained_resize
+from frcnn_lab.engine.checkpoints import device_name, input_sizes, load_module, resolve_device
+from frcnn_lab.inference.loading import trained_resize
 from frcnn_lab.metrics.coco_json import write_coco_files
 from frcnn_lab.metrics.tide import format_tide
+from frcnn_lab.runs.folders import run_data_config
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")

@@ -12,7 +12,7 @@ The exported graph takes one image and holds the rest of inference:
   per-class NMS and the top detections (the checkpoint's ``rpn`` and ``roi_head`` settings).
 - outputs ``boxes`` (D, 4) xyxy in the input image's pixels, ``scores`` (D,), ``labels`` (D,) int64 in 1..K.
 
-Outside the graph, and done by ``frcnn_lab.onnx_runner``: decoding the file, the resize, and scaling the
+Outside the graph, and done by ``frcnn_lab.inference.onnx_detector``: decoding the file, the resize, and scaling the
 boxes back to the original image. The file's metadata (ONNX ``metadata_props``; TorchScript extra file
 ``frcnn_lab.json``) holds ``classes``, their ``category_ids``, ``image_size`` and ``max_size`` for that.
 The ONNX graph comes from PyTorch's TorchScript-based exporter (``dynamo=False``), the one torchvision's
@@ -33,10 +33,10 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from frcnn_lab.checkpoints import input_sizes, load_module
 from frcnn_lab.config import CONFIG_DIR
-from frcnn_lab.inference import trained_resize
-from frcnn_lab.lit_module import DetectionModule
+from frcnn_lab.engine.checkpoints import input_sizes, load_module
+from frcnn_lab.engine.module import DetectionModule
+from frcnn_lab.inference.loading import trained_resize
 from frcnn_lab.model.detector import FasterRCNN
 
 log = logging.getLogger(__name__)

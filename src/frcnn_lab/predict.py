@@ -27,9 +27,9 @@ from omegaconf import DictConfig
 
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load
-from frcnn_lab.inference import load_photo_detector
+from frcnn_lab.inference.drawing import draw_detections, save_png
+from frcnn_lab.inference.loading import load_photo_detector
 from frcnn_lab.metrics import coco_json
-from frcnn_lab.visualize import draw_detections, save_png
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")

@@ -16,13 +16,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from frcnn_lab.callbacks import AtomicCheckpointIO, NonFiniteGuard, ValImageRecorder
 from frcnn_lab.config import CONFIG_DIR, ConfigError, refuse_local_ddp_in_multirun, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.summary import train_anchor_report
-from frcnn_lab.lit_module import DetectionModule
-from frcnn_lab.run_dir import claim_output_dir, reserve_output_dir
-from frcnn_lab.tracking import finish_wandb_runs, flat_config, hydra_run_identity, name_wandb_run, write_status
+from frcnn_lab.engine.callbacks import AtomicCheckpointIO, NonFiniteGuard
+from frcnn_lab.engine.module import DetectionModule
+from frcnn_lab.runs.folders import claim_output_dir, reserve_output_dir
+from frcnn_lab.runs.tracking import finish_wandb_runs, flat_config, hydra_run_identity, name_wandb_run, write_status
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,9 @@ def build_module(cfg: DictConfig) -> DetectionModule:
 
 
 def training_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The non-finite guard and the validation pictures, then the ``callbacks`` group's."""
-    recorder = ValImageRecorder(cfg.data.classes, Path(cfg.paths.output_dir) / "val_images", cfg.eval.val_images)
+    """The non-finite guard, then the ``callbacks`` group's."""
     configured = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    return [NonFiniteGuard(cfg.train.on_nonfinite), recorder, *configured]
+    return [NonFiniteGuard(cfg.train.on_nonfinite), *configured]
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:

@@ -30,8 +30,8 @@ from torchvision.utils import draw_bounding_boxes
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.summary import train_anchor_report
-from frcnn_lab.run_dir import claim_output_dir
-from frcnn_lab.visualize import CLASS_COLORS, class_name, save_png
+from frcnn_lab.inference.drawing import CLASS_COLORS, class_name, save_png
+from frcnn_lab.runs.folders import claim_output_dir
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from frcnn_lab.metrics.tide import ERROR_TYPES as TIDE_ERROR_TYPES
 from frcnn_lab.metrics.tide import SPECIAL_TYPES as TIDE_SPECIAL_TYPES
-from frcnn_lab.tracking import flat_config
+from frcnn_lab.runs.tracking import flat_config
 
 TIDE_TYPES = (*TIDE_ERROR_TYPES, *TIDE_SPECIAL_TYPES)
 IGNORED_KEYS = ("seed", "tags", "ckpt_path", "task_name")

@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from frcnn_lab.callbacks import nonfinite_names
 from frcnn_lab.data.datamodule import Batch
+from frcnn_lab.engine.callbacks import nonfinite_names
 from frcnn_lab.metrics import DetectionEvaluation, timed_forward
 from frcnn_lab.model.detector import build_detector
 from frcnn_lab.model.losses import weighted_total

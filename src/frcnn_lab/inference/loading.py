@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from frcnn_lab.checkpoints import input_sizes, load_module, requested_input_size, resolve_device
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
-from frcnn_lab.lit_module import DetectionModule
-from frcnn_lab.onnx_runner import OnnxDetector
+from frcnn_lab.engine.checkpoints import input_sizes, load_module, requested_input_size, resolve_device
+from frcnn_lab.engine.module import DetectionModule
+from frcnn_lab.inference.onnx_detector import OnnxDetector
 
 
 def trained_resize(model: DetectionModule | OnnxDetector) -> dict[str, Any]:

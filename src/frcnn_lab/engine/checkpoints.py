@@ -1,4 +1,4 @@
-"""Checkpoints and run folders, for the entry points that use a trained model (evaluate, predict).
+"""Loading checkpoints, for the entry points that use a trained model (evaluate, predict, serve, export).
 
 A checkpoint written by ``frcnn_lab.train`` stands alone: its hyperparameters hold the model config, the
 classes and their dataset category ids, the input sizes and the normalisation, and loading it builds the
@@ -8,49 +8,11 @@ network without any pretrained weights before its own state dict fills it in.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, read_write
 
-from frcnn_lab.lit_module import DetectionModule
-
-
-def training_run_dir(ckpt_path: str | Path) -> Path | None:
-    """``<run>/checkpoints/x.ckpt`` -> ``<run>`` when ``<run>/.hydra/config.yaml`` exists, else None."""
-    path = Path(ckpt_path).resolve()
-    run = path.parent.parent
-    if path.parent.name == "checkpoints" and (run / ".hydra" / "config.yaml").is_file():
-        return run
-    return None
-
-
-def run_data_config(ckpt_path: str | Path) -> dict[str, Any] | None:
-    """The ``data`` group of the checkpoint's training run, or None outside a run folder."""
-    run = training_run_dir(ckpt_path)
-    if run is None:
-        return None
-    return OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml").data, resolve=True)
-
-
-def evaluation_dir(ckpt_path: str, log_dir: str) -> str:
-    """Parent of an evaluation's output folder: the training run's ``evaluate/``, else ``<log_dir>/evaluate/runs``."""
-    run = training_run_dir(ckpt_path)
-    return str(run / "evaluate") if run else str(Path(log_dir) / "evaluate" / "runs")
-
-
-class EvaluationRunDir(Callback):
-    """Hydra callback of ``conf/evaluate.yaml``: puts the run folder under ``evaluation_dir`` (beside the
-    checkpoint's training run, where ``frcnn_lab.report`` looks) before Hydra creates it."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if OmegaConf.is_missing(config, "ckpt_path") or any(
-                o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
-            return  # the task names the missing key; a folder given on the command line is kept
-        parent = evaluation_dir(str(config.ckpt_path), str(config.paths.log_dir))
-        with read_write(config.hydra.run):
-            config.hydra.run.dir = f"{parent}/{Path(config.hydra.run.dir).name}"
+from frcnn_lab.engine.module import DetectionModule
+from frcnn_lab.runs.folders import run_data_config
 
 
 def resolve_device(name: str) -> torch.device:

@@ -3,6 +3,7 @@
 The one exception is a run resumed in place: ``ckpt_path=<dir>/checkpoints/last.ckpt hydra.run.dir=<dir>``
 continues an interrupted run in its own directory (the owner's process has ended and the run did not
 complete); its metrics CSV is appended to and the earlier ``.hydra/`` files are kept beside the new ones.
+An evaluation of a checkpoint gets its folder beside the checkpoint's training run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, read_write
 
 CLAIM_FILE = ".frcnn_lab_run"
 """Created exclusively (O_EXCL) by the run that owns the directory; holds its pid, host and start time."""
@@ -171,3 +172,39 @@ class OutputDirGuard(Callback):
             _create_claim(Path(config.hydra.sweep.dir).resolve())  # each job then claims its own subdirectory
         except OutputDirInUseError as error:
             raise SystemExit(f"error: {error}") from None
+
+
+def training_run_dir(ckpt_path: str | Path) -> Path | None:
+    """``<run>/checkpoints/x.ckpt`` -> ``<run>`` when ``<run>/.hydra/config.yaml`` exists, else None."""
+    path = Path(ckpt_path).resolve()
+    run = path.parent.parent
+    if path.parent.name == "checkpoints" and (run / ".hydra" / "config.yaml").is_file():
+        return run
+    return None
+
+
+def run_data_config(ckpt_path: str | Path) -> dict[str, Any] | None:
+    """The ``data`` group of the checkpoint's training run, or None outside a run folder."""
+    run = training_run_dir(ckpt_path)
+    if run is None:
+        return None
+    return OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml").data, resolve=True)
+
+
+def evaluation_dir(ckpt_path: str, log_dir: str) -> str:
+    """Parent of an evaluation's output folder: the training run's ``evaluate/``, else ``<log_dir>/evaluate/runs``."""
+    run = training_run_dir(ckpt_path)
+    return str(run / "evaluate") if run else str(Path(log_dir) / "evaluate" / "runs")
+
+
+class EvaluationRunDir(Callback):
+    """Hydra callback of ``conf/evaluate.yaml``: puts the run folder under ``evaluation_dir`` (beside the
+    checkpoint's training run, where ``frcnn_lab.report`` looks) before Hydra creates it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if OmegaConf.is_missing(config, "ckpt_path") or any(
+                o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
+            return  # the task names the missing key; a folder given on the command line is kept
+        parent = evaluation_dir(str(config.ckpt_path), str(config.paths.log_dir))
+        with read_write(config.hydra.run):
+            config.hydra.run.dir = f"{parent}/{Path(config.hydra.run.dir).name}"

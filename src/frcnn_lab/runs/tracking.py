@@ -1,6 +1,6 @@
 """Experiment tracking: W&B online when credentials exist, otherwise offline, never a prompt; every
-W&B run is finished, and marked failed when training raised. Callbacks: a compact console line per
-validation, and W&B's per-epoch predictions table and best-checkpoint artifact."""
+W&B run is finished, and marked failed when training raised; the run's identity and ``status.json``; the best
+checkpoint as a W&B artifact."""
 
 from __future__ import annotations
 
@@ -16,15 +16,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
-
-from frcnn_lab.metrics.matching import match_counts
-from frcnn_lab.visualize import wandb_boxes
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-PREDICTION_COLUMNS = ["epoch", "image_id", "image", "gt_boxes", "detections", "tp", "fp", "fn"]
 log = logging.getLogger(__name__)
 
 
@@ -128,84 +122,21 @@ def write_status(output_dir: str | os.PathLike, status: str, **fields: Any) -> P
     return path
 
 
-class ValidationSummary(L.Callback):
-    """After each validation (not the sanity check), one INFO line: epoch, mAP@0.5, mAP, and the FN / FP shares
-    at the module's ``score_threshold`` (val/fn_rate: images with objects and nothing detected; val/fp_image_rate:
-    images without objects and something detected)."""
+class WandbModelArtifact(L.Callback):
+    """With ``enabled``, at the end of training, the best checkpoint becomes the W&B model artifact
+    ``model-<run id>`` (alias ``best``) of every W&B logger."""
 
-    @rank_zero_only
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        if "val/map_50" not in metrics:
-            return
-        log.info(compact_line(trainer.current_epoch + 1, metrics, pl_module.hparams.get("score_threshold")))
-
-
-def compact_line(epoch: int, metrics: Mapping[str, float], score_threshold: float | None) -> str:
-    """``epoch 3: val mAP@0.5 0.512  mAP 0.301  FN share 0.12  FP share 0.05 (score >= 0.9)``."""
-    def show(key: str, digits: int) -> str:
-        value = metrics.get(key)
-        return "-" if value is None or value != value else f"{value:.{digits}f}"
-
-    return (f"epoch {epoch}: val mAP@0.5 {show('val/map_50', 3)}  mAP {show('val/map', 3)}  "
-            f"FN share {show('val/fn_rate', 2)}  FP share {show('val/fp_image_rate', 2)} "
-            f"(score >= {score_threshold})")
-
-
-class WandbPredictions(L.Callback):
-    """For every W&B logger: after each validation the table ``val/predictions`` (columns ``PREDICTION_COLUMNS``)
-    of the first ``images`` val images, with their predicted and GT boxes and per-image TP / FP / FN at
-    ``iou_threshold`` and ``score_threshold``; with ``log_model`` the best checkpoint, at the end of training, as
-    the model artifact ``model-<run id>`` (alias ``best``). Reads the predictions ``validation_step`` returns."""
-
-    def __init__(self, images: int = 4, score_threshold: float = 0.5, iou_threshold: float = 0.5,
-                 log_model: bool = False) -> None:
-        self.images, self.score_threshold, self.iou_threshold = images, score_threshold, iou_threshold
-        self.log_model = log_model
-        self.rows: list[list[Any]] = []
-
-    @staticmethod
-    def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
-        return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)] if trainer.is_global_zero else []
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rows = []
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking or not outputs or not self.wandb_loggers(trainer):
-            return
-        import wandb
-
-        classes = pl_module.hparams["classes"]
-        for image, target, pred in zip(*batch, outputs, strict=True):
-            if len(self.rows) >= self.images:
-                return
-            pred = {k: v.detach().cpu() for k, v in pred.items()}
-            target = {k: v.cpu() if torch.is_tensor(v) else v for k, v in target.items()}
-            tp, fp, fn = match_counts(pred, target, self.score_threshold, self.iou_threshold)
-            pixels = (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            boxes = {"predictions": wandb_boxes(classes, pred["boxes"], pred["labels"], pred["scores"]),
-                     "ground_truth": wandb_boxes(classes, target["boxes"], target["labels"])}
-            self.rows.append([trainer.current_epoch + 1, str(target.get("image_id", len(self.rows))),
-                              wandb.Image(pixels, boxes=boxes), len(target["boxes"]), tp + fp, tp, fp, fn])
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.rows:
-            for logger in self.wandb_loggers(trainer):
-                logger.log_table("val/predictions", columns=PREDICTION_COLUMNS, data=self.rows,
-                                 step=trainer.global_step)
-        self.rows = []
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         checkpoint = trainer.checkpoint_callback
-        if not self.log_model or checkpoint is None or not Path(checkpoint.best_model_path or "").is_file():
+        if not self.enabled or checkpoint is None or not Path(checkpoint.best_model_path or "").is_file():
             return
         import wandb
 
-        for logger in self.wandb_loggers(trainer):
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)] if trainer.is_global_zero else []
+        for logger in wandb_loggers:
             score = checkpoint.best_model_score
             artifact = wandb.Artifact(f"model-{logger.experiment.id}", type="model", metadata={
                 "monitor": checkpoint.monitor, "score": None if score is None else float(score)})
