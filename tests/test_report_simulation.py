@@ -99,4 +99,8 @@ def test_a_rising_curve_is_still_learning_and_a_flat_one_has_plateaued():
     assert np.mean([v.verdict == PLATEAUED for v in flat]) >= 0.95
     # Two validations: a clear rise is seen, a plateau cannot be.
     assert judge([0.02, 0.14]).verdict == STILL_LEARNING
+    # Near zero the noise is small: 0.012 -> 0.021 is a rise (tolerance 0.0057), the same gain at 0.5 is not.
+    slow = [0.0, 0.001, 0.005, 0.009, 0.011, 0.012, 0.021, 0.018]
+    assert judge(slow).verdict == STILL_LEARNING and judge(slow).tolerance == pytest.approx(0.00573, abs=1e-4)
+    assert judge([x + 0.49 for x in slow]).verdict == PLATEAUED
     assert judge([0.140, 0.141]).verdict == TOO_SHORT

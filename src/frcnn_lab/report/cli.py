@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="validations at the end of a curve that must not beat the best before them "
                              "(default %(default)s)")
     parser.add_argument("--plateau-tolerance", type=float, default=convergence.TOLERANCE, metavar="MAP",
-                        help="the gain in val mAP@0.5 a plateau may still show (default %(default)s)")
+                        help="the gain in val mAP@0.5 a plateau may still show at mAP 0.5, scaled by "
+                        "2 sqrt(p (1 - p)) at a run's best mAP p (default %(default)s)")
     parser.add_argument("--target-difference", type=float, default=TARGET, metavar="MAP",
                         help="difference of best val mAP@0.5 whose seed count each comparison gives "
                              "(default %(default)s)")

@@ -74,11 +74,11 @@ def runs_table(groups: dict[str, list[Run]], root: Path, convergence: Mapping[Pa
                 f"`{run.path.relative_to(root) if run.path != root else '.'}`", f"`{label}`", str(run.seed),
                 run.status, str(len(run.epochs)), "–" if best is None else str(best + 1),
                 "–" if map_50 is None else f"{map_50:.3f}", verdict.verdict if map_50 is not None else "–",
-                "–" if verdict.gain is None else f"{verdict.gain:+.3f}",
+                "–" if verdict.gain is None else f"{verdict.gain:+.3f} / {verdict.tolerance:.3f}",
                 run.note.replace("|", "/").replace("\n", " "),
             ])
     return table(["run", "configuration", "seed", "status", "epochs", "best epoch", "mAP@0.5", "convergence",
-                  "gain of the last window", "note"], rows)
+                  "gain of the last window / tolerance", "note"], rows)
 
 
 def estimate_cells(estimate: Estimate, unsettled: bool, target: float) -> list[str]:

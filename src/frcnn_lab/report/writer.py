@@ -101,9 +101,10 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
         "batch). Training time: sum of a run's epoch times, mean over the runs. Convergence: see below.",
         "", "## Convergence", "",
         f"A run has **plateaued** when the best of its last {window} validations beats the best before them by "
-        f"at most {tolerance:.3f} mAP@0.5 (about the noise of mAP@0.5 on a validation set of a few hundred "
-        f"boxes); it is **still learning** when that gain is larger (with fewer validations: when the last "
-        f"ones rise by more than {tolerance:.3f}), and **too short to judge** with fewer than {window + 1} "
+        f"at most the tolerance: {tolerance:.3f} mAP@0.5 at a best mAP@0.5 p of 0.5, times 2 sqrt(p (1 - p)) "
+        "at the run's own p (about the noise of mAP@0.5 on a validation set of a few hundred boxes, which "
+        "shrinks near 0 and 1); it is **still learning** when that gain is larger (with fewer validations: "
+        f"when the last ones rise by more than the tolerance), and **too short to judge** with fewer than {window + 1} "
         "validations and no such rise; both count as not plateaued (`--plateau-window`, `--plateau-tolerance`). "
         f"{sum(v.plateaued for r, v in verdicts.items() if r in {s.path for s in scored})} of {len(scored)} "
         "runs with a validation curve have plateaued; per run in the runs table, per configuration above.",
