@@ -29,8 +29,7 @@ from omegaconf import DictConfig
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load
 from frcnn_lab.inference.drawing import draw_detections, save_png
-from frcnn_lab.inference.loading import load_photo_detector
-from frcnn_lab.inference.slicing import Slicing
+from frcnn_lab.inference.loading import configured_photo_detector
 from frcnn_lab.metrics import coco_json
 
 log = logging.getLogger(__name__)
@@ -85,8 +84,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if existing := [str(p) for p in planned if p.exists()]:
         raise FileExistsError(f"output={output} already holds {existing[:5]}{' ...' if len(existing) > 5 else ''}; "
                               "choose another output folder")
-    detector = load_photo_detector(cfg.ckpt_path, cfg.model, cfg.image_size, cfg.max_size, cfg.device,
-                                   Slicing.from_config(cfg.inference.slicing))
+    detector = configured_photo_detector(cfg)
     keep_labels = class_filter(detector.classes, cfg.classes)
     output.mkdir(parents=True, exist_ok=True)
     results, skipped, written = [], [], []

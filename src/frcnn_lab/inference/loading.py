@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
@@ -65,3 +66,10 @@ def load_photo_detector(ckpt_path: str | Path | None = None, model: str | Path |
         raise ValueError("name the detector: ckpt_path=<file>.ckpt or model=<file>.onnx")
     module = load_module(ckpt_path, resolve_device(device))
     return PhotoDetector(module, *input_sizes(module, ckpt_path, image_size, max_size), slicing)
+
+
+def configured_photo_detector(cfg: DictConfig) -> PhotoDetector:
+    """``load_photo_detector`` with the inference keys of ``predict`` / ``serve``: ``ckpt_path`` or ``model``,
+    ``image_size``, ``max_size``, ``device`` and ``inference.slicing``."""
+    return load_photo_detector(cfg.ckpt_path, cfg.model, cfg.image_size, cfg.max_size, cfg.device,
+                               Slicing.from_config(cfg.inference.slicing))
