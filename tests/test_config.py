@@ -16,7 +16,8 @@ GROUPS = {
     for group in ("backbone", "rpn", "roi_head", "loss", "optim", "data", "trainer", "logger", "callbacks", "debug")
 }
 
-DATA_PRESETS = {"synthetic_hard": "synthetic"}  # data options that configure another source
+# data options that configure another source
+DATA_PRESETS = {"synthetic_hard": "synthetic", "synthetic_large": "synthetic"}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])

@@ -1,6 +1,7 @@
 # Sourced by run.sh and study.sh: run_cells RUNS_DIR PYTHON [OVERRIDE ...] trains each entry of the array `cells`
-# ("<name> <override> ..."), one `python -m frcnn_lab.train experiment=findings/hard logger=csv` per cell into
-# RUNS_DIR/<name>, logging to RUNS_DIR.log.d/<name>.log; the extra overrides go to every cell.
+# ("<name> <override> ..."), one `python -m frcnn_lab.train experiment=$experiment logger=csv` per cell into
+# RUNS_DIR/<name>, logging to RUNS_DIR.log.d/<name>.log; the extra overrides go to every cell. `experiment`:
+# the preset (findings/hard unless the sourcing script sets it).
 # Resumable: a cell whose status.json says "completed" is skipped; an interrupted one (killed with its session)
 # continues from its checkpoints/last.ckpt in its own directory; one without a checkpoint is moved, whole, to
 # RUNS_DIR.unfinished/ (kept, never deleted) and run again. Several drivers may share one RUNS_DIR (e.g. two at
@@ -32,7 +33,7 @@ run_cells() {
     echo "$(date -u +%FT%TZ) $action $name: $overrides"
     start=$(date +%s)
     # shellcheck disable=SC2086  # the overrides are separate words
-    if "$python" -m frcnn_lab.train experiment=findings/hard logger=csv "$@" $overrides "${resume[@]}" \
+    if "$python" -m frcnn_lab.train experiment="${experiment:-findings/hard}" logger=csv "$@" $overrides "${resume[@]}" \
         hydra.run.dir="$dir" >> "$runs.log.d/$name.log" 2>&1; then
       echo "$(date -u +%FT%TZ) done  $name in $(( $(date +%s) - start )) s"
     else

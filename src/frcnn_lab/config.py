@@ -21,6 +21,7 @@ from frcnn_lab.data.datamodule import SOURCES, SPLIT_MODES
 from frcnn_lab.data.transforms import RESIZE_POLICIES
 from frcnn_lab.engine.callbacks import NONFINITE_ACTIONS
 from frcnn_lab.engine.module import SCHEDULES
+from frcnn_lab.inference.slicing import Slicing
 from frcnn_lab.model.detector import MODES
 from frcnn_lab.model.roi_pooling import POOLERS
 from frcnn_lab.runs.tracking import WANDB_MODES
@@ -151,6 +152,11 @@ def validate(cfg: DictConfig) -> None:
         if not (positive_numbers(values) and len(values) == 4 and all(is_number(v) for v in values)):
             shown = OmegaConf.to_container(values) if isinstance(values, ListConfig) else values
             problems.append(f"{key}={shown} must be 4 numbers > 0 (dx, dy, dw, dh)")
+    if OmegaConf.select(cfg, "inference.slicing") is not None:
+        try:
+            Slicing.from_config(cfg.inference.slicing)
+        except ValueError as error:
+            problems.append(str(error))
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.engine.checkpoints import device_name, input_sizes, load_module, resolve_device
 from frcnn_lab.inference.loading import trained_resize
+from frcnn_lab.inference.slicing import Slicing
 from frcnn_lab.metrics.coco_json import write_coco_files
 from frcnn_lab.metrics.tide import format_tide
 from frcnn_lab.runs.folders import run_data_config
@@ -56,7 +58,9 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
     if cfg.split not in SPLITS:
         raise ValueError(f"split={cfg.split!r} is unknown; choose one of {list(SPLITS)}")
     device = resolve_device(cfg.device)
+    slicing = Slicing.from_config(cfg.inference.slicing)
     module = load_module(cfg.ckpt_path, device)
+    module.slicing = slicing
     data = data_config(cfg)
     if list(data["classes"]) != module.classes:
         raise ValueError(f"data.classes={list(data['classes'])} differ from the checkpoint's classes {module.classes}")
@@ -101,12 +105,21 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
         "score_threshold": module.score_threshold,
         "image_size": data["image_size"],
         "max_size": data["max_size"],
+        "slicing": asdict(slicing) if slicing is not None else None,
         **{key: figures[key] for key in ("map_50", "map", "ap_50_per_class", "ap_per_class", "voc07", "fn_rate",
                                          "fp_image_rate", "detections_per_image", "ms_per_image_median",
                                          "error_analysis")},
         "negatives": negatives,
         "device": device_name(device),
     }
+
+
+def slicing_line(slicing: dict[str, Any] | None) -> str:
+    if slicing is None:
+        return "off (whole images)"
+    whole = " + whole image" if slicing["whole_image"] else ""
+    return (f"{slicing['size']} px tiles, overlap {slicing['overlap']}{whole}, {slicing['merge']} at "
+            f"{slicing['match_metric']} >= {slicing['match_threshold']}")
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -119,6 +132,7 @@ def format_table(results: dict[str, Any]) -> str:
     rows = [
         ("checkpoint", results["checkpoint"]),
         ("data / split / images", f"{results['data']} / {results['split']} / {results['images']}"),
+        ("slicing (inference.slicing)", slicing_line(results["slicing"])),
         ("mAP@0.5", show(results["map_50"])),
         ("mAP@[.5:.95] (COCO)", show(results["map"])),
     ]

@@ -113,6 +113,10 @@ def output_path(cfg: DictConfig) -> Path:
 def export(cfg: DictConfig) -> Path:
     if cfg.format not in FORMATS:
         raise ValueError(f"format={cfg.format!r} is unknown; choose one of {list(FORMATS)}")
+    if cfg.inference.slicing.size is not None:
+        raise ValueError(f"inference.slicing.size={cfg.inference.slicing.size}: the exported graph takes whole "
+                         "inputs; slice when running it: python -m frcnn_lab.predict model=<file>.onnx "
+                         "inference.slicing.size=...")
     path = output_path(cfg)
     module = load_module(cfg.ckpt_path, torch.device("cpu"))
     metadata = export_metadata(module, *input_sizes(module, cfg.ckpt_path, cfg.image_size, cfg.max_size))

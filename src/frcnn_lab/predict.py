@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from omegaconf import DictConfig
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load
 from frcnn_lab.inference.drawing import draw_detections, save_png
-from frcnn_lab.inference.loading import load_photo_detector
+from frcnn_lab.inference.loading import configured_photo_detector
 from frcnn_lab.metrics import coco_json
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if existing := [str(p) for p in planned if p.exists()]:
         raise FileExistsError(f"output={output} already holds {existing[:5]}{' ...' if len(existing) > 5 else ''}; "
                               "choose another output folder")
-    detector = load_photo_detector(cfg.ckpt_path, cfg.model, cfg.image_size, cfg.max_size, cfg.device)
+    detector = configured_photo_detector(cfg)
     keep_labels = class_filter(detector.classes, cfg.classes)
     output.mkdir(parents=True, exist_ok=True)
     results, skipped, written = [], [], []
@@ -109,7 +110,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(Path(cfg.model or cfg.ckpt_path).resolve()), "input": cfg.input, "images": len(files),
         "pictures": written, "detections": len(results), "score_threshold": cfg.score_threshold,
         "classes": [detector.classes[i - 1] for i in sorted(keep_labels)], "image_size": detector.image_size,
-        "max_size": detector.max_size, "skipped": skipped,
+        "max_size": detector.max_size, "slicing": asdict(detector.slicing) if detector.slicing else None,
+        "skipped": skipped,
     }
     (output / "predict_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

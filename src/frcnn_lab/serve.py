@@ -30,7 +30,7 @@ from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load, probe
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.inference.drawing import CLASS_COLORS
-from frcnn_lab.inference.loading import PhotoDetector, load_photo_detector
+from frcnn_lab.inference.loading import PhotoDetector, configured_photo_detector
 
 log = logging.getLogger(__name__)
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -121,7 +121,7 @@ def create_app(detector: PhotoDetector, examples: dict[str, bytes], max_upload_m
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
-    detector = load_photo_detector(cfg.ckpt_path, cfg.model, cfg.image_size, cfg.max_size, cfg.device)
+    detector = configured_photo_detector(cfg)
     app = create_app(detector, example_images(cfg.examples), cfg.max_upload_mb, cfg.max_upload_megapixels)
     print(f"frcnn_lab demo on http://{cfg.host}:{cfg.port}/ (JSON: POST /predict with a file field)")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

@@ -13,6 +13,7 @@ from torch import nn
 
 from frcnn_lab.data.datamodule import Batch
 from frcnn_lab.engine.callbacks import nonfinite_names
+from frcnn_lab.inference.slicing import Slicing, detect_images
 from frcnn_lab.metrics import DetectionEvaluation, timed_forward
 from frcnn_lab.model.detector import build_detector
 from frcnn_lab.model.losses import weighted_total
@@ -38,7 +39,8 @@ class DetectionModule(L.LightningModule):
     The checkpoint carries what inference needs: the config groups, ``classes`` with their dataset
     ``category_ids`` (the training datamodule's, else as given, else 1..K), ``image_size`` / ``max_size``,
     the ``resize`` policy and its ``scale`` (``data.resize`` / ``data.scale``) and ``normalization`` (the
-    backbone's mean / std unless given). ``pretrained_backbone=False`` builds the backbone without reading
+    backbone's mean / std unless given) and the ``slicing`` validation ran with (``inference.slicing``; None:
+    whole images). ``pretrained_backbone=False`` builds the backbone without reading
     pretrained weights, for a state dict that replaces them; ``load_from_checkpoint`` always does so.
 
     A training batch with a NaN / infinite loss part is neither logged nor back-propagated: its part names
@@ -51,6 +53,7 @@ class DetectionModule(L.LightningModule):
         voc07: bool = False, category_ids: list[int] | None = None, image_size: int | None = None,
         max_size: int | None = None, normalization: dict[str, list[float]] | None = None,
         pretrained_backbone: bool = True, resize: str = "shortest_side", scale: float = 1.0,
+        slicing: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained_backbone"])
@@ -70,6 +73,7 @@ class DetectionModule(L.LightningModule):
         self.loss_weights = dict(loss["weights"])
         self.optim = optim
         self.score_threshold, self.voc07 = score_threshold, voc07
+        self.slicing = Slicing.from_config(slicing)
         self.val_metrics = DetectionEvaluation(self.classes, score_threshold, voc07)
         self.test_metrics = nn.ModuleList()
         self.test_results: list[dict[str, Any]] = []
@@ -121,9 +125,10 @@ class DetectionModule(L.LightningModule):
         self.log("train/images_per_s", self._epoch_images / max(elapsed, 1e-9))
 
     def evaluation_step(self, batch: Batch, metrics: DetectionEvaluation) -> list[dict[str, torch.Tensor]]:
-        """Timed detections of a batch, added to ``metrics``; predictions and targets stay on the device."""
+        """Timed detections of a batch (whole images, or tile by tile with ``slicing``), added to ``metrics``;
+        predictions and targets stay on the device."""
         images, targets = batch
-        preds, ms_per_image = timed_forward(self, images)
+        preds, ms_per_image = timed_forward(lambda inputs: detect_images(self, inputs, self.slicing), images)
         metrics.update(preds, targets, ms_per_image)
         return preds
 

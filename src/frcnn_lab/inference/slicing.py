@@ -1,0 +1,156 @@
+"""Sliced inference (``inference.slicing``): detect on overlapping tiles of a large input, merge across tiles.
+
+An input image (already at the trained resize) is cut into ``size`` x ``size`` tiles with ``overlap`` between
+neighbours, by the layout of ``frcnn_lab.data.tiles.tile_windows`` (the one the tiled training uses), optionally
+plus the whole image. Each tile goes through the detector's own inference path; its detections are shifted back
+to the image's coordinates and merged across tiles, per class, by one of two rules:
+
+- ``nms``: ``torchvision.ops.batched_nms`` at IoU ``match_threshold``: the highest-scoring box of a group of
+  overlapping ones is kept, the others dropped.
+- ``greedy_nmm``: greedy non-maximum merging, as ``sahi``'s ``GreedyNMMPostprocess`` does it: in score order, each
+  box not yet taken takes the lower-scoring boxes of its class whose overlap with it (``match_metric``: IoU, or
+  ``ios``, intersection over the smaller box's area) is at least ``match_threshold``, and is replaced by their
+  union, one box at a time while the union still matches; the score is the highest one. An object cut by a
+  tile edge is seen whole in one tile and as a fragment in the next; the fragment lies inside the whole box
+  (``ios`` = 1), so merging reports the object once, where NMS at IoU keeps a fragment smaller than
+  ``match_threshold`` of the box as a second detection.
+
+Every figure is then computed on the whole images, as without slicing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, box_area, box_iou
+
+from frcnn_lab.data.tiles import tile_windows
+from frcnn_lab.model.detector import rescale_boxes
+
+MERGE_RULES = ("nms", "greedy_nmm")
+MATCH_METRICS = ("iou", "ios")
+
+Detect = Callable[[list[Tensor]], list[dict[str, Tensor]]]
+
+
+@dataclass(frozen=True)
+class Slicing:
+    """``inference.slicing``: tile side ``size`` in input pixels (at the trained resize), ``overlap`` (share of
+    ``size`` shared by neighbours), ``whole_image`` (also detect on the whole image), the ``merge`` rule and
+    its ``match_metric`` / ``match_threshold``."""
+
+    size: int
+    overlap: float = 0.2
+    whole_image: bool = False
+    merge: str = "greedy_nmm"
+    match_metric: str = "ios"
+    match_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        key = "inference.slicing"
+        if not isinstance(self.size, int) or self.size < 32:
+            raise ValueError(f"{key}.size={self.size!r} must be an integer >= 32 (input pixels), or null: no slicing")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"{key}.overlap={self.overlap!r} must be in [0, 1)")
+        if self.merge not in MERGE_RULES:
+            raise ValueError(f"{key}.merge={self.merge!r} is unknown; choose one of {list(MERGE_RULES)}")
+        if self.match_metric not in MATCH_METRICS:
+            raise ValueError(f"{key}.match_metric={self.match_metric!r} is unknown; "
+                             f"choose one of {list(MATCH_METRICS)}")
+        if self.merge == "nms" and self.match_metric != "iou":
+            raise ValueError(f"{key}.merge=nms compares boxes by IoU (torchvision.ops.batched_nms): "
+                             f"set {key}.match_metric=iou, or use {key}.merge=greedy_nmm")
+        if not 0 < self.match_threshold <= 1:
+            raise ValueError(f"{key}.match_threshold={self.match_threshold!r} must be in (0, 1]")
+
+    @classmethod
+    def from_config(cls, config: Any) -> Slicing | None:
+        """``inference.slicing`` (a mapping) -> Slicing, or None when ``size`` is null (slicing off)."""
+        if config is None or config.get("size") is None:
+            return None
+        return cls(**{key: config[key] for key in cls.__dataclass_fields__ if key in config})
+
+
+def overlap_matrix(boxes: Tensor, metric: str) -> Tensor:
+    """Boxes (N, 4) xyxy -> (N, N) pairwise IoU, or intersection over the smaller area (``ios``)."""
+    iou = box_iou(boxes, boxes)
+    if metric == "iou":
+        return iou
+    areas = box_area(boxes)
+    sums = areas[:, None] + areas[None, :]
+    intersection = iou * sums / (1 + iou)  # iou = i / (a + b - i)
+    return intersection / torch.minimum(areas[:, None], areas[None, :]).clamp(min=1e-9)
+
+
+def greedy_nmm(boxes: Tensor, scores: Tensor, labels: Tensor, metric: str, threshold: float
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """Greedy non-maximum merging per class (see the module docstring) -> merged (boxes (M, 4), scores (M,),
+    labels (M,)), highest score first."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    boxes, scores, labels = boxes[order], scores[order], labels[order]
+    matches = (overlap_matrix(boxes, metric) >= threshold) & (labels[:, None] == labels[None, :])
+    taken = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    kept, merged = [], []
+    for i in range(len(boxes)):
+        if taken[i]:
+            continue
+        candidates = matches[i].clone()
+        candidates[: i + 1] = False
+        candidates &= ~taken
+        taken |= candidates
+        box = boxes[i]
+        for j in torch.nonzero(candidates).flatten().tolist():
+            # sahi re-checks each candidate against the union so far before it joins
+            if overlap_matrix(torch.stack([box, boxes[j]]), metric)[0, 1] >= threshold:
+                box = torch.cat([torch.minimum(box[:2], boxes[j, :2]), torch.maximum(box[2:], boxes[j, 2:])])
+        kept.append(i)
+        merged.append(box)
+    index = torch.tensor(kept, dtype=torch.long, device=boxes.device)
+    merged_boxes = torch.stack(merged) if merged else boxes.new_zeros((0, 4))
+    return merged_boxes, scores[index], labels[index]
+
+
+def merge_detections(detection: dict[str, Tensor], slicing: Slicing) -> dict[str, Tensor]:
+    """The detections of all tiles of one image, in its coordinates -> merged by ``slicing.merge``, highest
+    score first."""
+    boxes, scores, labels = detection["boxes"], detection["scores"], detection["labels"]
+    if slicing.merge == "nms":
+        keep = batched_nms(boxes, scores, labels, slicing.match_threshold)  # sorted by score
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    boxes, scores, labels = greedy_nmm(boxes, scores, labels, slicing.match_metric, slicing.match_threshold)
+    return {"boxes": boxes, "scores": scores, "labels": labels}
+
+
+def detect_sliced(detect: Detect, image: Tensor, slicing: Slicing) -> dict[str, Tensor]:
+    """One image (3, H, W) at the trained resize -> its detections from the tiles, merged, in its coordinates:
+    {"boxes" (D, 4) xyxy, "scores" (D,), "labels" (D,)}. ``detect``: images -> detections in their coordinates."""
+    height, width = image.shape[-2:]
+    windows = tile_windows(height, width, slicing.size, slicing.overlap)
+    if slicing.whole_image and len(windows) > 1:
+        windows.append((0, 0, width, height))
+    parts = []
+    for x1, y1, x2, y2 in windows:
+        (found,) = detect([image[:, y1:y2, x1:x2]])
+        found = dict(found)
+        found["boxes"] = found["boxes"] + found["boxes"].new_tensor([x1, y1, x1, y1])
+        parts.append(found)
+    joined = {key: torch.cat([part[key] for part in parts]) for key in ("boxes", "scores", "labels")}
+    return merge_detections(joined, slicing)
+
+
+def detect_images(detect: Callable[..., list[dict[str, Tensor]]], images: list[Tensor], slicing: Slicing | None,
+                  original_sizes: list[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
+    """Detections of ``images`` (each (3, H_i, W_i) at the trained resize) by ``detect(images, original_sizes=)``,
+    whole or sliced; boxes in the coordinates of ``original_sizes`` when given, else of the images. What
+    validation, ``evaluate``, ``predict`` and ``serve`` all call."""
+    if slicing is None:
+        return detect(images, original_sizes=original_sizes)
+    detections = [detect_sliced(detect, image, slicing) for image in images]
+    if original_sizes is not None:
+        for detection, image, original in zip(detections, images, original_sizes, strict=True):
+            detection["boxes"] = rescale_boxes(detection["boxes"], tuple(image.shape[-2:]), original)
+    return detections
