@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from frcnn_lab.callbacks import AtomicCheckpointIO, NonFiniteGuard, ValImageRecorder
+from frcnn_lab.callbacks import AtomicCheckpointIO, NonFiniteGuard, ValidateAtStepLimit, ValImageRecorder
 from frcnn_lab.config import CONFIG_DIR, ConfigError, refuse_local_ddp_in_multirun, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.summary import train_anchor_report
@@ -37,10 +37,11 @@ def build_module(cfg: DictConfig) -> DetectionModule:
 
 
 def training_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The non-finite guard and the validation pictures, then the ``callbacks`` group's."""
+    """The non-finite guard, the validation at the step limit and the validation pictures, then the ``callbacks``
+    group's."""
     recorder = ValImageRecorder(cfg.data.classes, Path(cfg.paths.output_dir) / "val_images", cfg.eval.val_images)
     configured = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    return [NonFiniteGuard(cfg.train.on_nonfinite), recorder, *configured]
+    return [NonFiniteGuard(cfg.train.on_nonfinite), ValidateAtStepLimit(), recorder, *configured]
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     with finish_wandb_runs(loggers):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         if module.best_epoch < 0 and not trainer.fast_dev_run:
-            # trainer.max_steps stopped training inside the first epoch: validate what was trained.
+            # check_val_every_n_epoch skipped every epoch that trained: validate what was trained.
             trainer.validate(module, datamodule=datamodule, verbose=False)
         summary = run_summary(trainer, module)
         summary["anchor_fit"] = anchor_fit_line(anchors)
