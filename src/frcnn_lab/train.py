@@ -22,6 +22,7 @@ from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.summary import train_anchor_report
 from frcnn_lab.lit_module import DetectionModule
 from frcnn_lab.run_dir import claim_output_dir, reserve_output_dir
+from frcnn_lab.slurm import SaveLastOnExit
 from frcnn_lab.tracking import finish_wandb_runs, flat_config, hydra_run_identity, name_wandb_run, write_status
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,11 @@ def build_module(cfg: DictConfig) -> DetectionModule:
 
 
 def training_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The non-finite guard, the validation at the step limit and the validation pictures, then the ``callbacks``
-    group's."""
+    """The non-finite guard, the validation at the step limit, the save on a requeued SLURM job's exit and the
+    validation pictures, then the ``callbacks`` group's."""
     recorder = ValImageRecorder(cfg.data.classes, Path(cfg.paths.output_dir) / "val_images", cfg.eval.val_images)
     configured = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    return [NonFiniteGuard(cfg.train.on_nonfinite), ValidateAtStepLimit(), recorder, *configured]
+    return [NonFiniteGuard(cfg.train.on_nonfinite), ValidateAtStepLimit(), SaveLastOnExit(), recorder, *configured]
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
