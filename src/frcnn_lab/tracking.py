@@ -57,6 +57,28 @@ def wandb_logger(save_dir: str, project: str, mode: str = "auto", group: str | N
     )
 
 
+WANDB_RUN_FILE = "wandb_run_id"
+"""In a run folder: the id of its W&B run, which a run resumed from one of its checkpoints continues."""
+
+
+def wandb_run_to_resume(ckpt_path: str | os.PathLike | None) -> str | None:
+    """The W&B run id recorded by the run that wrote ``ckpt_path`` (``<run>/checkpoints/x.ckpt`` ->
+    ``<run>/wandb_run_id``), or None (no checkpoint, not in a run folder, or that run had no W&B run)."""
+    if not ckpt_path:
+        return None
+    path = Path(ckpt_path).resolve()
+    record = path.parent.parent / WANDB_RUN_FILE
+    return record.read_text().strip() or None if path.parent.name == "checkpoints" and record.is_file() else None
+
+
+@rank_zero_only
+def record_wandb_run(output_dir: str | os.PathLike, loggers: Sequence[Logger]) -> None:
+    """Write the id of the W&B run of ``loggers`` (if any) to ``<output_dir>/wandb_run_id``."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            (Path(output_dir) / WANDB_RUN_FILE).write_text(logger.experiment.id + "\n")
+
+
 @contextlib.contextmanager
 def finish_wandb_runs(loggers: Sequence[Logger]) -> Iterator[None]:
     """Finish the W&B runs of ``loggers`` on exit: exit code 0 on success, 1 when the body raised.
