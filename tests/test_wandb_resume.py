@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import wandb
 from omegaconf import open_dict
@@ -30,6 +31,7 @@ def offline_run(run_dir: Path) -> tuple[str, list[dict]]:
     return run.run_id, rows
 
 
+@pytest.mark.slow
 def test_resume_continues_the_wandb_run_and_its_steps(make_config, tmp_path):
     train(make_config(WANDB_TINY))
     first_id, first_rows = offline_run(tmp_path)
