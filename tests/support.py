@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -79,3 +81,36 @@ def run_ok(module: str, *arguments: str, cwd: Path, **kwargs) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     return output
+
+
+DDP_COMPARED = ("val/map_50", "val/map", "val/detections_per_image", "val/fn_rate", "val/fp_image_rate")
+"""The validation figures a multi-process run must reduce over the whole val set."""
+
+
+def last_val_row(metrics_csv: Path) -> dict[str, float]:
+    """The last row of a run's ``metrics.csv`` that holds a validation, as floats."""
+    with open(metrics_csv, newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("val/map_50")]
+    return {key: float(value) for key, value in rows[-1].items() if value}
+
+
+def trained_module_and_data(run_dir: Path) -> tuple[Any, Any]:
+    """(the module of ``<run_dir>/checkpoints/best.ckpt`` on the CPU, the run's datamodule set up for validation)."""
+    from omegaconf import OmegaConf
+
+    from frcnn_lab.data.datamodule import DetectionDataModule
+    from frcnn_lab.engine.module import DetectionModule
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule.setup("validate")
+    return DetectionModule.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu"), datamodule
+
+
+def single_process_validation(module: Any, loader: Any, root: Path) -> dict[str, float]:
+    """``module`` validated on ``loader`` by one CPU process -> the logged figures."""
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
+    return {key: float(value) for key, value in trainer.validate(module, loader, verbose=False)[0].items()}

@@ -19,10 +19,19 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from frcnn_lab.config import CONFIG_DIR, ConfigError, refuse_local_ddp_in_multirun, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.summary import train_anchor_report
-from frcnn_lab.engine.callbacks import AtomicCheckpointIO, NonFiniteGuard
+from frcnn_lab.engine.callbacks import AtomicCheckpointIO, NonFiniteGuard, ValidateAtStepLimit
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.runs.folders import claim_output_dir, reserve_output_dir
-from frcnn_lab.runs.tracking import finish_wandb_runs, flat_config, hydra_run_identity, name_wandb_run, write_status
+from frcnn_lab.runs.slurm import SaveLastOnExit
+from frcnn_lab.runs.tracking import (
+    finish_wandb_runs,
+    flat_config,
+    hydra_run_identity,
+    name_wandb_run,
+    record_wandb_run,
+    wandb_run_to_resume,
+    write_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +47,10 @@ def build_module(cfg: DictConfig) -> DetectionModule:
 
 
 def training_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The non-finite guard, then the ``callbacks`` group's."""
+    """The non-finite guard, the validation at the step limit and the save on a requeued SLURM job's exit, then the
+    ``callbacks`` group's."""
     configured = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    return [NonFiniteGuard(cfg.train.on_nonfinite), *configured]
+    return [NonFiniteGuard(cfg.train.on_nonfinite), ValidateAtStepLimit(), SaveLastOnExit(), *configured]
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
@@ -61,7 +71,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     if cfg.get("logger") and "wandb" in cfg.logger:
         with open_dict(cfg):
             name_wandb_run(cfg.logger.wandb, identity)
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    # A run resumed from a checkpoint continues that run's W&B run (same id; trainer/global_step carries on).
+    resumed = {"id": run_id, "resume": "allow"} if (run_id := wandb_run_to_resume(cfg.ckpt_path)) else {}
+    loggers = [instantiate(c, **(resumed if name == "wandb" else {})) for name, c in cfg.get("logger", {}).items()]
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=[*training_callbacks(cfg), *extra_callbacks],
         plugins=[AtomicCheckpointIO()],
@@ -73,10 +85,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         # W&B gets dotted keys (backbone.name, rpn.num_rois...) so its runs table groups by them.
         is_wandb = isinstance(lg, WandbLogger)
         lg.log_hyperparams({**flat_config(config), "experiment": identity.get("experiment")} if is_wandb else config)
+    record_wandb_run(cfg.paths.output_dir, loggers)
     with finish_wandb_runs(loggers):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         if module.best_epoch < 0 and not trainer.fast_dev_run:
-            # trainer.max_steps stopped training inside the first epoch: validate what was trained.
+            # check_val_every_n_epoch skipped every epoch that trained: validate what was trained.
             trainer.validate(module, datamodule=datamodule, verbose=False)
         summary = run_summary(trainer, module)
         summary["anchor_fit"] = anchor_fit_line(anchors)

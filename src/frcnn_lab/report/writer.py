@@ -38,6 +38,7 @@ from frcnn_lab.report.statistics import (
     pareto_front,
     rank,
 )
+from frcnn_lab.report.study import read_study, study_section
 from frcnn_lab.report.tables import (
     LEARNING_SPEED,
     UNSETTLED_BANNER,
@@ -112,6 +113,8 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
     configurations, scores = configuration_scores(groups)
     lines += comparison_sections(configurations, scores, unsettled, output, plots, target)
     lines += pareto_section(groups, output, plots, unsettled)
+    if (study := read_study(root)) is not None:
+        lines += study_section(study, runs, root)
     lines += ["", "## Runs", "", runs_table(groups, root, verdicts), "", "## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += [f"- `{label}`: [{p.name}]({p.name})" for label, p in zip(groups, curves, strict=True)]

@@ -113,8 +113,8 @@ def _take_over_claim(directory: Path, ckpt_path: Path) -> Path:
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: nothing to resume {directory} from")
     hydra_files = directory / ".hydra"
-    if hydra_files.is_dir():  # Hydra rewrites .hydra/ for the resumed run: keep the earlier files
-        shutil.move(hydra_files, directory / f".hydra.before_resume_{datetime.now():%Y%m%d-%H%M%S}")
+    if hydra_files.is_dir():  # Hydra rewrites .hydra/ for the resumed run (a requeued job's already has): keep a copy
+        shutil.copytree(hydra_files, directory / f".hydra.before_resume_{datetime.now():%Y%m%d-%H%M%S}")
     with claim.open("a") as f:
         f.write(f"resumed by pid {os.getpid()} on {socket.gethostname()}, {datetime.now().isoformat()}, "
                 f"from {ckpt_path.name}\n")

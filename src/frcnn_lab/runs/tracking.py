@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import lightning as L
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 log = logging.getLogger(__name__)
@@ -49,6 +50,28 @@ def wandb_logger(save_dir: str, project: str, mode: str = "auto", group: str | N
     return WandbLogger(
         save_dir=save_dir, project=project, group=group, tags=list(tags), mode=resolve_wandb_mode(mode), **kwargs
     )
+
+
+WANDB_RUN_FILE = "wandb_run_id"
+"""In a run folder: the id of its W&B run, which a run resumed from one of its checkpoints continues."""
+
+
+def wandb_run_to_resume(ckpt_path: str | os.PathLike | None) -> str | None:
+    """The W&B run id recorded by the run that wrote ``ckpt_path`` (``<run>/checkpoints/x.ckpt`` ->
+    ``<run>/wandb_run_id``), or None (no checkpoint, not in a run folder, or that run had no W&B run)."""
+    if not ckpt_path:
+        return None
+    path = Path(ckpt_path).resolve()
+    record = path.parent.parent / WANDB_RUN_FILE
+    return record.read_text().strip() or None if path.parent.name == "checkpoints" and record.is_file() else None
+
+
+@rank_zero_only
+def record_wandb_run(output_dir: str | os.PathLike, loggers: Sequence[Logger]) -> None:
+    """Write the id of the W&B run of ``loggers`` (if any) to ``<output_dir>/wandb_run_id``."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            (Path(output_dir) / WANDB_RUN_FILE).write_text(logger.experiment.id + "\n")
 
 
 @contextlib.contextmanager
