@@ -77,7 +77,7 @@ def test_slurm_launcher_takes_one_task_per_device():
             ])
         HydraConfig.instance().set_config(cfg)
         launcher = cfg.hydra.launcher
-        assert launcher._target_ == "hydra_plugins.frcnn_lab_slurm.SlurmLauncher"  # submitit's, with sacct and requeue handled
+        assert launcher._target_ == "hydra_plugins.frcnn_lab_slurm.SlurmLauncher"  # submitit's, sacct-free
         assert launcher.tasks_per_node == launcher.gpus_per_node == 4
         assert launcher.nodes == 2 and launcher.partition == "gpu"
         assert launcher.submitit_folder.startswith(cfg.hydra.sweep.dir)
