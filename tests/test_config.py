@@ -52,6 +52,7 @@ def test_the_documented_usage_sets_backbone_and_num_rois(make_config):
             "['mobilenet_v2', 'mobilenet_v2_fpn', 'resnet50', 'resnet50_fpn', 'vgg16']",
         ),
         ("model.mode=two_stage", "model.mode='two_stage' is unknown"),
+        ("model.channels_last=maybe", "model.channels_last='maybe' is unknown"),
         ("data.name=imagenet", "data.name='imagenet' is unknown"),
     ],
 )

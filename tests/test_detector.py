@@ -180,3 +180,28 @@ def test_overfitting_one_batch_drives_the_loss_near_zero_and_detects_its_objects
         best = iou.max(dim=1)
         assert torch.all(best.values > 0.7), best.values
         assert torch.equal(detection["labels"][confident][best.indices], target["labels"])
+
+
+@pytest.mark.skipif(not HAS_OFFLINE_WEIGHTS, reason="needs the MobileNetV2 ImageNet weights package")
+def test_channels_last_changes_the_weights_layout_not_the_losses(make_config):
+    """With the pretrained trunk (frozen BatchNorm): with random weights and batch statistics, the kernels' different
+    summation orders are amplified layer by layer and the losses drift apart by ~0.1 %."""
+    from frcnn_lab.train import build_module
+
+    def module(channels_last: bool):
+        torch.manual_seed(0)
+        return build_module(make_config([f"model.channels_last={channels_last}"]))
+
+    nchw, nhwc = module(False), module(True)
+    nhwc.load_state_dict(nchw.state_dict())
+    convs = [m for m in nhwc.detector.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    conv = next(m.weight for m in convs if m.kernel_size != (1, 1))
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    images, targets = scene_batch(2)
+    losses = {}
+    for name, m in (("nchw", nchw), ("nhwc", nhwc)):
+        torch.manual_seed(1)  # the RPN and RoI samplers draw from torch's generator
+        losses[name] = m.detector(images, targets).losses
+    assert set(losses["nchw"]) == set(LOSS_PARTS)
+    for part in LOSS_PARTS:
+        torch.testing.assert_close(losses["nhwc"][part], losses["nchw"][part], rtol=1e-4, atol=1e-5)

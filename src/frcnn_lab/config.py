@@ -104,6 +104,7 @@ def validate(cfg: DictConfig) -> None:
         choice("data.resize", RESIZE_POLICIES)
         check("data.scale", lambda v: 0 < v < float("inf"), "finite and > 0")
     choice("model.mode", MODES)
+    choice("model.channels_last", (False, True))
     choice("optim.schedule", SCHEDULES)
     choice("train.on_nonfinite", NONFINITE_ACTIONS)
     if OmegaConf.select(cfg, "logger.wandb") is not None:

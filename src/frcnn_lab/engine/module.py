@@ -40,7 +40,8 @@ class DetectionModule(L.LightningModule):
     ``category_ids`` (the training datamodule's, else as given, else 1..K), ``image_size`` / ``max_size``,
     the ``resize`` policy and its ``scale`` (``data.resize`` / ``data.scale``) and ``normalization`` (the
     backbone's mean / std unless given) and the ``slicing`` validation ran with (``inference.slicing``; None:
-    whole images). ``pretrained_backbone=False`` builds the backbone without reading
+    whole images). ``channels_last`` (``model.channels_last``) keeps the convolution weights in NHWC layout, which
+    changes the kernels, not the figures. ``pretrained_backbone=False`` builds the backbone without reading
     pretrained weights, for a state dict that replaces them; ``load_from_checkpoint`` always does so.
 
     A training batch with a NaN / infinite loss part is neither logged nor back-propagated: its part names
@@ -53,7 +54,7 @@ class DetectionModule(L.LightningModule):
         voc07: bool = False, category_ids: list[int] | None = None, image_size: int | None = None,
         max_size: int | None = None, normalization: dict[str, list[float]] | None = None,
         pretrained_backbone: bool = True, resize: str = "shortest_side", scale: float = 1.0,
-        slicing: dict[str, Any] | None = None,
+        slicing: dict[str, Any] | None = None, channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained_backbone"])
@@ -63,6 +64,9 @@ class DetectionModule(L.LightningModule):
             raise ValueError(f"category_ids={self.category_ids} must give one id per class of {self.classes}")
         self.detector = build_detector(backbone, rpn, roi_head, loss, len(self.classes), mode,
                                        pretrained=pretrained_backbone)
+        if channels_last:
+            # oneDNN and cuDNN pick faster kernels for NHWC weights; the inputs follow the weights' layout.
+            self.detector.to(memory_format=torch.channels_last)
         if normalization is None:
             normalization = {"mean": self.detector.image_mean.flatten().tolist(),
                              "std": self.detector.image_std.flatten().tolist()}
