@@ -141,3 +141,17 @@ def test_match_counts_at_iou_half():
     no_gt = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.long)}
     assert match_counts(pred, no_gt, 0.0) == (0, 5, 0)
     assert match_counts({k: v[:0] for k, v in pred.items()}, gt, 0.0) == (0, 0, 3)
+
+
+def test_only_rank_zero_writes_the_status(tmp_path, monkeypatch):
+    """The ranks of a DDP job share the run directory; two writers of status.json could interleave their bytes."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from frcnn_lab.runs.tracking import write_status
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    write_status(tmp_path, "completed", best_map_50=0.5)
+    assert not (tmp_path / "status.json").exists() and not list(tmp_path.iterdir())
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    write_status(tmp_path, "completed", best_map_50=0.5)
+    assert json.loads((tmp_path / "status.json").read_text())["best_map_50"] == 0.5

@@ -135,8 +135,11 @@ def write_status(output_dir: str | os.PathLike, status: str, **fields: Any) -> P
     """``<output_dir>/status.json``: {"status": running | completed | failed, "time": ISO time, **fields}.
 
     A run that stays "running" after its process ended was interrupted; the report reads this file.
+    Only the global rank 0 process writes it: the ranks of a multi-device run share one run directory.
     """
     path = Path(output_dir) / "status.json"
+    if rank_zero_only.rank != 0:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"status": status, "time": datetime.datetime.now().isoformat(timespec="seconds"), **fields}
     temporary = path.with_suffix(".json.tmp")
