@@ -154,6 +154,7 @@ def test_boxes_come_back_in_the_original_image_coordinates(make_config):
     torch.testing.assert_close(original["boxes"], resized * torch.tensor([3.0, 2.0, 3.0, 2.0]))
 
 
+@pytest.mark.slow  # 150 training steps: about 90 s on one thread
 @pytest.mark.skipif(not HAS_OFFLINE_WEIGHTS, reason="needs the offline MobileNetV2 ImageNet weights")
 def test_overfitting_one_batch_drives_the_loss_near_zero_and_detects_its_objects(make_config):
     torch.manual_seed(0)
