@@ -105,10 +105,10 @@ def inference_fn(model: nn.Module, image: Tensor, autocast) -> Callable[[], None
     return infer
 
 
-def interleaved_medians(
+def interleaved_times(
     ours: Callable, theirs: Callable, repeats: int, warmup: int, sync: Callable
-) -> tuple[float, float]:
-    """Median seconds per call of each, timed alternately (order swapped every repeat) after warm-up."""
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of each, timed alternately (order swapped every repeat) after warm-up."""
     for _ in range(warmup):
         ours()
         theirs()
@@ -121,7 +121,16 @@ def interleaved_medians(
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return statistics.median(times["ours"]), statistics.median(times["theirs"])
+    return times["ours"], times["theirs"]
+
+
+def compared(ours: list[float], theirs: list[float], batch_size: int) -> dict[str, object]:
+    """Medians and their ratio, with the range of the per-repeat ratios (each repeat's two calls ran back to
+    back): a median ratio inside that range is machine noise, not a difference between the detectors."""
+    repeat_ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    median_ours, median_theirs = statistics.median(ours), statistics.median(theirs)
+    return {"ours": median_ours, "torchvision": median_theirs, "ratio": median_ours / median_theirs,
+            "repeat_ratio_range": [min(repeat_ratios), max(repeat_ratios)], "batch_size": batch_size}
 
 
 def machine(device: torch.device) -> dict[str, object]:
@@ -154,33 +163,35 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     def scaler():
         return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
-    train = interleaved_medians(
+    train = interleaved_times(
         train_step_fn(ours, images, targets, autocast, scaler()),
         train_step_fn(theirs, images, targets, autocast, scaler()),
         args.repeats, args.warmup, sync,
     )
-    infer = interleaved_medians(
+    infer = interleaved_times(
         inference_fn(ours, images[0], autocast), inference_fn(theirs, images[0], autocast),
         args.repeats, args.warmup, sync,
     )
     return {
         "backbone": args.backbone, "image_size": args.image_size, "device": args.device, "precision": args.precision,
         "channels_last": args.channels_last, "repeats": args.repeats, "warmup": args.warmup, "settings": args.set,
-        "train_step_s": {"ours": train[0], "torchvision": train[1], "ratio": train[0] / train[1], "batch_size": 2},
-        "inference_s": {"ours": infer[0], "torchvision": infer[1], "ratio": infer[0] / infer[1], "batch_size": 1},
+        "train_step_s": compared(*train, batch_size=2),
+        "inference_s": compared(*infer, batch_size=1),
         "machine": machine(device),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
 def table(results: list[dict[str, object]]) -> str:
-    lines = ["| backbone | size | device | precision | measure | ours (ms) | torchvision (ms) | ours / torchvision |",
-             "| --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
+    lines = ["| backbone | size | device | precision | measure | ours (ms) | torchvision (ms) | ours / torchvision "
+             "| per-repeat ratios |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in results:
         for key, label in (("train_step_s", "train step, batch 2"), ("inference_s", "inference, batch 1")):
             m = r[key]
             lines.append(f"| {r['backbone']} | {r['image_size']} | {r['device']} | {r['precision']} | {label} | "
-                         f"{1000 * m['ours']:.1f} | {1000 * m['torchvision']:.1f} | {m['ratio']:.2f} |")
+                         f"{1000 * m['ours']:.1f} | {1000 * m['torchvision']:.1f} | {m['ratio']:.2f} | "
+                         f"{m['repeat_ratio_range'][0]:.2f}–{m['repeat_ratio_range'][1]:.2f} |")
     return "\n".join(lines)
 
 
