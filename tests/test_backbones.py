@@ -9,6 +9,7 @@ import importlib.util
 import pytest
 import torch
 from torchvision.models import MobileNet_V2_Weights, VGG16_Weights, mobilenet_v2
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
 from frcnn_lab.model.backbones import build_backbone
 from frcnn_lab.model.weights import (
@@ -103,6 +104,32 @@ def test_trunk_is_stride_16_and_tail_maps_rois_to_vectors(name, channels, pool, 
     assert features["c4"].shape == (1, channels, 6, 8) and parts.out_channels == channels
     assert vectors.shape == (3, representation) and parts.representation_size == representation
     assert parts.pool_size == pool
+
+
+@pytest.mark.parametrize("name,channels,pool", [("vgg16", 512, 7), ("resnet50", 1024, 14), ("mobilenet_v2", 96, 7)])
+def test_a_c4_backbone_takes_an_mlp_box_head_on_the_flattened_roi(name, channels, pool):
+    """box_head=mlp: torchvision's TwoMLPHead sized for the trunk's C x P x P RoIs (any P, vgg16 too), in place of the
+    classifier tail, whose modules the backbone then leaves out; the trunk is the same."""
+    classifier, mlp = build_backbone(name, "none"), build_backbone(name, "none", box_head="mlp")
+    assert (classifier.box_head, mlp.box_head) == ("classifier", "mlp")
+    assert isinstance(mlp.tail, TwoMLPHead) and mlp.representation_size == 1024 and mlp.pool_size == pool
+    assert mlp.tail.fc6.in_features == channels * pool * pool
+    assert [n for n, _ in mlp.trunk.named_parameters()] == [n for n, _ in classifier.trunk.named_parameters()]
+    with torch.no_grad():
+        assert mlp.tail(torch.rand(3, channels, pool, pool)).shape == (3, 1024)
+        small = build_backbone(name, "none", pool_size=5, box_head="mlp")
+        assert small.tail(torch.rand(2, channels, 5, 5)).shape == (2, 1024)
+
+
+def test_the_box_head_choice_is_checked():
+    """An unknown box head and a classifier for an FPN backbone (which has none) are named in the error; without
+    a choice (a checkpoint from before it existed) C4 gets its classifier and FPN its MLP."""
+    with pytest.raises(ValueError, match="backbone.box_head='fc'"):
+        build_backbone("mobilenet_v2", "none", box_head="fc")
+    with pytest.raises(ValueError, match="backbone.box_head='classifier': an FPN backbone"):
+        build_backbone("mobilenet_v2_fpn", "none", box_head="classifier")
+    assert build_backbone("mobilenet_v2", "none").box_head == "classifier"
+    assert build_backbone("mobilenet_v2_fpn", "none").box_head == "mlp"
 
 
 @pytest.mark.parametrize(

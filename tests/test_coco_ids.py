@@ -112,6 +112,8 @@ def test_predict_and_evaluate_write_the_source_ids_and_pycocotools_agrees(coco_r
             x, y, w, h = d["bbox"]
             category = d["category_id"] if k != 1 else IDS[(IDS.index(d["category_id"]) + 1) % 3]
             dx = float(rng.uniform(0.1, 0.3)) * w if k == 2 else 0.0
+            if x + w + dx > 320:  # shift left instead: the loader clips a box past the edge, pycocotools does not
+                dx = -dx
             image_boxes.append(([x + dx, y, x + w + dx, y + h], category, int(k == 0 and image_id % 3 == 0)))
         boxes.append(image_boxes)
     coco_file(root / "val.json", val_files, boxes)

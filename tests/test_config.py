@@ -100,6 +100,10 @@ BAD_VALUES = [
      "rpn.anchor_sizes=[[32], [64, -1]] must be a non-empty list of numbers > 0"),
     (["rpn.aspect_ratios=[[]]"], "rpn.aspect_ratios=[[]] must be a non-empty list of numbers > 0"),
     (["roi_head.pool_size=0"], "roi_head.pool_size=0 must be an integer >= 1"),
+    (["backbone.box_head=fc"], "backbone.box_head='fc' is unknown; choose one of ['classifier', 'mlp']"),
+    (["backbone=resnet50_fpn", "backbone.box_head=classifier"],
+     "backbone.box_head='classifier': an FPN backbone's box head is mlp"),
+    (["backbone=vgg16", "roi_head.pool_size=5"], "roi_head.pool_size=5 must be 7 (or null) for vgg16's classifier"),
     (["roi_head.box_weights=[10,10,5]"], "roi_head.box_weights=[10, 10, 5] must be 4 numbers > 0"),
     (["optim.min_lr_ratio=2"], "optim.min_lr_ratio=2.0 must be in [0, 1]"),  # a float key: 2 is 2.0
     (["backbone.weights=/no/such/weights.pth"],

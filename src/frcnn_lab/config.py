@@ -22,6 +22,7 @@ from frcnn_lab.data.transforms import RESIZE_POLICIES
 from frcnn_lab.engine.callbacks import NONFINITE_ACTIONS
 from frcnn_lab.engine.module import SCHEDULES
 from frcnn_lab.inference.slicing import Slicing
+from frcnn_lab.model.backbones import BOX_HEADS
 from frcnn_lab.model.detector import MODES
 from frcnn_lab.model.roi_pooling import POOLERS
 from frcnn_lab.runs.tracking import WANDB_MODES
@@ -97,6 +98,7 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"backbone.weights={weights!r} must be imagenet, none or the path of an existing file")
     integer("backbone.freeze_stages", 0)
     choice("roi_head.pooler", POOLERS)
+    choice("backbone.box_head", BOX_HEADS)
     choice("data.name", SOURCES)
     if present("data.split"):
         choice("data.split", SPLIT_MODES)
@@ -122,8 +124,14 @@ def validate(cfg: DictConfig) -> None:
         integer("data.max_size", 1)
     if present("roi_head.pool_size"):
         integer("roi_head.pool_size", 1)
-    if cfg.backbone.name == "vgg16" and cfg.roi_head.pool_size not in (None, 7):
-        problems.append(f"roi_head.pool_size={cfg.roi_head.pool_size} must be 7 (or null) for vgg16: fc6 expects 7x7")
+    vgg16_classifier = cfg.backbone.name == "vgg16" and cfg.backbone.box_head == "classifier"
+    if vgg16_classifier and cfg.roi_head.pool_size not in (None, 7):
+        problems.append(
+            f"roi_head.pool_size={cfg.roi_head.pool_size} must be 7 (or null) for vgg16's classifier: "
+            "fc6 expects 7x7"
+        )
+    if cfg.backbone.name.endswith("_fpn") and cfg.backbone.box_head != "mlp":
+        problems.append(f"backbone.box_head={cfg.backbone.box_head!r}: an FPN backbone's box head is mlp")
     fractions = ("rpn.positive_fraction", "roi_head.positive_fraction", "rpn.fg_iou", "rpn.bg_iou", "roi_head.fg_iou",
                  "roi_head.bg_iou_lo", "roi_head.bg_iou_hi", "rpn.nms_iou", "roi_head.nms_iou", "eval.score_threshold",
                  "optim.min_lr_ratio")

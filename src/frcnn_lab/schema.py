@@ -23,6 +23,7 @@ class BackboneSchema:
     weights: str = MISSING
     freeze_stages: int = MISSING
     frozen_bn: bool = MISSING
+    box_head: str = MISSING
 
 
 @dataclass

@@ -116,7 +116,7 @@ def build_detector(
     head = dict(roi_head)
     parts = build_backbone(
         backbone["name"], backbone["weights"], backbone["freeze_stages"], backbone["frozen_bn"], head.pop("pool_size"),
-        pretrained=pretrained,
+        pretrained=pretrained, box_head=backbone.get("box_head"),  # absent from older checkpoints' configs
     )
     rpn = dict(rpn)
     num_rois = rpn.pop("num_rois")
