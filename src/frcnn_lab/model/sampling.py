@@ -23,21 +23,22 @@ class BalancedSampler:
         max_positive = int(self.batch_size_per_image * self.positive_fraction)
         positives, negatives = [], []
         for image_labels in labels:
-            positive = random_subset(image_labels >= 1, max_positive)
+            positive = random_subset(image_labels >= 1, max_positive, max_positive)
             num_negative = self.batch_size_per_image - positive.sum()
             positives.append(positive)
-            negatives.append(random_subset(image_labels == 0, num_negative))
+            negatives.append(random_subset(image_labels == 0, num_negative, self.batch_size_per_image))
         return positives, negatives
 
 
-def random_subset(candidates: Tensor, count: int | Tensor) -> Tensor:
+def random_subset(candidates: Tensor, count: int | Tensor, max_count: int) -> Tensor:
     """A uniformly random subset of ``count`` of the True entries of ``candidates`` (N,), all when fewer.
 
-    Every entry gets a random key, candidates before the others; an entry is kept when it is a candidate and its
-    rank is below ``count`` (a number or a 0-d tensor on the device).
+    Every entry gets a random key, candidates before the others; the ``max_count`` (an int bound on ``count``, a
+    number or a 0-d tensor on the device) smallest keys are ranked, and an entry is kept when it is a candidate
+    and its rank is below ``count``. Ranking only those (``topk``) instead of all N is what keeps it cheap.
     """
     keys = torch.rand(candidates.shape, device=candidates.device).masked_fill(~candidates, 2.0)
-    order = keys.argsort()
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order), device=order.device)
-    return candidates & (rank < count)
+    smallest = keys.topk(min(max_count, keys.shape[0]), largest=False).indices  # ascending keys
+    ranked_in = torch.zeros_like(candidates)
+    ranked_in[smallest] = torch.arange(smallest.shape[0], device=keys.device) < count
+    return candidates & ranked_in
