@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn_lab.data.datamodule import DetectionDataModule
+from frcnn_lab.data.datamodule import DetectionDataModule, synthetic_splits
 from frcnn_lab.data.records import DataError
 from frcnn_lab.data.samplers import GroupedBatchSampler
 from frcnn_lab.data.summary import summarize
+from frcnn_lab.data.synthetic import SyntheticScenes
 from test_data_formats import write_csv_dataset, write_voc_dataset
 
 AUGMENT = {"hflip": 0.0, "vflip": 0.0, "rot90": 0.0, "extra": []}
@@ -208,3 +209,50 @@ def test_synthetic_negatives_are_distractor_scenes_apart_from_the_splits():
     again = DetectionDataModule("synthetic", ["camera", "phone"], source, 96, 160, 2, 0, AUGMENT, num_negatives=6)
     again.setup()
     np.testing.assert_array_equal(again.datasets["negatives"].source[2]["image"], items[2]["image"])
+
+
+def count_draws(monkeypatch) -> list[int]:
+    """The indices SyntheticScenes draws from now on, in order."""
+    draws, draw = [], SyntheticScenes.__getitem__
+
+    def counted(self, index):
+        draws.append(index)
+        return draw(self, index)
+
+    monkeypatch.setattr(SyntheticScenes, "__getitem__", counted)
+    return draws
+
+
+def test_kept_scenes_are_the_scenes_drawn_once(monkeypatch):
+    """With cache_mb, a second read of a scene draws nothing and gives the same arrays as a fresh draw; changing
+    what a read returned does not change the next read."""
+    args = {"num_train": 3, "num_val": 1, "num_test": 1, "seed": 4}
+    fresh = synthetic_splits(**args)["train"]
+    kept = synthetic_splits(**args, cache_mb=8)["train"]
+    draws = count_draws(monkeypatch)
+    for _ in range(2):
+        for item in (kept[i] for i in range(3)):  # drawn, then kept ones
+            item["image"][:] = 0
+            item["boxes"][:] = -1
+    assert draws == [0, 1, 2]  # nothing drawn again
+    again = [kept[i] for i in (2, 0, 1)]
+    for i, item in zip((2, 0, 1), again, strict=True):
+        reference = fresh[i]
+        for key in ("image", "boxes", "labels", "difficult"):
+            assert np.array_equal(item[key], reference[key]), (i, key)
+
+
+def test_the_kept_scenes_stay_within_their_bound(monkeypatch):
+    """Room for one 320 x 320 scene: the least recently read one makes way, and is drawn again when read."""
+    train = synthetic_splits(3, 1, 1, seed=0, cache_mb=0.4, image_sizes=((320, 320),))["train"]
+    draws = count_draws(monkeypatch)
+    for i in (0, 0, 1, 0, 1, 1):
+        train[i]
+    assert draws == [0, 1, 0, 1]
+    assert train.drawn.bytes == 320 * 320 * 3 <= train.drawn.max_bytes
+
+
+@pytest.mark.parametrize("bad", [-1, "lots"])
+def test_a_bad_cache_size_is_named(bad):
+    with pytest.raises(ValueError, match=f"data.source.cache_mb={bad!r} must be a number >= 0"):
+        synthetic_splits(2, 1, 1, seed=0, cache_mb=bad)

@@ -12,6 +12,7 @@ Splits: ``train``, ``val``, ``test`` and ``negatives`` (images of other categori
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -83,11 +84,45 @@ class FileImages(Dataset):
                 "image_id": sample.image_id, "original_size": (sample.height, sample.width)}
 
 
-class SceneRange(Dataset):
-    """Items ``start .. stop - 1`` of a SyntheticScenes generator."""
+class DrawnScenes:
+    """Drawn scenes kept in memory up to ``max_bytes`` of pixels, the least recently used dropped first.
 
-    def __init__(self, scenes: SyntheticScenes, start: int, stop: int) -> None:
-        self.scenes, self.start, self.stop = scenes, start, stop
+    A scene is a function of its generator's seed and index, so a kept one is the scene itself; drawing a large
+    canvas takes seconds, and a tiled or long run reads each one many times. One per process (each data loader
+    worker keeps its own).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.items: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
+
+    def get(self, scenes: SyntheticScenes, index: int) -> dict[str, Any]:
+        """Scene ``index`` of ``scenes`` (a generator alive as long as this): a copy of the kept one, else drawn
+        (and kept when it fits)."""
+        key = (id(scenes), index)
+        if key in self.items:
+            self.items.move_to_end(key)
+            return copied(self.items[key])
+        item = scenes[index]
+        size = item["image"].nbytes
+        if size <= self.max_bytes:
+            while self.bytes + size > self.max_bytes:
+                self.bytes -= self.items.popitem(last=False)[1]["image"].nbytes
+            self.items[key] = copied(item)
+            self.bytes += size
+        return item
+
+
+def copied(item: dict[str, Any]) -> dict[str, Any]:
+    """The item with its arrays copied: what reads it may change them in place."""
+    return {key: value.copy() if isinstance(value, np.ndarray) else value for key, value in item.items()}
+
+
+class SceneRange(Dataset):
+    """Items ``start .. stop - 1`` of a SyntheticScenes generator, through ``drawn`` when given."""
+
+    def __init__(self, scenes: SyntheticScenes, start: int, stop: int, drawn: DrawnScenes | None = None) -> None:
+        self.scenes, self.start, self.stop, self.drawn = scenes, start, stop, drawn
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -102,7 +137,8 @@ class SceneRange(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        item = self.scenes[self.start + index]
+        index += self.start
+        item = self.drawn.get(self.scenes, index) if self.drawn is not None else self.scenes[index]
         item["difficult"] = np.zeros(len(item["labels"]), bool)
         item["original_size"] = item["image"].shape[:2]
         return item
@@ -131,22 +167,26 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> Batch:
 
 
 def synthetic_splits(num_train: int, num_val: int, num_test: int, seed: int, num_negatives: int = 0,
-                     difficulty: str = "easy", **scene_args: Any) -> dict[str, SceneRange]:
+                     difficulty: str = "easy", cache_mb: float = 0, **scene_args: Any) -> dict[str, SceneRange]:
     """Disjoint index ranges of one seeded generator (train, val, test); negatives from their own stream.
 
     ``difficulty``: ``easy`` (:class:`SyntheticScenes`) or ``hard`` (:class:`ClutteredScenes`); the other
-    ``scene_args`` go to that generator.
+    ``scene_args`` go to that generator. ``cache_mb``: drawn scenes kept in memory (``DrawnScenes``), 0 for none.
     """
     if difficulty not in SCENE_GENERATORS:
         raise ValueError(f"data.source.difficulty={difficulty!r} is unknown; choose one of {list(SCENE_GENERATORS)}")
+    if isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float)) or cache_mb < 0:
+        raise ValueError(f"data.source.cache_mb={cache_mb!r} must be a number >= 0")
+    drawn = DrawnScenes(int(cache_mb * 2**20)) if cache_mb else None
     generator = SCENE_GENERATORS[difficulty]
     scenes = generator(num_train + num_val + num_test, seed=seed, **scene_args)
     bounds = [0, num_train, num_train + num_val, num_train + num_val + num_test]
-    splits = {split: SceneRange(scenes, bounds[i], bounds[i + 1]) for i, split in enumerate(SPLITS)}
+    splits = {split: SceneRange(scenes, bounds[i], bounds[i + 1], drawn) for i, split in enumerate(SPLITS)}
     negative_args = {**scene_args, "empty_fraction": 1.0}
     if difficulty == "easy":
         negative_args.update(min_distractors=1, distractors=True)
-    splits["negatives"] = SceneRange(generator(num_negatives, seed=seed, stream=1, **negative_args), 0, num_negatives)
+    negatives = generator(num_negatives, seed=seed, stream=1, **negative_args)
+    splits["negatives"] = SceneRange(negatives, 0, num_negatives, drawn)
     return splits
 
 
