@@ -4,7 +4,8 @@
 
 For each case (the quickstart's config; ResNet50-C4 at 600 px, batch 2) one training step's floating-point
 operations are counted with ``torch.utils.flop_counter.FlopCounterMode`` (forward and backward; it counts the
-matrix products and convolutions, which are nearly all of a detector's arithmetic) and the step (forward,
+matrix products and convolutions, which are nearly all of a detector's arithmetic; ``flop_counter`` corrects its
+count of grouped convolutions' backward) and the step (forward,
 backward, optimiser) is timed: median of ``--repeats`` after ``--warmup``. The machine's sustained rate is
 measured in the same run on a large fp32 matrix product and on a 3×3 convolution of the trunk's kind; achieved /
 peak divides the step's GFLOP/s by the matrix product's.
@@ -21,7 +22,7 @@ import time
 import torch
 from hydra.utils import instantiate
 from profile_step import bench_parser, build, machine, parse_bench_args, quickstart_config  # same folder
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from frcnn_lab.model.losses import weighted_total
 
@@ -30,6 +31,22 @@ CASES = {
     "resnet50 C4, 600 px": ["backbone=resnet50", "backbone.weights=none", "data=synthetic_hard",
                             "data.image_size=600", "data.max_size=1000", "data.batch_size=2"],
 }
+
+
+def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                       _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """A convolution's backward: the input gradient and the weight gradient each take the forward's FLOPs.
+
+    torch's own formula (2.14) computes the weight gradient as a convolution whose channel product ignores
+    ``groups``: a depthwise convolution's backward comes out about ``groups`` times too large.
+    """
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def flop_counter() -> FlopCounterMode:
+    """``FlopCounterMode`` with grouped convolutions' backward counted right (``conv_backward_flop``)."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop})
 
 
 def timed(fn, repeats: int, warmup: int) -> float:
@@ -67,7 +84,7 @@ def training_step(overrides: list[str], folder: str, repeats: int, warmup: int) 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         step()
     seconds = timed(step, repeats, warmup)

@@ -134,7 +134,7 @@ class RoIHead(nn.Module):
             all_labels.append(labels)
             all_matched.append(matched)
         positive, negative = self.sampler(all_labels)
-        rois, labels, target_deltas = [], [], []
+        rois, labels, matched_boxes = [], [], []
         for image_rois, image_labels, matched, pos, neg, target in zip(
             candidates, all_labels, all_matched, positive, negative, targets, strict=True
         ):
@@ -142,8 +142,9 @@ class RoIHead(nn.Module):
             rois.append(image_rois[keep])
             labels.append(image_labels[keep])
             gt = target["boxes"][matched[keep]] if target["boxes"].numel() else image_rois[keep]
-            target_deltas.append(self.box_coder.encode_single(gt.to(image_rois.dtype), image_rois[keep]))
-        return rois, torch.cat(labels), torch.cat(target_deltas)
+            matched_boxes.append(gt.to(image_rois.dtype))
+        # one encoding for the whole batch, as in the RPN
+        return rois, torch.cat(labels), self.box_coder.encode_single(torch.cat(matched_boxes), torch.cat(rois))
 
     def postprocess(
         self, class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]
