@@ -10,15 +10,18 @@ anchors, RoI Align, thresholds, sampling sizes and box-coder weights of the defa
 images of ``--image-size`` (torchvision's resize is then a scale of 1) and the same SGD optimiser.
 
 Measured: the train step (forward + backward + optimiser step, batch of 2) and inference latency
-(batch of 1), each the median of ``--repeats`` after ``--warmup`` untimed steps. The two detectors'
-measurements alternate (A/B, order swapped every repeat) so machine noise hits both alike. Prints a
-table with ratios ours / torchvision and writes the figures and the machine as JSON to ``--output``
-(never over an existing file unless ``--overwrite``).
+(batch of 1), ``--repeats`` times after ``--warmup`` untimed steps, with Python's garbage collector off while
+timing (as ``timeit`` does). The two detectors' calls alternate (A/B, order swapped every repeat) so machine
+noise hits both alike, and the ratio ours / torchvision is the median of the per-repeat ratios (each repeat's
+two calls ran back to back) with its distribution-free 95 % interval (``scipy.stats.quantile_test``). Prints a
+table and writes the figures, every timing and the machine as JSON to ``--output`` (never over an existing
+file unless ``--overwrite``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+import scipy.stats
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
@@ -110,29 +114,40 @@ def inference_fn(model: nn.Module, image: Tensor, autocast) -> Callable[[], None
 def interleaved_times(
     ours: Callable, theirs: Callable, repeats: int, warmup: int, sync: Callable
 ) -> tuple[list[float], list[float]]:
-    """Seconds per call of each, timed alternately (order swapped every repeat) after warm-up."""
+    """Seconds per call of each, timed alternately (order swapped every repeat) after warm-up, the garbage
+    collector run between repeats and off inside them (a collection would be charged to whichever call it hit)."""
     for _ in range(warmup):
         ours()
         theirs()
     times: dict[str, list[float]] = {"ours": [], "theirs": []}
-    for repeat in range(repeats):
-        order = [("ours", ours), ("theirs", theirs)]
-        for name, fn in order if repeat % 2 == 0 else order[::-1]:
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
+    collecting = gc.isenabled()
+    try:
+        for repeat in range(repeats):
+            gc.collect()
+            gc.disable()
+            order = [("ours", ours), ("theirs", theirs)]
+            for name, fn in order if repeat % 2 == 0 else order[::-1]:
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
+    finally:
+        if collecting:
+            gc.enable()
     return times["ours"], times["theirs"]
 
 
 def compared(ours: list[float], theirs: list[float], batch_size: int) -> dict[str, object]:
-    """Medians and their ratio, with the range of the per-repeat ratios (each repeat's two calls ran back to
-    back): a median ratio inside that range is machine noise, not a difference between the detectors."""
+    """Median seconds of each, and the ratio ours / torchvision: the median of the per-repeat ratios (each repeat's
+    two calls ran back to back, so a slow moment of the machine cancels) with its 95 % interval, distribution-free
+    (order statistics). An interval that holds 1.0 is parity within this machine's noise."""
     repeat_ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-    median_ours, median_theirs = statistics.median(ours), statistics.median(theirs)
-    return {"ours": median_ours, "torchvision": median_theirs, "ratio": median_ours / median_theirs,
-            "repeat_ratio_range": [min(repeat_ratios), max(repeat_ratios)], "batch_size": batch_size}
+    interval = scipy.stats.quantile_test(repeat_ratios, q=1.0, p=0.5).confidence_interval(0.95)
+    return {"ours": statistics.median(ours), "torchvision": statistics.median(theirs),
+            "ratio": statistics.median(repeat_ratios), "ratio_ci95": [float(interval.low), float(interval.high)],
+            "repeat_ratio_range": [min(repeat_ratios), max(repeat_ratios)], "batch_size": batch_size,
+            "ours_s": ours, "torchvision_s": theirs}
 
 
 def machine(device: torch.device) -> dict[str, object]:
@@ -186,13 +201,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 def table(results: list[dict[str, object]]) -> str:
     lines = ["| backbone | size | device | precision | measure | ours (ms) | torchvision (ms) | ours / torchvision "
-             "| per-repeat ratios |",
-             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+             "| 95 % interval | per-repeat ratios |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         for key, label in (("train_step_s", "train step, batch 2"), ("inference_s", "inference, batch 1")):
             m = r[key]
             lines.append(f"| {r['backbone']} | {r['image_size']} | {r['device']} | {r['precision']} | {label} | "
-                         f"{1000 * m['ours']:.1f} | {1000 * m['torchvision']:.1f} | {m['ratio']:.2f} | "
+                         f"{1000 * m['ours']:.1f} | {1000 * m['torchvision']:.1f} | {m['ratio']:.3f} | "
+                         f"{m['ratio_ci95'][0]:.3f}–{m['ratio_ci95'][1]:.3f} | "
                          f"{m['repeat_ratio_range'][0]:.2f}–{m['repeat_ratio_range'][1]:.2f} |")
     return "\n".join(lines)
 
