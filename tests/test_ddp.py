@@ -5,8 +5,10 @@ val set (8 images) is divisible by the 2 ranks, so Lightning's DistributedSample
 into either shard (with an odd size it would repeat one image and shift mAP slightly; docs/scaling.md).
 The weights stay NCHW: with channels_last the same checkpoint's mAP@0.5 differs between the DDP ranks and one
 process by about 2 % (0.00239 against 0.00244), last-bit kernel differences reordering the near-equal scores of
-an untrained model, and the comparison needs equal detections. The box head is MobileNetV2's classifier: the MLP
-head, new and barely trained, finds nothing on these images (mAP 0 on both sides, which compares nothing).
+an untrained model, and the comparison needs equal detections. Batches hold one image: a padded batch's
+border features change in the last bits with the batch neighbours, which differ between the ranks and one
+process. The box head is MobileNetV2's classifier: the MLP head, new and barely trained, finds nothing on these
+images (mAP 0 on both sides, which compares nothing).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from support import (
 
 NUM_VAL = 8
 RUN = tiny_run("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "backbone.weights=none",
-               "data.source.num_train=8", f"data.source.num_val={NUM_VAL}", "data.batch_size=2",
+               "data.source.num_train=8", f"data.source.num_val={NUM_VAL}", "data.batch_size=1",
                "data.image_size=128", "data.max_size=128", "model.channels_last=false",
                "backbone.box_head=classifier")
 
@@ -45,7 +47,7 @@ def test_two_process_val_metrics_equal_a_single_process_evaluation_of_the_same_c
     whole = single_process_validation(module, datamodule.val_dataloader(), tmp_path / "whole")
     val = datamodule.val_dataloader().dataset
     rank0_share = single_process_validation(
-        module, DataLoader(Subset(val, range(0, NUM_VAL, 2)), batch_size=2, collate_fn=collate), tmp_path / "shard"
+        module, DataLoader(Subset(val, range(0, NUM_VAL, 2)), batch_size=1, collate_fn=collate), tmp_path / "shard"
     )
 
     assert whole["val/map"] > 0  # the comparison is not between empty results

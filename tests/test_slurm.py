@@ -80,11 +80,11 @@ def test_sweep_through_sbatch_completes_and_reports(tmp_path):
 
 def test_ddp_job_takes_its_ranks_from_slurm_and_validates_the_whole_val_set(tmp_path):
     """One sbatch job of 2 tasks started by srun; Lightning's SLURMEnvironment gives the ranks, gloo joins them.
-    8 val images split evenly over the 2 ranks (no padding repeats), NCHW weights and the classifier box head, as in
-    tests/test_ddp.py."""
+    8 val images split evenly over the 2 ranks (no padding repeats), one per batch, NCHW weights and the classifier
+    box head, as in tests/test_ddp.py."""
     sweep = tmp_path / "sweep"
     output = run_ok("frcnn_lab.train", "-m", "hydra/launcher=slurm_cpu", *TWO_STEPS, "trainer=ddp",
-                    "trainer.accelerator=cpu", "trainer.devices=2", "data.source.num_val=8", "data.batch_size=2",
+                    "trainer.accelerator=cpu", "trainer.devices=2", "data.source.num_val=8", "data.batch_size=1",
                     "model.channels_last=false", "backbone.box_head=classifier",
                     f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=JOB_TIMEOUT_S)
     job = sweep / "0"
