@@ -180,9 +180,16 @@ def test_runs_that_have_not_plateaued_are_labelled_and_their_comparisons_warned(
         output = tmp_path / option.strip("-")
         assert main([str(plateaued), "--output", str(output), option, value]) == 0
         assert "0/3 plateaued (3 still learning)" in (output / "report.md").read_text()
+    # A floor above the runs' best (0.51-0.63): flat curves that have not learned the task, not plateaus.
+    assert main([str(plateaued), "--output", str(tmp_path / "floor"), "--plateau-floor", "0.7"]) == 0
+    assert "0/3 plateaued (3 flat at the floor)" in (tmp_path / "floor" / "report.md").read_text()
+    assert "> **⚠ 6 of 6 runs have not plateaued**" in (tmp_path / "floor" / "report.md").read_text()
     with pytest.raises(SystemExit):
         main([str(plateaued), "--plateau-tolerance", "-0.1"])
     assert "--plateau-tolerance >= 0 (got -0.1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(plateaued), "--plateau-floor", "-1"])
+    assert "--plateau-floor >= 0 (got -1.0)" in capsys.readouterr().err
 
 
 def test_accuracy_against_cost_marks_the_pareto_front(tmp_path):

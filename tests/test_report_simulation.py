@@ -12,7 +12,7 @@ import gc
 import numpy as np
 import pytest
 
-from frcnn_lab.report.convergence import PLATEAUED, STILL_LEARNING, TOO_SHORT, judge
+from frcnn_lab.report.convergence import AT_FLOOR, PLATEAUED, STILL_LEARNING, TOO_SHORT, judge
 from frcnn_lab.report.statistics import factorial_analysis, rank
 
 STUDIES = 500
@@ -104,3 +104,15 @@ def test_a_rising_curve_is_still_learning_and_a_flat_one_has_plateaued():
     assert judge(slow).verdict == STILL_LEARNING and judge(slow).tolerance == pytest.approx(0.00573, abs=1e-4)
     assert judge([x + 0.49 for x in slow]).verdict == PLATEAUED
     assert judge([0.140, 0.141]).verdict == TOO_SHORT
+
+
+def test_a_flat_curve_below_the_floor_has_not_learned():
+    """Flat near zero (4 RoIs per image on the hard benchmark: 20 epochs at 0.008-0.028) is not a plateau; a rise
+    there is still learning, and the same flat curve above the floor has plateaued."""
+    rng = np.random.default_rng(5)
+    floor = [judge(list(0.01 + np.abs(rng.normal(0, 0.003, 20)))) for _ in range(500)]
+    assert np.mean([v.verdict == AT_FLOOR for v in floor]) >= 0.95 and not any(v.plateaued for v in floor)
+    assert judge([0.0, 0.001, 0.005, 0.009, 0.011, 0.012, 0.021, 0.018]).verdict == STILL_LEARNING
+    assert judge([0.30, 0.31, 0.30, 0.31, 0.30]).verdict == PLATEAUED
+    assert judge([0.03, 0.031, 0.03, 0.031, 0.03]).verdict == AT_FLOOR
+    assert judge([0.03, 0.031, 0.03, 0.031, 0.03], floor=0.02).verdict == PLATEAUED

@@ -24,16 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plateau-tolerance", type=float, default=convergence.TOLERANCE, metavar="MAP",
                         help="the gain in val mAP@0.5 a plateau may still show at mAP 0.5, scaled by "
                         "2 sqrt(p (1 - p)) at a run's best mAP p (default %(default)s)")
+    parser.add_argument("--plateau-floor", type=float, default=convergence.FLOOR, metavar="MAP",
+                        help="best val mAP@0.5 below which a flat curve has not learned the task: 'flat at the "
+                             "floor', not plateaued (default %(default)s)")
     parser.add_argument("--target-difference", type=float, default=TARGET, metavar="MAP",
                         help="difference of best val mAP@0.5 whose seed count each comparison gives "
                              "(default %(default)s)")
     args = parser.parse_args(argv)
-    if args.plateau_window < 1 or args.plateau_tolerance < 0 or args.target_difference <= 0:
+    if args.plateau_window < 1 or args.plateau_tolerance < 0 or args.plateau_floor < 0 or args.target_difference <= 0:
         parser.error(f"--plateau-window must be >= 1 (got {args.plateau_window}), --plateau-tolerance >= 0 "
-                     f"(got {args.plateau_tolerance}) and --target-difference > 0 (got {args.target_difference})")
+                     f"(got {args.plateau_tolerance}), --plateau-floor >= 0 (got {args.plateau_floor}) and "
+                     f"--target-difference > 0 (got {args.target_difference})")
     try:
         path = write_report(args.directory, args.output or args.directory / "report", args.overwrite,
-                            args.plateau_window, args.plateau_tolerance, args.target_difference)
+                            args.plateau_window, args.plateau_tolerance, args.target_difference, args.plateau_floor)
     except (FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

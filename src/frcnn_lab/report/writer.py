@@ -58,14 +58,14 @@ TARGET = 0.05  # the difference of best val mAP@0.5 whose seed count the report 
 
 
 def write_report(root: Path, output: Path, overwrite: bool = False, window: int = plateau.WINDOW,
-                 tolerance: float = plateau.TOLERANCE, target: float = TARGET) -> Path:
+                 tolerance: float = plateau.TOLERANCE, target: float = TARGET, floor: float = plateau.FLOOR) -> Path:
     """Read the runs below ``root``; write ``output/report.md`` and the plots; return the report's path."""
     runs = find_runs(root)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; pass --output DIR or --overwrite")
     output.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
-    verdicts = {run.path: plateau.judge(run.curve, window, tolerance) for run in runs}
+    verdicts = {run.path: plateau.judge(run.curve, window, tolerance, floor) for run in runs}
     not_plateaued = {label for label, group in groups.items()
                      if any(r.best_epoch is not None and not verdicts[r.path].plateaued for r in group)}
 
@@ -88,8 +88,8 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
     unsettled_runs = [r for r in scored if not verdicts[r.path].plateaued]
     if unsettled_runs:
         lines += ["", f"{UNSETTLED_BANNER} {len(unsettled_runs)} of {len(scored)} runs have not plateaued** (still "
-                  f"learning or too short to judge; see Convergence). Every comparison that involves them "
-                  f"{LEARNING_SPEED}."]
+                  "learning, flat at the floor or too short to judge; see Convergence). Every comparison that "
+                  f"involves them {LEARNING_SPEED}."]
     lines += [
         "", configuration_table(groups, verdicts), "",
         "Runs: with a val mAP / all (failed, interrupted, without val mAP: no metrics, or no GT box in val). "
@@ -105,8 +105,11 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
         f"at most the tolerance: {tolerance:.3f} mAP@0.5 at a best mAP@0.5 p of 0.5, times 2 sqrt(p (1 - p)) "
         "at the run's own p (about the noise of mAP@0.5 on a validation set of a few hundred boxes, which "
         "shrinks near 0 and 1); it is **still learning** when that gain is larger (with fewer validations: "
-        f"when the last ones rise by more than the tolerance), and **too short to judge** with fewer than {window + 1} "
-        "validations and no such rise; both count as not plateaued (`--plateau-window`, `--plateau-tolerance`). "
+        f"when the last ones rise by more than the tolerance), **flat at the floor** when it does not rise and its "
+        f"best mAP@0.5 stays below {floor:.3f} (it has not learned the task yet: an untrained head's level, not an "
+        f"accuracy it converged to), and **too short to judge** with fewer than {window + 1} validations and no "
+        "such rise; all three count as not plateaued (`--plateau-window`, `--plateau-tolerance`, "
+        "`--plateau-floor`). "
         f"{sum(v.plateaued for r, v in verdicts.items() if r in {s.path for s in scored})} of {len(scored)} "
         "runs with a validation curve have plateaued; per run in the runs table, per configuration above.",
     ]
