@@ -116,3 +116,4 @@ def test_a_flat_curve_below_the_floor_has_not_learned():
     assert judge([0.30, 0.31, 0.30, 0.31, 0.30]).verdict == PLATEAUED
     assert judge([0.03, 0.031, 0.03, 0.031, 0.03]).verdict == AT_FLOOR
     assert judge([0.03, 0.031, 0.03, 0.031, 0.03], floor=0.02).verdict == PLATEAUED
+    assert judge([0.03, 0.031]).verdict == TOO_SHORT  # two validations show neither a plateau nor a floor

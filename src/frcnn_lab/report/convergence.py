@@ -5,8 +5,9 @@ them by more than the tolerance -> **still learning**; by the tolerance or less,
 ``window + 1`` validations -> **plateaued**; fewer validations and no such rise -> **too short to
 judge** (which counts as not plateaued). A run with fewer than ``window + 1`` validations whose last
 ones still rise past the tolerance is called still learning from the validations it has: a rise needs
-no long window to be seen, a plateau does. A curve that does not rise but whose best stays below the
-``floor`` is **flat at the floor**, which counts as not plateaued either: it has not learned the task yet.
+no long window to be seen, a plateau does. A curve of at least ``window + 1`` validations that does not rise but
+whose best stays below the ``floor`` is **flat at the floor**, which counts as not plateaued either: it has not
+learned the task yet.
 
 Defaults, and why:
 
@@ -77,9 +78,9 @@ def judge(curve: Sequence[float], window: int = WINDOW, tolerance: float = TOLER
     scaled = tolerance_at(max(curve), tolerance)
     if gain > scaled:
         return Convergence(STILL_LEARNING, gain, n, scaled)
-    if max(curve) < floor:
-        return Convergence(AT_FLOOR, gain, n, scaled)
-    return Convergence(PLATEAUED if n > window else TOO_SHORT, gain, n, scaled)
+    if n <= window:
+        return Convergence(TOO_SHORT, gain, n, scaled)
+    return Convergence(AT_FLOOR if max(curve) < floor else PLATEAUED, gain, n, scaled)
 
 
 def summary(verdicts: Sequence[Convergence]) -> str:
