@@ -27,7 +27,7 @@ Defaults, and why:
 - ``floor`` = 0.05 mAP@0.5: below it a detector has not learned the task, and a flat curve there is where an
   untrained head sits, not an accuracy it converged to; it says nothing about where the setting would end
   with more steps. On the hard benchmark, 4 RoIs per image stays at 0.008-0.028 for 20 epochs and one seed
-  of 16 RoIs at 0.000-0.004 for 12 epochs before it starts to rise, where the default reaches 0.72.
+  of 16 RoIs at or below 0.004 for 14 epochs before it starts to rise, where the default reaches 0.72.
 
 All three are ``report`` options (``--plateau-window``, ``--plateau-tolerance``, ``--plateau-floor``): a larger
 validation set allows a smaller tolerance.
