@@ -10,6 +10,15 @@ from frcnn_lab.data.synthetic import CLASSES, SyntheticScenes
 SMALL = {"image_sizes": ((96, 96), (64, 96)), "object_size": (16, 40)}
 
 
+def _assert_boxes_inside_with_positive_size(dataset: SyntheticScenes) -> None:
+    for index in range(len(dataset)):
+        item = dataset[index]
+        height, width = item["image"].shape[:2]
+        x1, y1, x2, y2 = item["boxes"].T
+        assert np.all(x1 >= 0) and np.all(y1 >= 0) and np.all(x2 <= width) and np.all(y2 <= height)
+        assert np.all(x2 > x1) and np.all(y2 > y1)
+
+
 def _assert_items_equal(first: dict, second: dict) -> None:
     np.testing.assert_array_equal(first["image"], second["image"])
     np.testing.assert_array_equal(first["boxes"], second["boxes"])
@@ -67,13 +76,9 @@ def test_empty_images_have_empty_but_well_shaped_arrays():
 
 def test_boxes_lie_inside_the_image_with_positive_size_and_valid_labels():
     dataset = SyntheticScenes(100, seed=5, **SMALL)
+    _assert_boxes_inside_with_positive_size(dataset)
     for index in range(len(dataset)):
-        item = dataset[index]
-        height, width = item["image"].shape[:2]
-        x1, y1, x2, y2 = item["boxes"].T
-        assert np.all(x1 >= 0) and np.all(y1 >= 0) and np.all(x2 <= width) and np.all(y2 <= height)
-        assert np.all(x2 > x1) and np.all(y2 > y1)
-        assert set(item["labels"].tolist()) <= {1, 2}
+        assert set(dataset[index]["labels"].tolist()) <= {1, 2}
 
 
 def test_box_sizes_follow_object_size():
@@ -199,12 +204,7 @@ def test_invalid_arguments_raise_value_error_naming_them(arguments, name):
 
 def test_tiny_objects_and_images_still_draw_valid_items():
     dataset = SyntheticScenes(30, seed=21, object_size=(1, 6), max_objects=3, image_sizes=((8, 8), (5, 12)))
-    for index in range(len(dataset)):
-        item = dataset[index]
-        height, width = item["image"].shape[:2]
-        x1, y1, x2, y2 = item["boxes"].T
-        assert np.all(x1 >= 0) and np.all(y1 >= 0) and np.all(x2 <= width) and np.all(y2 <= height)
-        assert np.all(x2 > x1) and np.all(y2 > y1)
+    _assert_boxes_inside_with_positive_size(dataset)
 
 
 def test_image_size_matches_the_drawn_image_without_drawing_it():
