@@ -108,12 +108,12 @@ def test_an_object_cut_by_a_tile_edge_is_reported_once_by_merging():
     """Tiles start at x = 0, 160, 280: the object (x 130..190) is whole in the first and cut by the second's left
     edge, which sees a 30 px fragment of it."""
     image = canvas(200, 480, [(130, 60, 190, 100, 1)])
-    slicing = Slicing(size=200, overlap=0.2)  # the default merge: greedy_nmm at IoS >= 0.5
+    slicing = Slicing(size=200, overlap=0.2, merge="greedy_nmm", match_metric="ios")
     merged = detect_sliced(whole, image, slicing)
     assert merged["boxes"].tolist() == [[130.0, 60.0, 190.0, 100.0]]
     assert merged["scores"].tolist() == pytest.approx([0.5 + 60 * 40 / 1e4])  # the whole view's score
     # NMS at IoU 0.5 keeps the fragment (IoU 30 / 60 = 0.5 is not above 0.5): the same object twice
-    suppressed = detect_sliced(whole, image, Slicing(size=200, overlap=0.2, merge="nms", match_metric="iou"))
+    suppressed = detect_sliced(whole, image, Slicing(size=200, overlap=0.2))  # the default: NMS at IoU 0.5
     assert sorted(suppressed["boxes"].tolist()) == [[130.0, 60.0, 190.0, 100.0], [160.0, 60.0, 190.0, 100.0]]
 
 
@@ -124,11 +124,11 @@ def test_greedy_merging_matches_a_hand_computed_case():
                          dtype=torch.float32)
     detection = {"boxes": boxes[[1, 0, 2, 3, 4]], "scores": torch.tensor([0.8, 0.9, 0.7, 0.6, 0.5]),
                  "labels": torch.tensor([1, 1, 1, 1, 2])}
-    merged = merge_detections(detection, Slicing(size=64))
+    merged = merge_detections(detection, Slicing(size=64, merge="greedy_nmm", match_metric="ios"))
     assert merged["boxes"].tolist() == [[0, 0, 15, 10], [10, 0, 30, 10], [28, 0, 38, 10], [0, 0, 10, 10]]
     assert merged["scores"].tolist() == pytest.approx([0.9, 0.7, 0.6, 0.5])
     assert merged["labels"].tolist() == [1, 1, 1, 2]
-    looser = merge_detections(detection, Slicing(size=64, match_threshold=0.2))
+    looser = merge_detections(detection, Slicing(size=64, merge="greedy_nmm", match_metric="ios", match_threshold=0.2))
     # at IoS >= 0.2: A takes B (1.0); C (0 with A) starts its own box and takes D (0.2): union (10, 0, 38, 10)
     assert looser["boxes"].tolist() == [[0, 0, 15, 10], [10, 0, 38, 10], [0, 0, 10, 10]]
 
@@ -138,7 +138,7 @@ def test_greedy_merging_checks_each_candidate_against_the_union_so_far():
     (IoU 100 / 180 = 0.56 < 0.6), is dropped without joining."""
     detection = {"boxes": torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 14], [0, -4, 10, 10]]),
                  "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 1, 1])}
-    merged = merge_detections(detection, Slicing(size=64, match_metric="iou", match_threshold=0.6))
+    merged = merge_detections(detection, Slicing(size=64, merge="greedy_nmm", match_metric="iou", match_threshold=0.6))
     assert merged["boxes"].tolist() == [[0, 0, 10, 14]] and merged["scores"].tolist() == pytest.approx([0.9])
 
 
@@ -147,7 +147,9 @@ def test_sliced_evaluation_scores_whole_image_coordinates(tmp_path):
     the tiles, in the image's coordinates: mAP@0.5 = 1 (project and pycocotools); unshifted tile boxes would
     miss those outside the first tile."""
     module = build_module(compose_config("config", ["backbone.weights=none", "inference.slicing.size=128",
-                                                    "inference.slicing.overlap=0.25"]))
+                                                    "inference.slicing.overlap=0.25",
+                                                    "inference.slicing.merge=greedy_nmm",
+                                                    "inference.slicing.match_metric=ios"]))
     module.detector = RectangleFinder()
     objects = [[(10, 10, 40, 30, 1), (150, 200, 180, 240, 2), (280, 90, 300, 115, 1)],
                [(100, 100, 140, 120, 2), (250, 10, 290, 50, 2), (120, 210, 150, 250, 1)]]
@@ -157,7 +159,7 @@ def test_sliced_evaluation_scores_whole_image_coordinates(tmp_path):
                 "image_id": f"canvas{i}"} for i, boxes in enumerate(objects)]
     metrics = DetectionEvaluation(module.classes, score_threshold=0.5)
     preds = module.evaluation_step((images, targets), metrics)
-    assert module.slicing == Slicing(size=128, overlap=0.25)
+    assert module.slicing == Slicing(size=128, overlap=0.25, merge="greedy_nmm", match_metric="ios")
     assert metrics.compute()["map_50"] == pytest.approx(1.0)
     for pred, target in zip(preds, targets, strict=True):
         assert sorted(pred["boxes"].tolist()) == sorted(target["boxes"].tolist())
@@ -221,7 +223,7 @@ def test_evaluate_records_its_slicing_and_slices(trained_run, tmp_path):
     ("inference.slicing.size=8", "inference.slicing.size=8 must be an integer >= 32"),
     ("inference.slicing.overlap=1.0", "inference.slicing.overlap=1.0 must be in [0, 1)"),
     ("inference.slicing.merge=wbf", "inference.slicing.merge='wbf' is unknown"),
-    ("inference.slicing.merge=nms", "inference.slicing.merge=nms compares boxes by IoU"),
+    ("inference.slicing.match_metric=ios", "inference.slicing.merge=nms compares boxes by IoU"),
 ])
 def test_bad_slicing_is_refused_naming_the_key(make_config, override, expected):
     cfg = make_config(["inference.slicing.size=256", override])
@@ -231,5 +233,6 @@ def test_bad_slicing_is_refused_naming_the_key(make_config, override, expected):
 
 def test_detect_images_maps_sliced_boxes_to_the_original_size():
     image = canvas(200, 300, [(30, 40, 60, 80, 1), (220, 120, 260, 170, 2)])
-    (found,) = detect_images(whole, [image], Slicing(size=128), original_sizes=[(400, 600)])
+    slicing = Slicing(size=128, merge="greedy_nmm", match_metric="ios")  # the cut fragments merged away
+    (found,) = detect_images(whole, [image], slicing, original_sizes=[(400, 600)])
     assert sorted(found["boxes"].tolist()) == [[60.0, 80.0, 120.0, 160.0], [440.0, 240.0, 520.0, 340.0]]

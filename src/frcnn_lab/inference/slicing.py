@@ -15,6 +15,9 @@ to the image's coordinates and merged across tiles, per class, by one of two rul
   (``ios`` = 1), so merging reports the object once, where NMS at IoU keeps a fragment smaller than
   ``match_threshold`` of the box as a second detection.
 
+The default is ``nms``: on trained detectors among clutter, ``greedy_nmm`` also merges true detections into
+overlapping false positives and neighbours (docs/small_objects.md has the figures).
+
 Every figure is then computed on the whole images, as without slicing.
 """
 
@@ -46,8 +49,8 @@ class Slicing:
     size: int
     overlap: float = 0.2
     whole_image: bool = False
-    merge: str = "greedy_nmm"
-    match_metric: str = "ios"
+    merge: str = "nms"
+    match_metric: str = "iou"
     match_threshold: float = 0.5
 
     def __post_init__(self) -> None:
