@@ -100,7 +100,7 @@ def step_bench(device: str, quick: bool, workdir: Path) -> dict[str, Any]:
                                 "reason": "this CPU has no native bf16"})
                 continue
             args = argparse.Namespace(backbone=backbone, image_size=64 if quick else 600, device=device,
-                                      precision=precision, channels_last=channels_last,
+                                      precision=precision, channels_last=channels_last, frozen_bn=False,
                                       set=QUICK_BENCH if quick else [], repeats=1 if quick else 10,
                                       warmup=0 if quick else 3)
             try:

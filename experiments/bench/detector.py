@@ -7,7 +7,10 @@
 Both detectors get the same trunk and tail (copies with equal weights and the same frozen stages), the
 anchors, RoI Align, thresholds, sampling sizes and box-coder weights of the default config groups
 (``rpn/default.yaml``, ``roi_head/default.yaml``, ``loss/default.yaml`` under ``src/frcnn_lab/conf/``), square
-images of ``--image-size`` (torchvision's resize is then a scale of 1) and the same SGD optimiser.
+images of ``--image-size`` (torchvision's resize is then a scale of 1) and the same SGD optimiser. The trunks
+are newly initialised with trainable BatchNorm (``backbone.weights=none``, what trains offline), or with
+``--frozen-bn`` laid out as for pretrained weights: frozen BatchNorm, which ours computes inside the
+convolutions and torchvision's copy runs as its ``FrozenBatchNorm2d`` layers (``frcnn_lab.model.folding``).
 
 Measured: the train step (forward + backward + optimiser step, batch of 2) and inference latency
 (batch of 1), ``--repeats`` times after ``--warmup`` untimed steps, with Python's garbage collector off while
@@ -52,18 +55,20 @@ def config_group(group: str, name: str = "default") -> dict:
     return group_option(group, name)
 
 
-def build_pair(backbone: str, image_size: int, settings: list[str] = ()) -> tuple[FasterRCNN, TorchvisionFasterRCNN]:
+def build_pair(
+    backbone: str, image_size: int, settings: list[str] = (), frozen_bn: bool = False
+) -> tuple[FasterRCNN, TorchvisionFasterRCNN]:
     """Ours from the default config groups with ``settings`` (``rpn.num_rois=8``...), and torchvision's with copies of
-    the same parts and settings."""
+    the same parts and settings. ``frozen_bn``: the pretrained layout (frozen BatchNorm), weights not read."""
     torch.manual_seed(0)
-    backbone_cfg = {**config_group("backbone", backbone), "weights": "none"}
+    backbone_cfg = {**config_group("backbone", backbone), "weights": "imagenet" if frozen_bn else "none"}
     groups = OmegaConf.merge({"rpn": config_group("rpn"), "roi_head": config_group("roi_head")},
                              OmegaConf.from_dotlist(list(settings)))
     unknown = set(groups) - {"rpn", "roi_head"}
     if unknown or any(key not in config_group(group) for group in ("rpn", "roi_head") for key in groups[group]):
         raise SystemExit(f"--set {list(settings)}: only existing keys of the rpn and roi_head groups can be set")
     rpn, head, loss = OmegaConf.to_container(groups.rpn), OmegaConf.to_container(groups.roi_head), config_group("loss")
-    ours = build_detector(backbone_cfg, rpn, head, loss, num_classes=NUM_CLASSES)
+    ours = build_detector(backbone_cfg, rpn, head, loss, num_classes=NUM_CLASSES, pretrained=False)
     return ours, torchvision_equivalent(ours, rpn, head, min_size=image_size)
 
 
@@ -173,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             return torch.autocast(device.type, dtype=dtype)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     ours, theirs = (m.to(device, memory_format=memory_format)
-                    for m in build_pair(args.backbone, args.image_size, args.set))
+                    for m in build_pair(args.backbone, args.image_size, args.set, args.frozen_bn))
     images, targets = scenes(args.image_size, 2, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -191,7 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     )
     return {
         "backbone": args.backbone, "image_size": args.image_size, "device": args.device, "precision": args.precision,
-        "channels_last": args.channels_last, "repeats": args.repeats, "warmup": args.warmup, "settings": args.set,
+        "channels_last": args.channels_last, "frozen_bn": args.frozen_bn, "repeats": args.repeats,
+        "warmup": args.warmup, "settings": args.set,
         "train_step_s": compared(*train, batch_size=2),
         "inference_s": compared(*infer, batch_size=1),
         "machine": machine(device),
@@ -206,7 +212,8 @@ def table(results: list[dict[str, object]]) -> str:
     for r in results:
         for key, label in (("train_step_s", "train step, batch 2"), ("inference_s", "inference, batch 1")):
             m = r[key]
-            lines.append(f"| {r['backbone']} | {r['image_size']} | {r['device']} | {r['precision']} | {label} | "
+            precision = r["precision"] + (", frozen BN" if r.get("frozen_bn") else "")
+            lines.append(f"| {r['backbone']} | {r['image_size']} | {r['device']} | {precision} | {label} | "
                          f"{1000 * m['ours']:.1f} | {1000 * m['torchvision']:.1f} | {m['ratio']:.3f} | "
                          f"{m['ratio_ci95'][0]:.3f}–{m['ratio_ci95'][1]:.3f} | "
                          f"{m['repeat_ratio_range'][0]:.2f}–{m['repeat_ratio_range'][1]:.2f} |")
@@ -220,6 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast dtype; fp16: cuda")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (for GPUs)")
+    parser.add_argument("--frozen-bn", action="store_true",
+                        help="the pretrained layout: frozen BatchNorm (default: trainable, as with weights=none)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings of both detectors, e.g. rpn.num_rois=8 rpn.post_nms_top_n_test=16")
     parser.add_argument("--repeats", type=int, default=10)

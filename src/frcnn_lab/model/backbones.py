@@ -38,6 +38,7 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from frcnn_lab.model.folding import fold_frozen_batchnorm
 from frcnn_lab.model.weights import load_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,8 +88,9 @@ def build_backbone(
 
     ``weights``: ``imagenet`` (torchvision's IMAGENET1K_V1), ``none`` (random init), or the path of a
     state dict of the torchvision classification network. ``freeze_stages``: how many leading trunk
-    stages get no gradient. ``frozen_bn``: BatchNorm layers keep the pretrained statistics
-    (not with ``weights=none``). ``pool_size``: the RoI size P the box head takes (None: the backbone's).
+    stages get no gradient. ``frozen_bn``: BatchNorm layers keep the pretrained statistics (not with
+    ``weights=none``), computed inside the convolutions before them (``frcnn_lab.model.folding``).
+    ``pool_size``: the RoI size P the box head takes (None: the backbone's).
     ``pretrained=False`` builds the same layout without reading ``weights``. ``box_head``: one of
     ``BOX_HEADS`` (FPN layouts: ``mlp`` only); None: ``classifier`` for C4, ``mlp`` for FPN, the heads of
     checkpoints written before the choice existed.
@@ -108,6 +110,8 @@ def build_backbone(
         if not path.is_file():
             raise FileNotFoundError(f"backbone.weights={weights!r}: no such file (or use imagenet | none)")
         network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if kwargs:
+        fold_frozen_batchnorm(network)  # the same arithmetic in fewer passes over the activations
     backbone = split(network, pool_size, box_head)
     if not 0 <= freeze_stages <= len(backbone.stages):
         raise ValueError(f"backbone.freeze_stages={freeze_stages} must be in [0, {len(backbone.stages)}] for {name}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from torch import nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
@@ -13,6 +14,14 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from frcnn_lab.model.detector import FasterRCNN
+from frcnn_lab.model.folding import unfold_frozen_batchnorm
+
+
+def torchvision_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with torchvision's own layers (frozen BatchNorm as separate layers)."""
+    duplicate = copy.deepcopy(module)
+    unfold_frozen_batchnorm(duplicate)
+    return duplicate
 
 
 def torchvision_equivalent(
@@ -25,14 +34,15 @@ def torchvision_equivalent(
     ``resnet50_fpn`` its state dict is that of ``fasterrcnn_resnet50_fpn``, key for key.
 
     ``min_size``: the short side torchvision resizes to (the images' own short side: no resizing).
-    ``share_modules``: use ``ours``'s trunk and tail objects instead of copies. Raises ValueError for
+    ``share_modules``: use ``ours``'s trunk and tail objects instead of copies; the copies have torchvision's
+    separate ``FrozenBatchNorm2d`` layers where ours computes them in the convolutions. Raises ValueError for
     settings torchvision cannot express: another pooler, a background band above IoU 0, RPN box weights.
     """
     if roi_head["pooler"] != "roi_align" or roi_head["aligned"] or roi_head["bg_iou_lo"] != 0.0:
         raise ValueError("torchvision's detector has RoI Align (aligned=False) and a background band from IoU 0 only")
     if tuple(rpn["box_weights"]) != (1.0, 1.0, 1.0, 1.0):
         raise ValueError(f"rpn.box_weights={rpn['box_weights']} differ from torchvision's fixed (1, 1, 1, 1)")
-    share = (lambda module: module) if share_modules else copy.deepcopy
+    share = (lambda module: module) if share_modules else torchvision_copy
     in_channels = ours.trunk.out_channels
     rpn_head = RPNHead(in_channels, ours.rpn.head.cls_logits.out_channels)
     rpn_head.conv[0][0].load_state_dict(ours.rpn.head.conv.state_dict())
