@@ -109,6 +109,21 @@ def test_a_norm_that_is_not_right_after_its_convolution_stays_a_layer():
     assert type(network.conv) is nn.Conv2d and type(network.norm) is FrozenBatchNorm2d
 
 
+def test_a_network_that_cannot_be_traced_keeps_its_layers_and_says_so(caplog):
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 3, 1), FrozenBatchNorm2d(3)
+
+        def forward(self, x):
+            return self.norm(self.conv(x)) if x.sum() > 0 else x  # a branch on a value: fx cannot trace it
+
+    network = DataDependent()
+    assert fold_frozen_batchnorm(network) == 0
+    assert type(network.conv) is nn.Conv2d and type(network.norm) is FrozenBatchNorm2d
+    assert "DataDependent cannot be traced by torch.fx" in caplog.text
+
+
 def test_pretrained_backbones_fold_and_random_ones_keep_trainable_batchnorm(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(network_with_statistics(models.mobilenet_v2).state_dict(), path)

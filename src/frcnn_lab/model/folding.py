@@ -9,15 +9,21 @@ same gradients as with the separate layer (up to float rounding).
 
 Modules keep their names, parameters and buffers: state dicts, pretrained weights and checkpoints load as
 before. The pairs are found by tracing the network (``torch.fx``): a ``FrozenBatchNorm2d`` whose only input is
-a ``Conv2d`` used by nothing else. ``unfold_frozen_batchnorm`` gives back torchvision's separate layers (the
+a ``Conv2d`` used by nothing else, each called once. A network that ``torch.fx`` cannot trace keeps its
+separate layers (with a warning). ``unfold_frozen_batchnorm`` gives back torchvision's separate layers (the
 reference detector's, ``frcnn_lab.model.reference``).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+
 import torch.fx
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
+
+log = logging.getLogger(__name__)
 
 
 class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -51,15 +57,23 @@ class _FrozenBNLeaves(torch.fx.Tracer):
 
 def conv_frozen_bn_pairs(network: nn.Module) -> list[tuple[str, str]]:
     """``[(conv name, norm name)]``: every ``FrozenBatchNorm2d`` of ``network`` whose only input is a
-    ``Conv2d`` whose output goes nowhere else."""
+    ``Conv2d`` whose output goes nowhere else; none where ``network`` cannot be traced."""
+    try:
+        graph = _FrozenBNLeaves().trace(network)
+    except Exception as error:  # tracing fails in many ways (data-dependent control flow, unsupported calls)
+        log.warning("%s cannot be traced by torch.fx (%s: %s): its frozen BatchNorm stays as separate layers",
+                    type(network).__name__, type(error).__name__, error)
+        return []
     modules = dict(network.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     pairs = []
-    for node in _FrozenBNLeaves().trace(network).nodes:
+    for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], FrozenBatchNorm2d):
             continue
         source = node.args[0]
         if (isinstance(source, torch.fx.Node) and source.op == "call_module"
-                and type(modules[source.target]) is nn.Conv2d and len(source.users) == 1):
+                and type(modules[source.target]) is nn.Conv2d and len(source.users) == 1
+                and calls[source.target] == calls[node.target] == 1):  # a module called twice may be used alike
             pairs.append((source.target, node.target))
     return pairs
 
