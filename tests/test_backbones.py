@@ -106,7 +106,10 @@ def test_trunk_is_stride_16_and_tail_maps_rois_to_vectors(name, channels, pool, 
     assert parts.pool_size == pool
 
 
-@pytest.mark.parametrize("name,channels,pool", [("vgg16", 512, 7), ("resnet50", 1024, 14), ("mobilenet_v2", 96, 7)])
+@pytest.mark.parametrize("name,channels,pool", [
+    pytest.param("vgg16", 512, 7, marks=pytest.mark.slow),  # VGG16's 25088-wide input to the MLP: ~8 s
+    ("resnet50", 1024, 14), ("mobilenet_v2", 96, 7),
+])
 def test_a_c4_backbone_takes_an_mlp_box_head_on_the_flattened_roi(name, channels, pool):
     """box_head=mlp: torchvision's TwoMLPHead sized for the trunk's C x P x P RoIs (any P, vgg16 too), in place of the
     classifier tail, whose modules the backbone then leaves out; the trunk is the same."""

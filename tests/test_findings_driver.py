@@ -129,7 +129,8 @@ def test_the_study_resumes_an_interrupted_cell_from_its_last_checkpoint(tmp_path
 
 
 @pytest.mark.parametrize("script,arguments,count",
-                         [(DRIVER, (), CELLS), (CONVERGE, ("3", "0 1"), 2), (STUDY, ("4", "0"), 5)],
+                         [pytest.param(DRIVER, (), CELLS, marks=pytest.mark.slow),  # every cell: ~20 s
+                          (CONVERGE, ("3", "0 1"), 2), (STUDY, ("4", "0"), 5)],
                          ids=["run.sh", "converge.sh", "study.sh"])
 def test_every_cell_composes_with_the_findings_preset_and_validates(tmp_path, script, arguments, count):
     """Each cell's command line as the script builds it (bash's own word splitting), composed through Hydra: a

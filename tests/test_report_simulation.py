@@ -20,6 +20,7 @@ SEEDS = 3
 A, C, AC = 0.10, 0.04, 0.04       # planted: a's effect at c's first level, c's at a's first, the interaction
 SEED_SD, NOISE_SD = 0.05, 0.01
 TRUTH = {"a": A + AC / 2, "b": 0.0, "c": C + AC / 2}  # main effects: averages over the other keys' levels
+CALIBRATION = pytest.mark.slow  # 600 simulated studies, about 45 s on two cores: run by .ci/run, not the fast suite
 
 
 def simulate(rng: np.random.Generator, effects: dict[str, float], interaction: float) -> tuple[dict, dict]:
@@ -51,6 +52,7 @@ def planted():
     return [factorial_analysis(*simulate(rng, {"a": A, "b": 0.0, "c": C}, AC)) for _ in range(STUDIES)]
 
 
+@CALIBRATION
 def test_95_percent_intervals_cover_the_true_main_effects(planted):
     covered = []
     for analysis in planted:
@@ -61,6 +63,7 @@ def test_95_percent_intervals_cover_the_true_main_effects(planted):
     assert 0.93 <= np.mean(covered) <= 0.97
 
 
+@CALIBRATION
 def test_a_null_key_is_reported_as_mattering_in_at_most_5_percent_of_studies(planted):
     false_alarms = 0
     for analysis in planted:
@@ -71,18 +74,21 @@ def test_a_null_key_is_reported_as_mattering_in_at_most_5_percent_of_studies(pla
     assert false_alarms / STUDIES <= 0.05
 
 
+@CALIBRATION
 def test_a_large_effect_is_ranked_first(planted):
     rankings = [rank(analysis.main_effects) for analysis in planted]
     first = [r.verdict == "ranked" and r.order[0].key == "a" for r in rankings]
     assert np.mean(first) >= 0.95
 
 
+@CALIBRATION
 def test_a_planted_interaction_is_reported(planted):
     reported = [next(i for i in analysis.interactions if {i.key, i.by} == {"a", "c"}).estimate.matters
                 for analysis in planted]
     assert np.mean(reported) >= 0.9
 
 
+@CALIBRATION
 def test_two_equal_effects_are_not_ordered():
     rng = np.random.default_rng(7)
     verdicts = [rank(factorial_analysis(*simulate(rng, {"a": 0.08, "b": 0.0, "c": 0.08}, 0.0)).main_effects)

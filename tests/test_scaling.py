@@ -135,6 +135,7 @@ def test_processes_per_node_reads_lightnings_device_forms(devices, count):
     assert processes_per_node(devices) == count
 
 
+@pytest.mark.slow  # a CLI start, ~20 s; the refusal itself is checked in-process above
 def test_cli_multirun_with_local_ddp_stops_before_any_work(tmp_path):
     env = {k: v for k, v in cli_env().items() if not k.startswith("SLURM_")}  # not inside a cluster's allocation
     sweep_dir = tmp_path / "sweep"
