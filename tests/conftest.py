@@ -12,6 +12,17 @@ from omegaconf import DictConfig
 
 from support import TEST_THREADS, compose_config, tiny_run
 
+LONG_FILES = ("test_slurm.py", "test_wheel.py", "test_train_e2e.py", "test_config.py", "test_report.py",
+              "test_reliability.py", "test_tracking.py")
+"""The files with the longest work: jobs through SLURM and a wheel's install (slow part), then the fast suite's
+three-epoch training, CLI starts, reports and W&B sweep."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """LONG_FILES first, the rest in their order: scripts/test.sh hands whole files to the workers in this order
+    (``--dist=loadfile --no-loadscope-reorder``), so no long file starts last while the other worker idles."""
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def session_threads():
