@@ -78,23 +78,34 @@ def conv_frozen_bn_pairs(network: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+def _sharing(cls: type, module: nn.Module) -> nn.Module:
+    """A ``cls`` with the layout of ``module`` (a Conv2d or a FrozenBatchNorm2d) holding its very tensors."""
+    if isinstance(module, nn.Conv2d):
+        new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                  module.dilation, module.groups, module.bias is not None, module.padding_mode, device="meta")
+        new._parameters.update(module._parameters)
+    else:
+        new = cls(module.weight.numel(), eps=module.eps)
+        new._buffers.update(module._buffers)
+    return new
+
+
+def _replace(network: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(network.get_submodule(parent), child, module)
+
+
 def fold_frozen_batchnorm(network: nn.Module) -> int:
     """Replaces, in place, every convolution + ``FrozenBatchNorm2d`` pair of ``network`` with a
     ``Conv2dFrozenBN`` + ``FoldedFrozenBatchNorm2d`` sharing the same parameters and buffers. Returns the
     number of pairs."""
     pairs = conv_frozen_bn_pairs(network)
     for conv_name, norm_name in pairs:
-        conv, norm = network.get_submodule(conv_name), network.get_submodule(norm_name)
-        folded_norm = FoldedFrozenBatchNorm2d(norm.weight.numel(), eps=norm.eps)
-        folded_norm._buffers.update(norm._buffers)
-        folded_conv = Conv2dFrozenBN(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                                     conv.padding_mode, device="meta")
-        folded_conv._parameters.update(conv._parameters)
+        folded_norm = _sharing(FoldedFrozenBatchNorm2d, network.get_submodule(norm_name))
+        folded_conv = _sharing(Conv2dFrozenBN, network.get_submodule(conv_name))
         folded_conv.norm = (folded_norm,)
-        for name, module in ((conv_name, folded_conv), (norm_name, folded_norm)):
-            parent, _, child = name.rpartition(".")
-            setattr(network.get_submodule(parent), child, module)
+        _replace(network, conv_name, folded_conv)
+        _replace(network, norm_name, folded_norm)
     return len(pairs)
 
 
@@ -104,16 +115,8 @@ def unfold_frozen_batchnorm(network: nn.Module) -> int:
     replaced = 0
     for name, module in list(network.named_modules()):
         if isinstance(module, Conv2dFrozenBN):
-            layer = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                              module.padding, module.dilation, module.groups, module.bias is not None,
-                              module.padding_mode, device="meta")
-            layer._parameters.update(module._parameters)
+            _replace(network, name, _sharing(nn.Conv2d, module))
             replaced += 1
         elif isinstance(module, FoldedFrozenBatchNorm2d):
-            layer = FrozenBatchNorm2d(module.weight.numel(), eps=module.eps)
-            layer._buffers.update(module._buffers)
-        else:
-            continue
-        parent, _, child = name.rpartition(".")
-        setattr(network.get_submodule(parent), child, layer)
+            _replace(network, name, _sharing(FrozenBatchNorm2d, module))
     return replaced
