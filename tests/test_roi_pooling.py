@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from frcnn_lab.model.roi_pooling import POOLERS, RoIPooler, crop_and_resize
+from frcnn_lab.model.roi_pooling import POOLERS, RoIPooler, crop_and_resize, roi_align_cpu
 
 
 def ramp(height: int = 8, width: int = 8) -> torch.Tensor:
@@ -171,8 +171,8 @@ def test_unknown_op_names_the_config_key():
         RoIPooler("psroi_align", 7, {"c4": 16})
 
 
-def test_roi_pool_and_roi_align_are_torchvisions_ops():
-    """roi_pool and roi_align forward to torchvision.ops with the pooler's settings."""
+def test_roi_pool_and_roi_align_equal_torchvisions_ops():
+    """roi_pool and roi_align give torchvision.ops' outputs with the pooler's settings."""
     torch.manual_seed(0)
     features = torch.rand(2, 4, 12, 16)
     corners = torch.rand(7, 2) * 150
@@ -186,6 +186,49 @@ def test_roi_pool_and_roi_align_are_torchvisions_ops():
             RoIPooler("roi_align", 5, {"c4": 16}, sampling_ratio, aligned)(levels, per_image),
             torchvision.ops.roi_align(features, per_image, 5, 1 / 16, sampling_ratio, aligned),
         )
+
+
+def awkward_boxes(seed: int = 0) -> list[torch.Tensor]:
+    """Boxes for three images of a 320 x 432 input (the second without boxes): random ones reaching past
+    every edge, one of zero size, one wholly outside, one tiny."""
+    generator = torch.Generator().manual_seed(seed)
+    per_image = []
+    for count in (30, 0, 25):
+        corners = torch.rand(count, 2, generator=generator) * torch.tensor([500.0, 380.0]) - 40
+        per_image.append(torch.cat([corners, corners + torch.rand(count, 2, generator=generator) * 300], dim=1))
+    per_image[0][:3] = torch.tensor([[5.0, 5.0, 5.0, 5.0], [-90.0, -90.0, -40.0, -30.0], [100.0, 50.0, 100.5, 50.2]])
+    return per_image
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("sampling_ratio", "aligned"), [(2, False), (2, True), (0, False), (0, True), (3, False)])
+def test_roi_align_on_cpu_gives_torchvisions_outputs_and_gradients(sampling_ratio, aligned, channels_last):
+    """The CPU path (an embedding bag of bilinear taps) against torchvision's kernel: forward and the
+    gradient of the features, for boxes across the map's edges, outside it, empty, and adaptive grids."""
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(3, 6, 20, 27, generator=generator)
+    if channels_last:
+        features = features.to(memory_format=torch.channels_last)
+    features.requires_grad_(True)
+    boxes = awkward_boxes()
+    ours = roi_align_cpu(features, boxes, 7, 1 / 16, sampling_ratio, aligned)
+    theirs = torchvision.ops.roi_align(features, boxes, 7, 1 / 16, sampling_ratio, aligned)
+    assert ours.shape == theirs.shape == (55, 6, 7, 7)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn(theirs.shape, generator=generator)
+    (our_grad,) = torch.autograd.grad(ours, features, upstream)
+    (their_grad,) = torch.autograd.grad(theirs, features, upstream)
+    torch.testing.assert_close(our_grad, their_grad, atol=1e-4, rtol=1e-5)
+    assert their_grad[1].abs().sum() == 0 and our_grad[1].abs().sum() == 0  # the image without boxes
+
+
+def test_roi_align_runs_torchvisions_op_when_traced_for_export():
+    """A trace (ONNX export) records torchvision's roi_align, which exports as ONNX RoiAlign."""
+    pooler = RoIPooler("roi_align", 7, {"c4": 16})
+    features, boxes = torch.rand(1, 4, 10, 10), torch.tensor([[8.0, 8.0, 120.0, 100.0]])
+    traced = torch.jit.trace(lambda f, b: pooler({"c4": f}, [b]), (features, boxes))
+    assert "torchvision::roi_align" in str(traced.graph)
+    torch.testing.assert_close(traced(features, boxes), pooler({"c4": features}, [boxes]), atol=1e-5, rtol=1e-5)
 
 
 def test_double_boxes_pool_like_float_boxes():

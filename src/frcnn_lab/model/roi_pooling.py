@@ -5,7 +5,11 @@ Three ops, selected by ``roi_head.pooler`` (``POOLERS``):
 - ``roi_pool``: Fast R-CNN's max pooling. Box corners are rounded to the feature grid and the box is
   split into integer bins, so features shift by up to half a cell (the quantisation error).
 - ``roi_align``: Mask R-CNN's RoI Align: bilinear samples at exact positions (``sampling_ratio`` per bin
-  side, averaged); ``aligned=True`` shifts by half a pixel so a box maps to the cells it covers.
+  side, averaged); ``aligned=True`` shifts by half a pixel so a box maps to the cells it covers. On CPU it
+  is computed as a weighted ``embedding_bag`` over the feature cells (``roi_align_cpu``): the same samples
+  and weights as torchvision's kernel, whose CPU backward runs one scalar at a time (5-12x slower, forward
+  and backward together; experiments/bench/README.md). Elsewhere, and while tracing for ONNX export (the
+  ``RoiAlign`` node), torchvision's ``roi_align`` runs.
 - ``crop_resize``: Luminoth's / TensorFlow's crop-and-resize: a bilinear crop to twice the output size
   whose samples run from box edge to box edge, then 2x2 max pooling.
 
@@ -35,7 +39,71 @@ def pool_max(
 def pool_align(
     features: Tensor, boxes: list[Tensor], output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool
 ) -> Tensor:
+    if features.device.type == "cpu" and not torch.jit.is_tracing():
+        return roi_align_cpu(features, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     return roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def bilinear_taps(
+    start: Tensor, length: Tensor, output_size: int, grid: Tensor, size: int
+) -> tuple[Tensor, Tensor]:
+    """RoI Align's samples along one axis and the two cells each interpolates between.
+
+    ``start``, ``length``: (R,) the RoIs' extent in cells; ``grid``: (R,) samples per bin; ``size``: the
+    feature map's cells on this axis. Returns cells (R, P, G, 2) and weights (R, P, G, 2) for the lower and
+    upper cell, G = the largest grid; the samples past a RoI's own grid, or more than a cell outside the
+    map, weigh 0. Positions in [-1, 0] read cell 0 and positions past the last cell read the last cell, as
+    in torchvision's kernel.
+    """
+    samples = max(int(grid.max()), 1) if grid.numel() else 1
+    bins = torch.arange(output_size, dtype=start.dtype, device=start.device)
+    offsets = torch.arange(samples, dtype=start.dtype, device=start.device)
+    grid = grid.to(start.dtype)[:, None, None]
+    position = start[:, None, None] + length[:, None, None] / output_size * (
+        bins[None, :, None] + (offsets[None, None, :] + 0.5) / grid.clamp(min=1)
+    )  # (R, P, G); an empty RoI (aligned, zero side) has a grid of 0: no samples
+    used = ((offsets[None, None, :] < grid) & (position >= -1) & (position <= size)).to(start.dtype)
+    position = position.clamp(0, size - 1)
+    low = position.floor()
+    upper = position - low
+    cells = torch.stack([low, (low + 1).clamp(max=size - 1)], dim=-1).long()
+    return cells, torch.stack([1 - upper, upper], dim=-1) * used[..., None]
+
+
+def roi_align_cpu(
+    features: Tensor, boxes: list[Tensor], output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> Tensor:
+    """torchvision's ``roi_align`` as one weighted sum of feature cells per output bin.
+
+    Every bin of every RoI reads (samples per bin) x 4 cells of the (B * h * w, C) table of feature
+    vectors; ``F.embedding_bag`` sums them with the bilinear weights, vectorised over the channels, and
+    its backward adds the gradients into the table in parallel. ``sampling_ratio`` <= 0 takes
+    ceil(RoI side / P) samples per bin side, as torchvision does. (B, C, h, w) -> (sum R_i, C, P, P).
+    """
+    batch, channels, height, width = features.shape
+    image = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)])
+    x1, y1, x2, y2 = (torch.cat(boxes) * spatial_scale - (0.5 if aligned else 0.0)).unbind(dim=1)
+    roi_width, roi_height = x2 - x1, y2 - y1
+    if not aligned:  # the original RoI Align makes every RoI at least a cell wide
+        roi_width, roi_height = roi_width.clamp(min=1), roi_height.clamp(min=1)
+    if sampling_ratio > 0:
+        grid_y = grid_x = torch.full_like(x1, sampling_ratio)
+    else:
+        grid_y, grid_x = torch.ceil(roi_height / output_size), torch.ceil(roi_width / output_size)
+    rows, row_weights = bilinear_taps(y1, roi_height, output_size, grid_y, height)  # (R, P, G, 2)
+    cols, col_weights = bilinear_taps(x1, roi_width, output_size, grid_x, width)
+    # (R, bin row, bin col, sample row, sample col, row cell, col cell) -> (R * P * P, taps per bin)
+    cells = (image * height * width)[:, None, None, None, None, None, None] + (
+        rows[:, :, None, :, None, :, None] * width + cols[:, None, :, None, :, None, :]
+    )
+    count = (grid_y * grid_x).clamp(min=1)[:, None, None, None, None, None, None]
+    weights = row_weights[:, :, None, :, None, :, None] * col_weights[:, None, :, None, :, None, :] / count
+    bins, taps = math.prod(cells.shape[:3]), math.prod(cells.shape[3:])
+    table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)  # a view when channels_last
+    pooled = F.embedding_bag(
+        cells.reshape(bins, taps), table, per_sample_weights=weights.reshape(bins, taps).to(table.dtype), mode="sum"
+    )
+    return pooled.reshape(-1, output_size, output_size, channels).permute(0, 3, 1, 2)
 
 
 def crop_and_resize(
