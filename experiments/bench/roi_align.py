@@ -52,7 +52,8 @@ def largest_differences(features: torch.Tensor, boxes: list[torch.Tensor], bins:
     upstream = torch.randn(theirs.shape, generator=torch.Generator().manual_seed(1))
     (our_grad,) = torch.autograd.grad(ours, features, upstream)
     (their_grad,) = torch.autograd.grad(theirs, features, upstream)
-    return {"output": float((ours - theirs).abs().max()), "gradient": float((our_grad - their_grad).abs().max())}
+    output = float((ours - theirs).detach().abs().max())
+    return {"output": output, "gradient": float((our_grad - their_grad).abs().max())}
 
 
 def train_call(op, features: torch.Tensor, boxes: list[torch.Tensor], bins: int) -> None:
