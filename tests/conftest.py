@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from frcnn_lab.runs.memory import keep_freed_memory
 from support import TEST_THREADS, compose_config, tiny_run
 
 LONG_FILES = ("test_slurm.py", "test_wheel.py", "test_train_e2e.py", "test_config.py", "test_report.py",
@@ -37,6 +38,12 @@ def session_threads():
         os.environ.pop("OMP_NUM_THREADS")
     else:
         os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def entry_point_memory():
+    """Each test process keeps freed memory for reuse, as every entry point's process does."""
+    keep_freed_memory()
 
 
 @pytest.fixture(autouse=True)

@@ -112,6 +112,16 @@ def test_scale_jitter_rescales_image_and_boxes_within_its_range():
         build_transforms(100, 1000, train=True, scale_jitter=[2.0, 1.0])
 
 
+def test_a_read_only_image_at_scale_1_passes_without_a_warning(recwarn):
+    image = np.random.default_rng(0).integers(0, 255, (40, 60, 3), np.uint8)
+    image.flags.writeable = False  # as np.asarray(PIL image) gives it
+    sample = {"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+              "image_id": "a"}
+    tensor, _ = apply_transforms(build_transforms(600, 1000, train=False, resize="fixed_scale"), sample)
+    assert torch.equal(tensor, torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
 def test_the_checkpoint_carries_the_policy_to_inference():
     cfg = compose_config("config", ["backbone.weights=none", "data.resize=fixed_scale", "data.scale=0.5"])
     module = build_module(cfg)

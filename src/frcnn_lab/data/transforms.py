@@ -97,7 +97,8 @@ def apply_transforms(transforms: A.Compose, sample: dict[str, Any]) -> tuple[tor
     difficult = sample.get("difficult", np.zeros(len(sample["labels"]), bool))
     out = transforms(image=image, bboxes=sample["boxes"].reshape(-1, 4), labels=sample["labels"], difficult=difficult)
     boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-    tensor = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float().div_(255)
+    # A read-only image (np.asarray of a PIL image) passes a scale of 1 untouched: torch wants it writable.
+    tensor = torch.from_numpy(np.require(out["image"], requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
     target = {
         "boxes": torch.from_numpy(boxes),
         "labels": torch.as_tensor(np.asarray(out["labels"]), dtype=torch.int64).reshape(-1),
