@@ -88,6 +88,22 @@ def test_report_groups_seeds_and_marks_what_is_missing(sweep):
         assert f"({name})" in report
 
 
+def test_keys_that_a_null_switch_turns_off_do_not_split_configurations(tmp_path):
+    # Whole-image cells written before and after a change of the slicing merge's default, and two sliced cells.
+    cells = {"whole_old": (None, "greedy_nmm"), "whole_new": (None, "nms"), "sliced": (400, "nms"),
+             "sliced_greedy": (400, "greedy_nmm")}
+    for name, (size, merge) in cells.items():
+        make_run(tmp_path / name, 4, 0, [0.5])
+        config = OmegaConf.load(tmp_path / name / ".hydra" / "config.yaml")
+        config.inference = {"slicing": {"size": size, "merge": merge}}
+        OmegaConf.save(config, tmp_path / name / ".hydra" / "config.yaml")
+    groups = group_runs(find_runs(tmp_path))
+    assert {label: sorted(r.path.name for r in runs) for label, runs in groups.items()} == {
+        "inference.slicing.size=None": ["whole_new", "whole_old"],
+        "inference.slicing.size=400 inference.slicing.merge=nms": ["sliced"],
+        "inference.slicing.size=400 inference.slicing.merge=greedy_nmm": ["sliced_greedy"]}
+
+
 def test_report_of_a_single_run_without_metrics(tmp_path, capsys):
     make_run(tmp_path / "run", 4, 0, None, status="running")
     assert main([str(tmp_path / "run")]) == 0

@@ -26,6 +26,9 @@ from frcnn_lab.runs.tracking import flat_config
 TIDE_TYPES = (*TIDE_ERROR_TYPES, *TIDE_SPECIAL_TYPES)
 IGNORED_KEYS = ("seed", "tags", "ckpt_path", "task_name")
 IGNORED_PREFIXES = ("paths.", "logger.", "callbacks.progress_bar.", "hydra.", "trainer.default_root_dir")
+INERT_WHEN_OFF = {"data.tiles.": "data.tiles.size", "inference.slicing.": "inference.slicing.size"}
+"""A group's keys do nothing while its switch is null (no tiles, no slicing): runs that differ only there (say, a
+default changed between two commits) are one configuration, and a key that differs only there tells none apart."""
 
 
 @dataclass
@@ -162,16 +165,29 @@ def expected_jobs(root: Path) -> int | None:
     return math.prod(sizes.values())
 
 
+def is_inert(config: dict[str, Any], key: str) -> bool:
+    """Whether ``key`` does nothing in a run with this flat config: its switch (INERT_WHEN_OFF) is null."""
+    return any(key.startswith(prefix) and key != switch and switch in config and config[switch] is None
+               for prefix, switch in INERT_WHEN_OFF.items())
+
+
 def configuration_keys(runs: list[Run]) -> list[str]:
-    """The config keys whose values differ between the runs, apart from the seed and bookkeeping."""
+    """The config keys whose values differ between the runs where they act, apart from the seed and
+    bookkeeping."""
     keys: list[str] = []
     for run in runs:
         keys += [k for k in run.config if k not in keys]
     return [
         k for k in keys
         if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)
-        and len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}) > 1
+        and len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs
+                 if not is_inert(r.config, k)}) > 1
     ]
+
+
+def configuration(run: Run, keys: list[str]) -> dict[str, Any]:
+    """The run's values of ``keys``, those that do nothing in it left out."""
+    return {k: run.config.get(k) for k in keys if not is_inert(run.config, k)}
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
@@ -179,7 +195,7 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     keys = configuration_keys(runs)
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        label = " ".join(f"{k}={run.config.get(k)}" for k in keys) or "all runs"
+        label = " ".join(f"{k}={v}" for k, v in configuration(run, keys).items()) or "all runs"
         groups.setdefault(label, []).append(run)
     return groups
 
@@ -199,7 +215,7 @@ def configuration_scores(groups: dict[str, list[Run]]) -> tuple[dict[str, dict[s
     """label -> {key: value} of the keys that tell the configurations apart, and label -> {seed: best mAP@0.5}."""
     runs = [run for group in groups.values() for run in group]
     keys = configuration_keys(runs)
-    configurations = {label: {k: group[0].config.get(k) for k in keys} for label, group in groups.items()}
+    configurations = {label: configuration(group[0], keys) for label, group in groups.items()}
     scores = {label: {r.seed: r.at_best("val/map_50") for r in group if r.best_epoch is not None}
               for label, group in groups.items()}
     return configurations, scores
