@@ -177,7 +177,7 @@ def test_runs_that_have_not_plateaued_are_labelled_and_their_comparisons_warned(
     assert "> **⚠ 4 of 10 runs have not plateaued**" in report
     pairs = table_rows(report, "### One-key pairs")
     budget = {row[1]: row[-1] for row in pairs}
-    assert budget["4 → 8"] == "plateaued"
+    assert budget["4 → 8"] == "settled"
     assert budget["4 → 64"] == budget["8 → 64"] == budget["4 → 16"] == "⚠ learning speed"
     assert "ranks learning speed in this budget, not final accuracy" in report.split("## Accuracy against cost")[1]
     assert red_pixels(tmp_path / "report" / "differences.png") > 0  # the warning across the top

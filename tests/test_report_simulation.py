@@ -12,7 +12,7 @@ import gc
 import numpy as np
 import pytest
 
-from frcnn_lab.report.convergence import AT_FLOOR, PLATEAUED, STILL_LEARNING, TOO_SHORT, judge
+from frcnn_lab.report.convergence import AT_FLOOR, PAST_PEAK, PLATEAUED, STILL_LEARNING, TOO_SHORT, judge
 from frcnn_lab.report.statistics import factorial_analysis, rank
 
 STUDIES = 500
@@ -112,12 +112,27 @@ def test_a_rising_curve_is_still_learning_and_a_flat_one_has_plateaued():
     assert judge([0.140, 0.141]).verdict == TOO_SHORT
 
 
+def test_a_curve_that_rises_and_falls_is_past_its_peak_and_settled():
+    rng = np.random.default_rng(11)
+    rise_and_fall = np.array([0.1, 0.3, 0.45, 0.5, 0.45, 0.38, 0.32, 0.27, 0.23, 0.2])
+    peaked = [judge(list(rise_and_fall + rng.normal(0, 0.01, 10))) for _ in range(500)]
+    flat = [judge(list(np.minimum(0.1 * np.arange(1, 11), 0.5) + rng.normal(0, 0.01, 10))) for _ in range(500)]
+    assert np.mean([v.verdict == PAST_PEAK for v in peaked]) >= 0.95 and all(v.settled for v in peaked)
+    assert np.mean([v.verdict == PAST_PEAK for v in flat]) <= 0.01
+    # Low curves have a small tolerance (0.0116 at 0.092): a fall from 0.092 to at most 0.060 is past the peak.
+    assert judge([0.009, 0.092, 0.060, 0.040, 0.018]).verdict == PAST_PEAK
+    assert judge([0.009, 0.092, 0.081, 0.075, 0.040, 0.018]).verdict == PLATEAUED  # last three: 0.075, within 0.023
+    # The fall must clear twice the tolerance (0.04 at 0.5): 0.5 -> 0.47 is a plateau's scatter.
+    assert judge([0.3, 0.5, 0.47, 0.47, 0.47]).verdict == PLATEAUED
+    assert judge([0.3, 0.5, 0.45, 0.44, 0.45]).verdict == PAST_PEAK
+
+
 def test_a_flat_curve_below_the_floor_has_not_learned():
     """Flat near zero (4 RoIs per image on the hard benchmark: 20 epochs at 0.008-0.028) is not a plateau; a rise
     there is still learning, and the same flat curve above the floor has plateaued."""
     rng = np.random.default_rng(5)
     floor = [judge(list(0.01 + np.abs(rng.normal(0, 0.003, 20)))) for _ in range(500)]
-    assert np.mean([v.verdict == AT_FLOOR for v in floor]) >= 0.95 and not any(v.plateaued for v in floor)
+    assert np.mean([v.verdict == AT_FLOOR for v in floor]) >= 0.95 and not any(v.settled for v in floor)
     assert judge([0.0, 0.001, 0.005, 0.009, 0.011, 0.012, 0.021, 0.018]).verdict == STILL_LEARNING
     assert judge([0.30, 0.31, 0.30, 0.31, 0.30]).verdict == PLATEAUED
     assert judge([0.03, 0.031, 0.03, 0.031, 0.03]).verdict == AT_FLOOR

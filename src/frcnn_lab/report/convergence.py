@@ -7,7 +7,12 @@ judge** (which counts as not plateaued). A run with fewer than ``window + 1`` va
 ones still rise past the tolerance is called still learning from the validations it has: a rise needs
 no long window to be seen, a plateau does. A curve of at least ``window + 1`` validations that does not rise but
 whose best stays below the ``floor`` is **flat at the floor**, which counts as not plateaued either: it has not
-learned the task yet.
+learned the task yet. A curve of at least ``window + 1`` validations whose last ``window`` all stay below its best
+by more than twice the tolerance is **past its peak**: it rose, then fell (too few training images for the steps,
+as a detector trained on a dozen tiles memorises them, or a learning rate too high for the end of the schedule).
+It counts as settled, like a plateau: more steps would not raise its best, which ``best.ckpt`` holds. Twice the
+tolerance, because the best of many noisy validations is a lucky one that the last few fall short of by up to
+about one tolerance on a flat curve.
 
 Defaults, and why:
 
@@ -43,19 +48,20 @@ WINDOW = 3
 TOLERANCE = 0.02
 FLOOR = 0.05
 PLATEAUED, STILL_LEARNING, TOO_SHORT = "plateaued", "still learning", "too short to judge"
-AT_FLOOR = "flat at the floor"
+AT_FLOOR, PAST_PEAK = "flat at the floor", "past its peak"
 
 
 @dataclass(frozen=True)
 class Convergence:
-    verdict: str                      # PLATEAUED | STILL_LEARNING | TOO_SHORT | AT_FLOOR
+    verdict: str                      # PLATEAUED | PAST_PEAK | STILL_LEARNING | TOO_SHORT | AT_FLOOR
     gain: float | None                # best of the last window minus best before it; None with < 2 validations
     validations: int
     tolerance: float | None = None    # the tolerance at this run's best mAP@0.5
 
     @property
-    def plateaued(self) -> bool:
-        return self.verdict == PLATEAUED
+    def settled(self) -> bool:
+        """Plateaued or past its peak: more steps would not raise the run's best."""
+        return self.verdict in (PLATEAUED, PAST_PEAK)
 
 
 def tolerance_at(best: float, tolerance: float = TOLERANCE) -> float:
@@ -80,12 +86,14 @@ def judge(curve: Sequence[float], window: int = WINDOW, tolerance: float = TOLER
         return Convergence(STILL_LEARNING, gain, n, scaled)
     if n <= window:
         return Convergence(TOO_SHORT, gain, n, scaled)
-    return Convergence(AT_FLOOR if max(curve) < floor else PLATEAUED, gain, n, scaled)
+    if max(curve) < floor:
+        return Convergence(AT_FLOOR, gain, n, scaled)
+    return Convergence(PAST_PEAK if gain < -2 * scaled else PLATEAUED, gain, n, scaled)
 
 
 def summary(verdicts: Sequence[Convergence]) -> str:
     """"2/3 plateaued (1 still learning)" for a configuration's runs."""
-    text = f"{sum(v.plateaued for v in verdicts)}/{len(verdicts)} plateaued"
-    others = [f"{n} {verdict}" for verdict in (STILL_LEARNING, AT_FLOOR, TOO_SHORT)
+    text = f"{sum(v.verdict == PLATEAUED for v in verdicts)}/{len(verdicts)} plateaued"
+    others = [f"{n} {verdict}" for verdict in (PAST_PEAK, STILL_LEARNING, AT_FLOOR, TOO_SHORT)
               if (n := sum(v.verdict == verdict for v in verdicts))]
     return text + (f" ({', '.join(others)})" if others else "")

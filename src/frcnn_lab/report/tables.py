@@ -93,7 +93,7 @@ def estimate_cells(estimate: Estimate, unsettled: bool, target: float) -> list[s
         "–" if detectable is None else f"{detectable:.3f}",
         "–" if seeds_needed is None else str(seeds_needed),
         f"{estimate.method} ({estimate.counts[0]}/{estimate.counts[1]})",
-        UNSETTLED_MARK if unsettled else "plateaued",
+        UNSETTLED_MARK if unsettled else "settled",
     ]
 
 

@@ -66,11 +66,11 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
     output.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
     verdicts = {run.path: plateau.judge(run.curve, window, tolerance, floor) for run in runs}
-    not_plateaued = {label for label, group in groups.items()
-                     if any(r.best_epoch is not None and not verdicts[r.path].plateaued for r in group)}
+    not_settled = {label for label, group in groups.items()
+                   if any(r.best_epoch is not None and not verdicts[r.path].settled for r in group)}
 
     def unsettled(labels: list[str]) -> bool:
-        return any(label in not_plateaued for label in labels)
+        return any(label in not_settled for label in labels)
 
     scored = [r for r in runs if r.best_epoch is not None]
     any_unsettled = unsettled(list(groups))
@@ -85,7 +85,7 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
     if expected is not None and expected != len(runs):
         lines.append(f"**The sweep has {expected} jobs; {expected - len(runs)} of them have no run folder "
                      "(never started).**")
-    unsettled_runs = [r for r in scored if not verdicts[r.path].plateaued]
+    unsettled_runs = [r for r in scored if not verdicts[r.path].settled]
     if unsettled_runs:
         lines += ["", f"{UNSETTLED_BANNER} {len(unsettled_runs)} of {len(scored)} runs have not plateaued** (still "
                   "learning, flat at the floor or too short to judge; see Convergence). Every comparison that "
@@ -109,9 +109,13 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
         f"best mAP@0.5 stays below {floor:.3f} (it has not learned the task yet: an untrained head's level, not an "
         f"accuracy it converged to), and **too short to judge** with fewer than {window + 1} validations and no "
         "such rise; all three count as not plateaued (`--plateau-window`, `--plateau-tolerance`, "
-        "`--plateau-floor`). "
-        f"{sum(v.plateaued for r, v in verdicts.items() if r in {s.path for s in scored})} of {len(scored)} "
-        "runs with a validation curve have plateaued; per run in the runs table, per configuration above.",
+        f"`--plateau-floor`). A run is **past its peak** when its last {window} validations all stay below its "
+        "best by more than twice the tolerance: it rose and fell (few training images for the steps, or a "
+        "learning rate too high late in the schedule); it counts as settled like a plateau, as more steps would "
+        "not raise its best (which `best.ckpt` holds), but its later epochs are worse. "
+        f"{sum(v.settled for r, v in verdicts.items() if r in {s.path for s in scored})} of {len(scored)} "
+        "runs with a validation curve have plateaued or are past their peak; per run in the runs table, per "
+        "configuration above.",
     ]
     configurations, scores = configuration_scores(groups)
     lines += comparison_sections(configurations, scores, unsettled, output, plots, target)
