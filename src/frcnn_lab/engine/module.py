@@ -120,6 +120,10 @@ class DetectionModule(L.LightningModule):
         self._epoch_images += size
         return total
 
+    def on_train_start(self) -> None:
+        # Lightning calls no on_train_epoch_start for an epoch resumed midway: its clock starts at the resume.
+        self._epoch_start, self._epoch_images = time.perf_counter(), 0
+
     def on_train_epoch_start(self) -> None:
         self._epoch_start, self._epoch_images = time.perf_counter(), 0
 
