@@ -121,8 +121,7 @@ class DetectionModule(L.LightningModule):
         return total
 
     def on_train_start(self) -> None:
-        # Lightning calls no on_train_epoch_start for an epoch resumed midway: its clock starts at the resume.
-        self._epoch_start, self._epoch_images = time.perf_counter(), 0
+        self.on_train_epoch_start()  # Lightning calls none for an epoch resumed midway: timed from the resume
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start, self._epoch_images = time.perf_counter(), 0
