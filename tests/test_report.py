@@ -19,14 +19,14 @@ COLUMNS = ["epoch", "step", "train/loss_epoch", "train/epoch_time_s", "diag/cls_
 
 
 def make_run(folder: Path, num_rois: int, seed: int, maps: list[float] | None, status: str = "completed",
-             error: str | None = None, ms_per_image: float = 20.0, duration_s: float | None = None) -> None:
+             error: str | None = None, ms_per_image: float = 20.0, train_time_s: float | None = None) -> None:
     """A run folder: .hydra/config.yaml, status.json and (unless ``maps`` is None) csv/metrics.csv with one
     training row and one validation row per epoch, as Lightning's CSVLogger writes them."""
     config = {"seed": seed, "trainer": {"max_epochs": 3}, "rpn": {"num_rois": num_rois},
               "backbone": {"name": "vgg16"}, "paths": {"output_dir": "${hydra:runtime.output_dir}"}}
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
-    (folder / "status.json").write_text(json.dumps({"status": status, "error": error, "duration_s": duration_s}))
+    (folder / "status.json").write_text(json.dumps({"status": status, "error": error, "train_time_s": train_time_s}))
     if maps is None:
         return
     (folder / "csv").mkdir()
@@ -210,9 +210,9 @@ def test_runs_that_have_not_plateaued_are_labelled_and_their_comparisons_warned(
 
 def test_accuracy_against_cost_marks_the_pareto_front(tmp_path):
     root = tmp_path / "sweep"
-    # (RoIs, mAP, ms/img, wall time): 64 is best, 4 cheapest; 16 is beaten by 64 in accuracy and speed.
+    # (RoIs, mAP, ms/img, training time): 64 is best, 4 cheapest; 16 is beaten by 64 in accuracy and speed.
     for rois, value, ms, seconds in ((4, 0.2, 10.0, 100.0), (16, 0.3, 40.0, 200.0), (64, 0.5, 30.0, 300.0)):
-        make_run(root / str(rois), rois, 0, [value], ms_per_image=ms, duration_s=seconds)
+        make_run(root / str(rois), rois, 0, [value], ms_per_image=ms, train_time_s=seconds)
     report = write_report(root, tmp_path / "report").read_text()
     rows = {row[0]: row for row in table_rows(report, "## Accuracy against cost")}
     assert rows["`rpn.num_rois=4`"][1:] == ["0.200", "10.0", "**yes**", "100", "**yes**"]

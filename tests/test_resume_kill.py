@@ -93,6 +93,8 @@ def test_sigkill_mid_epoch_then_resume_continues_from_the_checkpoint(make_config
     step = checkpoint["global_step"]
     assert checkpoint["epoch"] == 0 and 4 <= step < 100  # mid-epoch: 100 batches per epoch
     assert checkpoint["optimizer_states"][0]["state"], "the optimiser had momentum buffers to save"
+    time_before_kill = checkpoint["callbacks"]["Timer"]["time_elapsed"]["train"]
+    assert time_before_kill > 0
 
     cfg = make_config(
         [*SMALL_RUN, f"ckpt_path={last}", "trainer.max_steps=100", "+callbacks.probe._target_=" + __name__
@@ -116,3 +118,5 @@ def test_sigkill_mid_epoch_then_resume_continues_from_the_checkpoint(make_config
     with open(summary["metrics_csv"], newline="") as f:
         epoch_times = [float(row["train/epoch_time_s"]) for row in csv.DictReader(f) if row.get("train/epoch_time_s")]
     assert len(epoch_times) == 1 and 0 < epoch_times[0] < took
+    # The run's training time adds the killed process's time up to its checkpoint, which the checkpoint carries.
+    assert time_before_kill < summary["train_time_s"] < time_before_kill + took

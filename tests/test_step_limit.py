@@ -28,6 +28,7 @@ def test_status_names_best_ckpt_and_evaluate_reproduces_its_validation(tmp_path)
     status = json.loads((run / "status.json").read_text())
     best = run / "checkpoints" / "best.ckpt"
     assert status["status"] == "completed" and status["checkpoint"] == str(best)
+    assert 0 < status["train_time_s"] < status["duration_s"]  # the fit, within the process's wall time
     assert torch.load(best, weights_only=True)["global_step"] == 2
     (row,) = val_rows(run / "csv" / "metrics.csv")  # one validation, at the step limit
     assert row["step"] == "1" and float(row["val/map_50"]) == pytest.approx(status["best_map_50"], abs=1e-9)

@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -103,9 +103,11 @@ def run_summary(trainer: L.Trainer, module: DetectionModule) -> dict[str, Any]:
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     csv = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
     wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     return {
         "best_map_50": module.best_map_50 if module.best_epoch >= 0 else None,
         "best_epoch": module.best_epoch + 1 if module.best_epoch >= 0 else None,  # 1-based, as people count
+        "train_time_s": timer.time_elapsed("train") if timer else None,
         "checkpoint": checkpoint.best_model_path if checkpoint else None,
         "metrics_csv": str(Path(csv.log_dir) / "metrics.csv") if csv else None,
         "wandb_dir": wandb.experiment.dir if wandb else None,
@@ -127,6 +129,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append("no validation ran")
     else:
         lines.append(f"best val mAP@0.5: {summary['best_map_50']:.3f} (epoch {summary['best_epoch']})")
+    if summary["train_time_s"] is not None:
+        lines.append(f"training time:    {summary['train_time_s']:.0f} s (validations included, summed over resumes)")
     lines.append(f"anchor fit:       {summary['anchor_fit']}")
     lines.append(f"best checkpoint:  {summary['checkpoint'] or '-'}")
     lines.append(f"metrics CSV:      {summary['metrics_csv'] or '-'}")

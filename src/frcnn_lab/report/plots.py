@@ -147,9 +147,9 @@ def plot_estimates(rows: list[tuple[str, Estimate]], xlabel: str, path: Path, un
 
 def plot_pareto(points: Mapping[str, dict[str, float | None]], fronts: Mapping[str, set[str]], path: Path,
                 unsettled: bool) -> Path:
-    """Best val mAP@0.5 against ms/image and against wall time per run; the Pareto front joined and filled."""
+    """Best val mAP@0.5 against ms/image and against training time per run; the Pareto front joined and filled."""
     figure, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for axis, (cost, xlabel) in zip(axes, (("ms", "inference ms/image"), ("time", "wall time per run (s)")),
+    for axis, (cost, xlabel) in zip(axes, (("ms", "inference ms/image"), ("time", "training time per run (s)")),
                                     strict=True):
         placed = {label: (p[cost], p["map"]) for label, p in points.items() if p[cost] is not None}
         for label, (x, y) in placed.items():

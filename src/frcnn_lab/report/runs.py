@@ -41,7 +41,7 @@ class Run:
     error: str | None = None
     epochs: dict[int, dict[str, float]] = field(default_factory=dict)  # 0-based epoch -> column -> value
     evaluation: dict[str, Any] | None = None
-    duration_s: float | None = None
+    recorded_train_time_s: float | None = None  # status.json train_time_s: the fit timer, over every resume
 
     @property
     def seed(self) -> Any:
@@ -69,8 +69,12 @@ class Run:
 
     @property
     def train_time_s(self) -> float | None:
+        """The fit's time (validations included) over all the run's processes; runs that predate the fit timer:
+        the sum of their epoch times, which misses a process's time before a mid-epoch resume."""
+        if self.recorded_train_time_s is not None:
+            return self.recorded_train_time_s
         times = self.series("train/epoch_time_s")[1]
-        return sum(times) if times else self.duration_s
+        return sum(times) if times else None
 
     @property
     def note(self) -> str:
@@ -106,7 +110,7 @@ def read_metrics(path: Path) -> dict[int, dict[str, float]]:
 
 
 def read_status(run: Path) -> tuple[str, str | None, float | None]:
-    """(status, error, duration) from status.json; "running" there means the process died mid-run."""
+    """(status, error, training time) from status.json; "running" there means the process died mid-run."""
     path = run / "status.json"
     if not path.is_file():
         return "unknown", None, None
@@ -115,7 +119,7 @@ def read_status(run: Path) -> tuple[str, str | None, float | None]:
     except json.JSONDecodeError as error:
         return "unknown", f"unreadable status.json ({error})", None
     status = {"running": "interrupted"}.get(record.get("status"), record.get("status", "unknown"))
-    return status, record.get("error"), record.get("duration_s")
+    return status, record.get("error"), record.get("train_time_s")
 
 
 def latest_evaluation(run: Path) -> dict[str, Any] | None:
@@ -125,9 +129,9 @@ def latest_evaluation(run: Path) -> dict[str, Any] | None:
 
 def read_run(run: Path) -> Run:
     config = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=False)
-    status, error, duration = read_status(run)
+    status, error, train_time_s = read_status(run)
     return Run(run, flat_config(config), status, error, read_metrics(run / "csv" / "metrics.csv"),
-               latest_evaluation(run), duration)
+               latest_evaluation(run), train_time_s)
 
 
 def find_runs(root: Path) -> list[Run]:

@@ -99,7 +99,9 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
         "FP share: negative images with such a detection; ms/img: median inference time. Source `evaluate`: "
         "from the run's latest `frcnn_lab.evaluate` (its split and negatives set, batch of one); `val`: from "
         "the best epoch's validation (FP over the val images without objects; ms/img per image of a val "
-        "batch). Training time: sum of a run's epoch times, mean over the runs. Convergence: see below.",
+        "batch). Training time: the fit's time, validations included, summed over the processes of a resumed "
+        "run (`status.json` `train_time_s`; runs without it: the sum of their epoch times), mean over the runs. "
+        "Convergence: see below.",
         "", "## Convergence", "",
         f"A run has **plateaued** when the best of its last {window} validations beats the best before them by "
         f"at most the tolerance: {tolerance:.3f} mAP@0.5 at a best mAP@0.5 p of 0.5, times 2 sqrt(p (1 - p)) "
@@ -238,7 +240,7 @@ def pareto_section(groups: dict[str, list[Run]], output: Path, plots: list[Path]
         if scored:
             points[label] = {"map": finite_mean([r.at_best("val/map_50") for r in scored]),
                              "ms": finite_mean([run_figures(r)["ms"] for r in scored]),
-                             "time": finite_mean([r.duration_s for r in scored])}
+                             "time": finite_mean([r.train_time_s for r in scored])}
     if not points:
         return []
     fronts = {cost: pareto_front({label: (p["map"], p[cost]) for label, p in points.items() if p[cost] is not None})
@@ -249,7 +251,7 @@ def pareto_section(groups: dict[str, list[Run]], output: Path, plots: list[Path]
         "", "## Accuracy against cost", "",
         *([f"⚠ Runs here have not plateaued: this view {LEARNING_SPEED}.", ""] if warn else []),
         "Per configuration, mean over its runs: best val mAP@0.5, inference ms/image (as in the first table) and "
-        "wall time per run (`status.json` `duration_s`: training, validation and start-up). On the Pareto front: no "
+        "training time per run (as in the first table). On the Pareto front: no "
         "other configuration is at least as accurate and at most as costly, and better in one of the two.", "",
         pareto_table(points, fronts),
     ]
