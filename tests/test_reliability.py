@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -181,6 +183,35 @@ def test_a_kill_during_saving_leaves_the_previous_checkpoint_intact(tmp_path):
     # The next save replaces both the stale partial file and the checkpoint.
     AtomicCheckpointIO().save_checkpoint({"global_step": 8}, target)
     assert not partial.exists() and AtomicCheckpointIO().load_checkpoint(target)["global_step"] == 8
+
+
+class SignalWhilePickled:
+    """Sends SIGUSR2 to this process while torch.save pickles it; pickles as an OrderedDict (a weights-only type)."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        return OrderedDict, ((("value", 7),),)
+
+
+def test_a_signal_during_a_checkpoint_write_is_handled_once_the_file_is_complete(tmp_path):
+    """As submitit's handler of SLURM's preemption signal does, the handler raises SystemExit: it runs after the
+    write, with the complete file in place, instead of inside torch.save."""
+    target, seen = tmp_path / "last.ckpt", []
+
+    def preempted(signum, frame):
+        seen.append((signum, target.is_file()))
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, preempted)
+    try:
+        with pytest.raises(SystemExit):
+            AtomicCheckpointIO().save_checkpoint({"weights": torch.arange(5.0), "marker": SignalWhilePickled()}, target)
+        assert signal.getsignal(signal.SIGUSR2) is preempted  # the handler is back in place
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == [(signal.SIGUSR2, True)]
+    loaded = AtomicCheckpointIO().load_checkpoint(target)
+    assert loaded["marker"] == {"value": 7} and torch.equal(loaded["weights"], torch.arange(5.0))
 
 
 def test_checkpoints_never_unpickle_code(tmp_path):
