@@ -6,9 +6,15 @@
 # continues from its checkpoints/last.ckpt in its own directory; one without a checkpoint is moved, whole, to
 # RUNS_DIR.unfinished/ (kept, never deleted) and run again. Several drivers may share one RUNS_DIR (e.g. two at
 # OMP_NUM_THREADS=1 on two cores): each cell is claimed with a lock, and a driver skips the cells another one runs.
+# ONLY=<regex>: just the cells whose name matches it, e.g. ONLY='rois16_px600_s[34]'.
 run_cells() {
   local runs=$1 python=$2
   shift 2
+  if [[ -n ${ONLY:-} ]]; then
+    local selected=() entry
+    for entry in "${cells[@]}"; do [[ ${entry%% *} =~ ^($ONLY)$ ]] && selected+=("$entry"); done
+    cells=("${selected[@]}")
+  fi
   mkdir -p "$runs" "$runs.unfinished" "$runs.log.d"
   local entry name overrides dir lock action start
   for entry in "${cells[@]}"; do

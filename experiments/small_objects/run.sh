@@ -25,12 +25,6 @@ for seed in 0 1 2; do
           "sliced_s$seed $tiles inference.slicing.size=400 inference.slicing.overlap=0.2 seed=$seed")
 done
 
-if [[ -n ${ONLY:-} ]]; then   # ONLY=<regex>: just the cells whose name matches, e.g. ONLY=sliced_s0
-  selected=()
-  for entry in "${cells[@]}"; do [[ ${entry%% *} =~ ^($ONLY)$ ]] && selected+=("$entry"); done
-  cells=("${selected[@]}")
-fi
-
 source "$(dirname "${BASH_SOURCE[0]}")/../findings/run_cells.sh"
 run_cells "$runs" "$python" "$@"
 
