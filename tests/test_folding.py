@@ -109,6 +109,44 @@ def test_a_norm_that_is_not_right_after_its_convolution_stays_a_layer():
     assert type(network.conv) is nn.Conv2d and type(network.norm) is FrozenBatchNorm2d
 
 
+class ConvUsedTwice(nn.Module):
+    """One convolution called twice, once followed by its norm and once not: folding the norm into it would apply
+    the norm to the second call too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 4, 1), FrozenBatchNorm2d(4)
+
+    def forward(self, x):
+        return self.norm(self.conv(x)) + self.conv(x)
+
+
+class NormUsedTwice(nn.Module):
+    """One norm after two convolutions: folded into both, the first convolution would read a copy of the norm that
+    the network no longer holds (and that moving or converting the network leaves behind)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.other, self.norm = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), FrozenBatchNorm2d(4)
+
+    def forward(self, x):
+        return self.norm(self.conv(x)) + self.norm(self.other(x))
+
+
+@pytest.mark.parametrize("network_class", [ConvUsedTwice, NormUsedTwice])
+def test_a_convolution_or_norm_called_twice_stays_a_layer(network_class):
+    torch.manual_seed(0)
+    network = network_class()
+    network.norm.weight.uniform_(1.5, 2.5)  # far from the identity: a norm applied once too often shows
+    network.norm.bias.normal_(0, 1.0)
+    network.norm.running_mean.normal_(0, 0.5)
+    x = torch.rand(1, 3, 8, 8)
+    before = network(x)
+    folded = fold_frozen_batchnorm(network)
+    torch.testing.assert_close(network(x), before)
+    assert folded == 0 and type(network.conv) is nn.Conv2d and type(network.norm) is FrozenBatchNorm2d
+
+
 def test_a_network_that_cannot_be_traced_keeps_its_layers_and_says_so(caplog):
     class DataDependent(nn.Module):
         def __init__(self) -> None:

@@ -16,7 +16,7 @@ import torch
 
 import frcnn_lab.train as train_entry
 from frcnn_lab.config import ConfigError, validate
-from frcnn_lab.engine.callbacks import AtomicCheckpointIO, NonFiniteLossError, nonfinite_names
+from frcnn_lab.engine.callbacks import DEFERRED_SIGNALS, AtomicCheckpointIO, NonFiniteLossError, nonfinite_names
 from frcnn_lab.train import train
 from support import run_module, tiny_run
 
@@ -185,31 +185,45 @@ def test_a_kill_during_saving_leaves_the_previous_checkpoint_intact(tmp_path):
     assert not partial.exists() and AtomicCheckpointIO().load_checkpoint(target)["global_step"] == 8
 
 
+STOPPING_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+"""Ctrl-C, a scheduler's or container's stop, SLURM's preemption signals (submitit: SIGUSR2; others use SIGUSR1)."""
+
+
+def test_every_stopping_signal_is_deferred():
+    assert {signal.Signals(s).name for s in DEFERRED_SIGNALS} == set(STOPPING_SIGNALS)
+
+
 class SignalWhilePickled:
-    """Sends SIGUSR2 to this process while torch.save pickles it; pickles as an OrderedDict (a weights-only type)."""
+    """Sends ``signum`` to this process while torch.save pickles it; pickles as an OrderedDict (a weights-only
+    type)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
 
     def __reduce__(self):
-        os.kill(os.getpid(), signal.SIGUSR2)
+        os.kill(os.getpid(), self.signum)
         return OrderedDict, ((("value", 7),),)
 
 
-def test_a_signal_during_a_checkpoint_write_is_handled_once_the_file_is_complete(tmp_path):
+@pytest.mark.parametrize("name", STOPPING_SIGNALS)
+def test_a_signal_during_a_checkpoint_write_is_handled_once_the_file_is_complete(tmp_path, name):
     """As submitit's handler of SLURM's preemption signal does, the handler raises SystemExit: it runs after the
     write, with the complete file in place, instead of inside torch.save."""
-    target, seen = tmp_path / "last.ckpt", []
+    signum, target, seen = signal.Signals[name], tmp_path / "last.ckpt", []
 
-    def preempted(signum, frame):
-        seen.append((signum, target.is_file()))
+    def preempted(number, frame):
+        seen.append((number, target.is_file()))
         raise SystemExit(-1)
 
-    previous = signal.signal(signal.SIGUSR2, preempted)
+    previous = signal.signal(signum, preempted)
     try:
         with pytest.raises(SystemExit):
-            AtomicCheckpointIO().save_checkpoint({"weights": torch.arange(5.0), "marker": SignalWhilePickled()}, target)
-        assert signal.getsignal(signal.SIGUSR2) is preempted  # the handler is back in place
+            AtomicCheckpointIO().save_checkpoint({"weights": torch.arange(5.0), "marker": SignalWhilePickled(signum)},
+                                                 target)
+        assert signal.getsignal(signum) is preempted  # the handler is back in place
     finally:
-        signal.signal(signal.SIGUSR2, previous)
-    assert seen == [(signal.SIGUSR2, True)]
+        signal.signal(signum, previous)
+    assert seen == [(signum, True)]
     loaded = AtomicCheckpointIO().load_checkpoint(target)
     assert loaded["marker"] == {"value": 7} and torch.equal(loaded["weights"], torch.arange(5.0))
 

@@ -117,6 +117,38 @@ def test_an_object_cut_by_a_tile_edge_is_reported_once_by_merging():
     assert sorted(suppressed["boxes"].tolist()) == [[130.0, 60.0, 190.0, 100.0], [160.0, 60.0, 190.0, 100.0]]
 
 
+LARGE = [40.0, 30.0, 260.0, 210.0]
+"""An object larger than a 128 px tile: no tile holds it whole."""
+
+
+def finds_the_large_object_on_the_whole_image(images, original_sizes=None):
+    """A detector that recognises the large object only when it sees all of it: on the whole (240, 300) image,
+    never on a tile."""
+    (image,) = images
+    if tuple(image.shape[-2:]) == (240, 300):
+        return [{"boxes": torch.tensor([LARGE]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
+    return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}]
+
+
+def test_whole_image_finds_an_object_larger_than_a_tile_at_its_whole_image_score():
+    image = torch.zeros(3, 240, 300)
+    with_whole = detect_sliced(finds_the_large_object_on_the_whole_image, image, Slicing(size=128, whole_image=True))
+    assert with_whole["boxes"].tolist() == [LARGE] and with_whole["scores"].tolist() == pytest.approx([0.9])
+    tiles_only = detect_sliced(finds_the_large_object_on_the_whole_image, image, Slicing(size=128))
+    assert tiles_only["boxes"].shape == (0, 4)  # the contrast: the tiles alone miss it
+
+
+def test_whole_image_adds_no_second_pass_when_one_tile_is_the_image():
+    seen = []
+
+    def record(images, original_sizes=None):
+        seen.append(tuple(images[0].shape[-2:]))
+        return finds_the_large_object_on_the_whole_image(images)
+
+    detect_sliced(record, torch.zeros(3, 100, 120), Slicing(size=128, whole_image=True))
+    assert seen == [(100, 120)]
+
+
 def test_greedy_merging_matches_a_hand_computed_case():
     """Class 1: A (score 0.9) takes B (IoS 50 / 100 = 0.5); C does not touch A and keeps its box; D's IoS with C is
     20 / 100 = 0.2. Class 2: E covers A exactly but is another class, and stays as it is."""
