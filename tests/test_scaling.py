@@ -4,7 +4,6 @@ Hydra multirun with a local DDP strategy is refused before any work."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import os
 
@@ -19,7 +18,7 @@ from omegaconf import open_dict
 from frcnn_lab.config import ConfigError, group_option, processes_per_node, refuse_local_ddp_in_multirun
 from frcnn_lab.model.detector import build_detector
 from frcnn_lab.train import CONFIG_DIR, train
-from support import TINY_RUN, cli_env, run_module
+from support import TINY_RUN, cli_env, require_modules, run_module
 
 SMALL = ["backbone.weights=none", "data.image_size=128", "data.max_size=128"]
 
@@ -65,9 +64,8 @@ def test_bf16_mixed_training_runs_end_to_end(make_config):
     assert losses and all(math.isfinite(loss) for loss in losses)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
-                    reason="hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
 def test_slurm_launcher_takes_one_task_per_device():
+    require_modules("hydra_plugins.hydra_submitit_launcher", "submitit", install="pip install -e '.[slurm]'")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
