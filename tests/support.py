@@ -130,7 +130,7 @@ def trained_module_and_data(run_dir: Path) -> tuple[Any, Any]:
     from frcnn_lab.engine.module import DetectionModule
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule = DetectionDataModule(cfg.data)
     datamodule.setup("validate")
     return DetectionModule.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu"), datamodule
 

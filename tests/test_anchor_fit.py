@@ -87,7 +87,7 @@ def test_a_poor_fit_warns_and_the_suggestion_fits():
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50_fpn", "mobilenet_v2_fpn"])
 def test_auto_gives_one_size_per_level_on_fpn(backbone):
     levels = list(feature_levels(backbone))
-    report = fit_report(*small_boxes(), "auto", [0.5, 1.0, 2.0], 0.7, levels, backbone)
+    report = fit_report(*small_boxes(), "auto", [0.5, 1.0, 2.0], 0.7, levels)
     expected = len(levels) if len(levels) > 1 else 4
     assert len(report["used"]["anchor_sizes"]) == expected
     assert list(report["fit"]["levels"]) == levels
@@ -96,7 +96,7 @@ def test_auto_gives_one_size_per_level_on_fpn(backbone):
 
 def test_auto_is_a_valid_config_value_and_other_words_are_not(make_config):
     validate(make_config(["rpn.anchor_sizes=auto", "rpn.aspect_ratios=auto"]))
-    with pytest.raises(ConfigError, match="rpn.anchor_sizes=big must be a non-empty list"):
+    with pytest.raises(ConfigError, match="rpn.anchor_sizes='big' must be a non-empty list"):
         validate(make_config(["rpn.anchor_sizes=big"]))
 
 

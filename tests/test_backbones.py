@@ -9,7 +9,8 @@ import torch
 from torchvision.models import MobileNet_V2_Weights, VGG16_Weights, mobilenet_v2
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
-from frcnn_lab.model.backbones import build_backbone
+from frcnn_lab.errors import ConfigError
+from frcnn_lab.model.backbones import BackboneConfig, build_backbone
 from frcnn_lab.model.weights import (
     OFFLINE_ENV,
     WeightsUnavailableError,
@@ -18,6 +19,12 @@ from frcnn_lab.model.weights import (
     seed_cache_from_package,
 )
 from support import OFFLINE_WEIGHTS, OFFLINE_WEIGHTS_INSTALL, require_modules
+
+
+def make_backbone(name: str, weights: str = "none", pool_size: int | None = None, **fields):
+    """The backbone ``name`` with C4's classifier tail unless a box head is given, no frozen stages unless given."""
+    fields = {"box_head": "mlp" if name.endswith("_fpn") else "classifier", "freeze_stages": 0, **fields}
+    return build_backbone(BackboneConfig(name=name, weights=weights, **fields), pool_size)
 
 
 @pytest.fixture
@@ -36,7 +43,7 @@ def test_offline_package_seeds_the_cache_and_weights_load(empty_cache):
     assert seed_cache_from_package(MobileNet_V2_Weights.IMAGENET1K_V1)
     assert (empty_cache / "mobilenet_v2-b0353104.pth").is_file()
     state = load_state_dict(MobileNet_V2_Weights.IMAGENET1K_V1)
-    backbone = build_backbone("mobilenet_v2", "imagenet")
+    backbone = make_backbone("mobilenet_v2", "imagenet")
     # The trunk's first conv holds the ImageNet kernel, not a random one.
     assert torch.equal(backbone.trunk[0][0][0].weight, state["features.0.0.weight"])
 
@@ -54,7 +61,7 @@ def test_corrupt_offline_file_is_refused(empty_cache, tmp_path, monkeypatch):
 
 def test_missing_weights_say_where_and_how_to_train_without(empty_cache):
     with pytest.raises(WeightsUnavailableError) as error:
-        build_backbone("vgg16", "imagenet")
+        make_backbone("vgg16", "imagenet")
     message = str(error.value)
     assert str(empty_cache / "vgg16-397923af.pth") in message
     assert "backbone.weights=none" in message
@@ -62,22 +69,22 @@ def test_missing_weights_say_where_and_how_to_train_without(empty_cache):
 
 
 def test_state_dict_path_loads_and_missing_path_is_named(tmp_path):
-    reference = build_backbone("mobilenet_v2", "none")
+    reference = make_backbone("mobilenet_v2", "none")
     network = mobilenet_v2()
     path = tmp_path / "classifier.pt"
     torch.save(network.state_dict(), path)
-    loaded = build_backbone("mobilenet_v2", str(path), frozen_bn=False)
+    loaded = make_backbone("mobilenet_v2", str(path), frozen_bn=False)
     assert torch.equal(loaded.trunk[0][0][0].weight, network.features[0][0].weight)
     assert not torch.equal(reference.trunk[0][0][0].weight, network.features[0][0].weight)
     with pytest.raises(FileNotFoundError, match="backbone.weights='nowhere.pt'"):
-        build_backbone("mobilenet_v2", "nowhere.pt")
+        make_backbone("mobilenet_v2", "nowhere.pt")
 
 
 @pytest.mark.parametrize(
     "name,stages", [("vgg16", 5), ("resnet50", 4), ("mobilenet_v2", 5), ("resnet50_fpn", 5), ("mobilenet_v2_fpn", 6)]
 )
 def test_frozen_stages_have_no_gradient(name, stages):
-    backbone = build_backbone(name, "none", freeze_stages=2)
+    backbone = make_backbone(name, "none", freeze_stages=2)
     assert len(backbone.stages) == stages
     for index, stage in enumerate(backbone.stages):
         assert all(p.requires_grad == (index >= 2) for p in stage.parameters())
@@ -85,7 +92,7 @@ def test_frozen_stages_have_no_gradient(name, stages):
     # the FPN's own layers and everything after the frozen stages train
     assert all(p.requires_grad for p in backbone.trunk.parameters() if id(p) not in frozen)
     with pytest.raises(ValueError, match="backbone.freeze_stages"):
-        build_backbone(name, "none", freeze_stages=stages + 1)
+        make_backbone(name, "none", freeze_stages=stages + 1)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +100,7 @@ def test_frozen_stages_have_no_gradient(name, stages):
     [("vgg16", 512, 7, 4096), ("resnet50", 1024, 14, 2048), ("mobilenet_v2", 96, 7, 1280)],
 )
 def test_trunk_is_stride_16_and_tail_maps_rois_to_vectors(name, channels, pool, representation):
-    parts = build_backbone(name, "none")
+    parts = make_backbone(name, "none")
     with torch.no_grad():
         features = parts.trunk.eval()(torch.rand(1, 3, 96, 128))
         vectors = parts.tail.eval()(torch.rand(3, channels, pool, pool))
@@ -110,26 +117,24 @@ def test_trunk_is_stride_16_and_tail_maps_rois_to_vectors(name, channels, pool, 
 def test_a_c4_backbone_takes_an_mlp_box_head_on_the_flattened_roi(name, channels, pool):
     """box_head=mlp: torchvision's TwoMLPHead sized for the trunk's C x P x P RoIs (any P, vgg16 too), in place of the
     classifier tail, whose modules the backbone then leaves out; the trunk is the same."""
-    classifier, mlp = build_backbone(name, "none"), build_backbone(name, "none", box_head="mlp")
+    classifier, mlp = make_backbone(name, "none"), make_backbone(name, "none", box_head="mlp")
     assert (classifier.box_head, mlp.box_head) == ("classifier", "mlp")
     assert isinstance(mlp.tail, TwoMLPHead) and mlp.representation_size == 1024 and mlp.pool_size == pool
     assert mlp.tail.fc6.in_features == channels * pool * pool
     assert [n for n, _ in mlp.trunk.named_parameters()] == [n for n, _ in classifier.trunk.named_parameters()]
     with torch.no_grad():
         assert mlp.tail(torch.rand(3, channels, pool, pool)).shape == (3, 1024)
-        small = build_backbone(name, "none", pool_size=5, box_head="mlp")
+        small = make_backbone(name, "none", pool_size=5, box_head="mlp")
         assert small.tail(torch.rand(2, channels, 5, 5)).shape == (2, 1024)
 
 
 def test_the_box_head_choice_is_checked():
-    """An unknown box head and a classifier for an FPN backbone (which has none) are named in the error; without
-    a choice (a checkpoint from before it existed) C4 gets its classifier and FPN its MLP."""
-    with pytest.raises(ValueError, match="backbone.box_head='fc'"):
-        build_backbone("mobilenet_v2", "none", box_head="fc")
-    with pytest.raises(ValueError, match="backbone.box_head='classifier': an FPN backbone"):
-        build_backbone("mobilenet_v2_fpn", "none", box_head="classifier")
-    assert build_backbone("mobilenet_v2", "none").box_head == "classifier"
-    assert build_backbone("mobilenet_v2_fpn", "none").box_head == "mlp"
+    """An unknown box head and a classifier for an FPN backbone (which has none) are named in the error."""
+    with pytest.raises(ConfigError, match="backbone.box_head='fc'"):
+        BackboneConfig(box_head="fc")
+    with pytest.raises(ConfigError, match="backbone.box_head='classifier': an FPN backbone"):
+        BackboneConfig(name="mobilenet_v2_fpn", box_head="classifier")
+    assert build_backbone(BackboneConfig(weights="none")).box_head == "mlp"
 
 
 @pytest.mark.parametrize(
@@ -138,7 +143,7 @@ def test_the_box_head_choice_is_checked():
 def test_fpn_trunk_returns_named_levels_at_their_strides(name, strides):
     """Levels "0", "1", ... and "pool", 256 channels each, every side the image's divided by the stride;
     RoIs are pooled from every level but "pool", into a 1024-wide MLP head sized for 7 x 7 (or the given P)."""
-    parts = build_backbone(name, "none")
+    parts = make_backbone(name, "none")
     with torch.no_grad():
         features = parts.trunk.eval()(torch.rand(1, 3, 128, 192))
     names = [str(i) for i in range(len(strides) - 1)] + ["pool"]
@@ -148,14 +153,14 @@ def test_fpn_trunk_returns_named_levels_at_their_strides(name, strides):
         assert features[level].shape == (1, 256, 128 // stride, -(-192 // stride)), level
     with torch.no_grad():
         assert parts.tail(torch.rand(3, 256, 7, 7)).shape == (3, 1024) and parts.representation_size == 1024
-        assert build_backbone(name, "none", pool_size=5).tail(torch.rand(2, 256, 5, 5)).shape == (2, 1024)
+        assert make_backbone(name, "none", pool_size=5).tail(torch.rand(2, 256, 5, 5)).shape == (2, 1024)
 
 
 def test_resnet50_fpn_has_the_modules_of_torchvisions_fasterrcnn_resnet50_fpn():
     """The trunk's and the box head's parameters and buffers are torchvision's, name for name and shape for shape."""
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-    parts = build_backbone("resnet50_fpn", "none")
+    parts = make_backbone("resnet50_fpn", "none")
     theirs = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     ours = {f"backbone.{k}": v.shape for k, v in parts.trunk.state_dict().items()}
     ours |= {f"roi_heads.box_head.{k}": v.shape for k, v in parts.tail.state_dict().items()}
@@ -167,7 +172,7 @@ def test_resnet50_fpn_has_the_modules_of_torchvisions_fasterrcnn_resnet50_fpn():
 def test_vgg16_refuses_another_pool_size():
     """fc6 takes 7 x 7 RoIs: another roi_head.pool_size is named in the error."""
     with pytest.raises(ValueError, match="roi_head.pool_size=14"):
-        build_backbone("vgg16", "none", pool_size=14)
+        make_backbone("vgg16", "none", pool_size=14)
 
 
 def test_mobilenet_v2_fpn_loads_the_packaged_imagenet_weights(empty_cache):
@@ -175,6 +180,6 @@ def test_mobilenet_v2_fpn_loads_the_packaged_imagenet_weights(empty_cache):
     require_modules(OFFLINE_WEIGHTS, install=OFFLINE_WEIGHTS_INSTALL)
     assert seed_cache_from_package(MobileNet_V2_Weights.IMAGENET1K_V1)
     state = load_state_dict(MobileNet_V2_Weights.IMAGENET1K_V1)
-    parts = build_backbone("mobilenet_v2_fpn", "imagenet")
+    parts = make_backbone("mobilenet_v2_fpn", "imagenet")
     assert torch.equal(parts.trunk.body["0"][0].weight, state["features.0.0.weight"])
     assert torch.equal(parts.trunk.body["17"].conv[2].weight, state["features.17.conv.2.weight"])

@@ -52,7 +52,6 @@ def test_the_documented_usage_sets_backbone_and_num_rois(make_config):
             "['mobilenet_v2', 'mobilenet_v2_fpn', 'resnet50', 'resnet50_fpn', 'vgg16']",
         ),
         ("model.mode=two_stage", "model.mode='two_stage' is unknown"),
-        ("model.channels_last=maybe", "model.channels_last='maybe' is unknown"),
         ("data.name=imagenet", "data.name='imagenet' is unknown"),
     ],
 )
@@ -134,12 +133,15 @@ WRONG_TYPES = [
     ("rpn.num_rois=2.5", "Value '2.5' of type 'float' could not be converted to Integer", "rpn.num_rois"),
     ("rpn.fg_iou=high", "Value 'high' of type 'str' could not be converted to Float", "rpn.fg_iou"),
     ("backbone.frozen_bn=maybe", "Value 'maybe' is not a valid bool", "backbone.frozen_bn"),
+    ("model.channels_last=maybe", "Value 'maybe' is not a valid bool", "model.channels_last"),
+    ("trainer.max_epochs=1.5", "Value '1.5' of type 'float' could not be converted to Integer", "trainer.max_epochs"),
+    ("trainer.max_epochs=abc", "Value 'abc' of type 'str' could not be converted to Integer", "trainer.max_epochs"),
 ]
 
 
 @pytest.mark.parametrize("override,expected,key", WRONG_TYPES, ids=[o for o, _, _ in WRONG_TYPES])
 def test_the_cli_refuses_a_wrong_type_while_composing(override, expected, key, tmp_path, monkeypatch, capsys):
-    """The group schemas (frcnn_lab.schema): Hydra stops at composition, naming the override, the value, the type
+    """The parts' typed configs (frcnn_lab.config): Hydra stops at composition, naming the override, the value, the type
     wanted and the full key, without a traceback and before the entry point's body runs."""
     monkeypatch.setattr(train_entry, "train", lambda cfg: pytest.fail("the entry point ran"))
     assert exit_of_main([override, "logger=csv", f"hydra.run.dir={tmp_path}"], monkeypatch).code == 1
@@ -149,9 +151,9 @@ def test_the_cli_refuses_a_wrong_type_while_composing(override, expected, key, t
 
 
 @pytest.mark.parametrize("preset,expected", [
-    ("rpn:\n  num_roi: 8\n", "Key 'num_roi' not in 'RPNSchema'"),
+    ("rpn:\n  num_roi: 8\n", "Key 'num_roi' not in 'RPNConfig'"),
     ("data:\n  image_size: big\n", "Value 'big' of type 'str' could not be converted to Integer"),
-    ("loss:\n  weights:\n    rpn_clss: 2.0\n", "Key 'rpn_clss' not in 'LossWeightsSchema'"),
+    ("loss:\n  weights:\n    rpn_clss: 2.0\n", "Key 'rpn_clss' not in 'LossWeights'"),
 ])
 def test_a_preset_with_an_unknown_key_or_a_wrong_type_does_not_compose(preset, expected, tmp_path, monkeypatch,
                                                                         capsys):
@@ -164,8 +166,12 @@ def test_a_preset_with_an_unknown_key_or_a_wrong_type_does_not_compose(preset, e
     assert "In 'experiment/mine'" in error and expected in error
 
 
-def test_per_level_anchor_sizes_pass(make_config):
-    validate(make_config(["rpn.anchor_sizes=[[32],[64],[128,256]]", "rpn.aspect_ratios=[[0.5,1.0,2.0]]"]))
+def test_per_level_anchor_sizes_pass_when_the_levels_match(make_config):
+    """One list of sizes per level of the backbone (mobilenet_v2_fpn: 0, 1, 2 and pool); a count that does not
+    match its levels is named with them."""
+    validate(make_config(["backbone=mobilenet_v2_fpn", "rpn.anchor_sizes=[[32],[64],[128],[256]]"]))
+    with pytest.raises(ConfigError, match=r"3 lists for the 4 levels \['0', '1', '2', 'pool'\]"):
+        validate(make_config(["backbone=mobilenet_v2_fpn", "rpn.anchor_sizes=[[32],[64],[128,256]]"]))
 
 
 def test_cli_unknown_backbone_lists_the_choices(tmp_path):

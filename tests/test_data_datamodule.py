@@ -23,7 +23,7 @@ def datamodule(name, source, classes=("camera", "phone"), **overrides) -> Detect
     args = {"name": name, "classes": list(classes), "source": source, "image_size": 96, "max_size": 160,
             "batch_size": 2, "num_workers": 0, "augment": AUGMENT, "split": "random",
             "split_fractions": [0.5, 0.5, 0.0], **overrides}
-    module = DetectionDataModule(**args)
+    module = DetectionDataModule(args)
     module.setup()
     return module
 
@@ -197,7 +197,8 @@ def test_summary_is_written_as_json_and_never_overwritten(tmp_path):
 
 def test_synthetic_negatives_are_distractor_scenes_apart_from_the_splits():
     source = {"num_train": 4, "num_val": 2, "num_test": 2, "seed": 3}
-    module = DetectionDataModule("synthetic", ["camera", "phone"], source, 96, 160, 2, 0, AUGMENT, num_negatives=6)
+    module = DetectionDataModule({"source": source, "image_size": 96, "max_size": 160, "batch_size": 2,
+                                  "augment": AUGMENT, "num_negatives": 6})
     module.setup()
     negatives = module.datasets["negatives"].source
     items = [negatives[i] for i in range(len(negatives))]
@@ -206,7 +207,8 @@ def test_synthetic_negatives_are_distractor_scenes_apart_from_the_splits():
     assert not {item["image_id"] for item in items} & train_ids
     # Distractors are drawn: the scenes are not flat backgrounds.
     assert all(item["image"].std() > 10 for item in items)
-    again = DetectionDataModule("synthetic", ["camera", "phone"], source, 96, 160, 2, 0, AUGMENT, num_negatives=6)
+    again = DetectionDataModule({"source": source, "image_size": 96, "max_size": 160, "batch_size": 2,
+                                  "augment": AUGMENT, "num_negatives": 6})
     again.setup()
     np.testing.assert_array_equal(again.datasets["negatives"].source[2]["image"], items[2]["image"])
 

@@ -26,8 +26,8 @@ TREE_NAMES = {1: ("Tree",), 2: ("Alive", "Dead")}
 
 
 def datamodule(name: str, source: dict, classes: list[str], **overrides) -> DetectionDataModule:
-    args = {"image_size": 96, "max_size": 128, "batch_size": 2, "num_workers": 0, "augment": {}, **overrides}
-    module = DetectionDataModule(name, classes, source, **args)
+    args = {"image_size": 96, "max_size": 128, "batch_size": 2, "num_workers": 0, **overrides}
+    module = DetectionDataModule({"name": name, "classes": classes, "source": source, **args})
     module.setup()
     return module
 

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision import models
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn_lab.model.backbones import build_backbone
+from frcnn_lab.model.backbones import BackboneConfig, build_backbone
 from frcnn_lab.model.folding import (
     Conv2dFrozenBN,
     FoldedFrozenBatchNorm2d,
@@ -165,11 +165,11 @@ def test_a_network_that_cannot_be_traced_keeps_its_layers_and_says_so(caplog):
 def test_pretrained_backbones_fold_and_random_ones_keep_trainable_batchnorm(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(network_with_statistics(models.mobilenet_v2).state_dict(), path)
-    pretrained = build_backbone("mobilenet_v2", str(path))
+    pretrained = build_backbone(BackboneConfig(weights=str(path)))
     assert sum(isinstance(m, Conv2dFrozenBN) for m in pretrained.trunk.modules()) == 39  # blocks 0-13
     assert not any(type(m) is FrozenBatchNorm2d for m in pretrained.trunk.modules())
-    unfrozen = build_backbone("mobilenet_v2", str(path), frozen_bn=False)
+    unfrozen = build_backbone(BackboneConfig(weights=str(path), frozen_bn=False))
     assert not any(isinstance(m, (Conv2dFrozenBN, FrozenBatchNorm2d)) for m in unfrozen.trunk.modules())
-    random = build_backbone("mobilenet_v2", "none")
+    random = build_backbone(BackboneConfig(weights="none"))
     assert any(isinstance(m, nn.BatchNorm2d) for m in random.trunk.modules())
     assert not any(isinstance(m, Conv2dFrozenBN) for m in random.trunk.modules())

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from frcnn_lab.config import ConfigError, validate
+from frcnn_lab.data.config import AugmentConfig
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.inference.loading import PhotoDetector
@@ -44,7 +45,7 @@ def datamodule(train: Path, val: Path, **overrides) -> DetectionDataModule:
                                     f"data.source.train={train}", f"data.source.val={val}", "data.num_workers=0",
                                     *[f"data.{k}={v}" for k, v in {"image_size": 800, "max_size": 2000,
                                                                    **overrides}.items()]])
-    module = DetectionDataModule(**{k: v for k, v in dict(cfg.data).items()})
+    module = DetectionDataModule(cfg.data)
     module.setup()
     return module
 
@@ -108,8 +109,8 @@ def test_scale_jitter_rescales_image_and_boxes_within_its_range():
                                                             abs=1.0)
         factors.append(factor)
     assert 0.5 - 0.01 <= min(factors) < 0.9 and 1.5 < max(factors) <= 2.0 + 0.01
-    with pytest.raises(ValueError, match=r"data.augment.scale_jitter=\[2.0, 1.0\] must be"):
-        build_transforms(100, 1000, train=True, scale_jitter=[2.0, 1.0])
+    with pytest.raises(ConfigError, match=r"data.augment.scale_jitter=\[2.0, 1.0\] must be"):
+        AugmentConfig(scale_jitter=[2.0, 1.0])
 
 
 def test_a_read_only_image_at_scale_1_passes_without_a_warning(recwarn):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from frcnn_lab.model.losses import roi_losses, rpn_losses, weighted_total
-from frcnn_lab.model.roi_head import RoIHead, assign_roi_labels
+from frcnn_lab.model.losses import LossWeights, roi_losses, rpn_losses, weighted_total
+from frcnn_lab.model.roi_head import RoIHead, RoIHeadConfig, assign_roi_labels
 from frcnn_lab.model.roi_pooling import RoIPooler
+from frcnn_lab.model.rpn import RPNConfig
 
 GT = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
 GT_LABEL = torch.tensor([3])
@@ -26,9 +27,10 @@ def strip(heights: list[float]) -> torch.Tensor:
 FAR = torch.tensor([[50.0, 50.0, 60.0, 60.0]])  # IoU 0
 
 
-def make_head(num_classes: int = 3, **kwargs) -> RoIHead:
+def make_head(num_classes: int = 3, num_rois: int = RPNConfig.num_rois, **fields) -> RoIHead:
     """A head on 2-channel features with a 2 x 2 pooler and a flatten as the tail."""
-    return RoIHead(RoIPooler("roi_align", 2, {"c4": 16}), nn.Flatten(), 8, num_classes, **kwargs)
+    pooler = RoIPooler("roi_align", 2, {"c4": 16})
+    return RoIHead(pooler, nn.Flatten(), 8, num_classes, RoIHeadConfig(**fields), num_rois)
 
 
 # --- labels --------------------------------------------------------------------------------------
@@ -248,7 +250,7 @@ def test_rpn_losses_match_hand_computed_values():
 def test_weighted_total_sums_the_parts_present_times_their_weights():
     """2 * 1.5 + 4 * 0.25; the weights of absent parts are unused."""
     losses = {"rpn_cls": torch.tensor(1.5), "roi_reg": torch.tensor(0.25)}
-    weights = {"rpn_cls": 2.0, "rpn_reg": 7.0, "roi_cls": 7.0, "roi_reg": 4.0}
+    weights = LossWeights(rpn_cls=2.0, rpn_reg=7.0, roi_cls=7.0, roi_reg=4.0)
     assert weighted_total(losses, weights).item() == pytest.approx(4.0)
 
 

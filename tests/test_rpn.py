@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
-from frcnn_lab.model.rpn import RegionProposalNetwork, assign_anchor_labels, proposal_stats
+from frcnn_lab.model.rpn import RegionProposalNetwork, RPNConfig, assign_anchor_labels, proposal_stats
 
 GT = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
 
@@ -29,7 +29,7 @@ def grid_anchors(rows: int = 10, cols: int = 10, side: float = 10.0) -> torch.Te
 
 
 def make_rpn(**kwargs) -> RegionProposalNetwork:
-    return RegionProposalNetwork(in_channels=4, anchor_sizes=((32,),), aspect_ratios=(1.0,), **kwargs)
+    return RegionProposalNetwork(in_channels=4, config=RPNConfig(anchor_sizes=((32,),), aspect_ratios=(1.0,), **kwargs))
 
 
 # --- anchor labels -------------------------------------------------------------------------------
@@ -211,10 +211,8 @@ def images_160x192() -> ImageList:
 def test_rpn_on_an_arbitrary_feature_map_returns_proposals_inside_each_image():
     """A 7-channel 10 x 12 map: per image, at most post_nms_top_n proposals, sorted, inside that image."""
     torch.manual_seed(0)
-    rpn = RegionProposalNetwork(
-        in_channels=7, anchor_sizes=((32, 64),), aspect_ratios=(0.5, 1.0, 2.0),
-        pre_nms_top_n_test=200, post_nms_top_n_test=50,
-    ).eval()
+    rpn = RegionProposalNetwork(in_channels=7, config=RPNConfig(anchor_sizes=((32, 64),), aspect_ratios=(0.5, 1.0, 2.0),
+        pre_nms_top_n_test=200, post_nms_top_n_test=50)).eval()
     images = images_160x192()
     with torch.no_grad():
         proposals, scores, losses, stats = rpn(images, {"c4": torch.randn(2, 7, 10, 12)})
@@ -246,10 +244,8 @@ def test_objectness_and_deltas_at_a_location_apply_to_that_locations_anchor():
     Anchors are ratio-major then size: anchor 2 of sizes (32, 64) x ratios (0.5, 1, 2) is the 32 x 32 square;
     at stride 16 its centre at (row 3, col 5) is (x, y) = (80, 48).
     """
-    rpn = RegionProposalNetwork(
-        in_channels=7, anchor_sizes=((32, 64),), aspect_ratios=(0.5, 1.0, 2.0),
-        pre_nms_top_n_test=1000, post_nms_top_n_test=5,
-    ).eval()
+    rpn = RegionProposalNetwork(in_channels=7, config=RPNConfig(anchor_sizes=((32, 64),), aspect_ratios=(0.5, 1.0, 2.0),
+        pre_nms_top_n_test=1000, post_nms_top_n_test=5)).eval()
     objectness = torch.zeros(2, 6, 10, 12)
     objectness[:, 2, 3, 5] = 5.0
     deltas = torch.zeros(2, 24, 10, 12)
@@ -264,7 +260,9 @@ def test_objectness_and_deltas_at_a_location_apply_to_that_locations_anchor():
 def test_rpn_training_forward_gives_losses_that_reach_the_head():
     """With targets: both losses, gradients in the head's output layers, and the sampling / recall stats."""
     torch.manual_seed(0)
-    rpn = RegionProposalNetwork(in_channels=7, anchor_sizes=((32, 64),), aspect_ratios=(1.0,), batch_size_per_image=32)
+    rpn = RegionProposalNetwork(
+        in_channels=7, config=RPNConfig(anchor_sizes=((32, 64),), aspect_ratios=(1.0,), batch_size_per_image=32)
+    )
     rpn.train()
     targets = [{"boxes": torch.tensor([[20.0, 30.0, 70.0, 90.0]])}, {"boxes": torch.zeros((0, 4))}]
     _, _, losses, stats = rpn(images_160x192(), {"c4": torch.randn(2, 7, 10, 12)}, targets)
@@ -299,9 +297,9 @@ def test_each_level_has_its_own_anchor_sizes_at_its_own_stride():
     """Level "0" (20 x 24 on a 160 x 192 image: stride 8) has 16 px anchors, level "1" (stride 16) 32 px ones.
     A peak at (row 2, col 4) of level 0 is the 16 px box centred at (32, 16); a peak at (row 3, col 5) of
     level 1 the 32 px box centred at (80, 48)."""
-    rpn = RegionProposalNetwork(
-        in_channels=3, anchor_sizes=((16,), (32,)), aspect_ratios=(1.0,), pre_nms_top_n_test=10, post_nms_top_n_test=2
-    ).eval()
+    rpn = RegionProposalNetwork(in_channels=3, config=RPNConfig(
+        anchor_sizes=((16,), (32,)), aspect_ratios=(1.0,), pre_nms_top_n_test=10, post_nms_top_n_test=2,
+    )).eval()
     rpn.head = PeakPerLevel({24: (2, 4, 4.0), 12: (3, 5, 3.0)})
     features = {"0": torch.zeros(2, 3, 20, 24), "1": torch.zeros(2, 3, 10, 12)}
     proposals, scores, _, _ = rpn(images_160x192(), features)
@@ -352,4 +350,4 @@ def test_levels_and_anchor_sizes_must_agree():
     with pytest.raises(ValueError, match="anchor sizes for 1 level"):
         rpn(images_160x192(), {"0": torch.zeros(2, 4, 20, 24), "1": torch.zeros(2, 4, 10, 12)})
     with pytest.raises(ValueError, match="same number"):
-        RegionProposalNetwork(in_channels=4, anchor_sizes=((16, 32), (64,)))
+        RegionProposalNetwork(in_channels=4, config=RPNConfig(anchor_sizes=((16, 32), (64,))))

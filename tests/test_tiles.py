@@ -112,7 +112,7 @@ def test_the_data_module_trains_on_tiles_and_counts_them_in_the_summary(tmp_path
         "data=csv", "data.classes=[tree]", "data.split=official", f"data.source.train={root / 'train.csv'}",
         f"data.source.val={root / 'val.csv'}", "data.num_workers=0", "data.resize=fixed_scale",
         "data.tiles.size=400", "data.tiles.overlap=0.0", "data.tiles.min_visible=0.5", "data.tiles.empty_fraction=0"])
-    module = DetectionDataModule(**dict(cfg.data))
+    module = DetectionDataModule(cfg.data)
     summary = json.loads(module.write_summary(tmp_path / "run").read_text())
     tiling = summary["tiling"]
     # 2 photos x 4 tiles of 400 (x 0, 400; y 0, 200): photo 0's boxes in (0, 0) and (400, 0), photo 1's in
@@ -129,7 +129,7 @@ def test_tiles_of_the_synthetic_source():
     cfg = compose_config("config", ["data.source.num_train=2", "data.source.num_val=1", "data.source.num_test=1",
                                     "data.num_negatives=0", "data.resize=fixed_scale", "data.tiles.size=160",
                                     "data.tiles.overlap=0", "data.tiles.empty_fraction=1.0"])
-    module = DetectionDataModule(**dict(cfg.data))
+    module = DetectionDataModule(cfg.data)
     module.setup()
     train = module.datasets["train"]
     assert len(train) == 2 * 4  # every scene (240-320 px a side) in 2 x 2 tiles of 160, all kept
@@ -140,4 +140,4 @@ def test_tiles_of_the_synthetic_source():
 def test_tiles_need_the_fixed_scale():
     cfg = compose_config("config", ["data.tiles.size=160"])
     with pytest.raises(ValueError, match="data.tiles.size=160 needs data.resize=fixed_scale"):
-        DetectionDataModule(**dict(cfg.data))
+        DetectionDataModule(cfg.data)

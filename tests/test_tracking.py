@@ -82,7 +82,7 @@ def test_logged_boxes_follow_the_predictions_of_each_epoch(sweep):
 
     # The last epoch's boxes are what last.ckpt predicts on the same val images.
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-    datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule = DetectionDataModule(cfg.data)
     datamodule.setup("fit")
     module = load_module(job / "checkpoints" / "last.ckpt", torch.device("cpu"))
     images, targets = [], []

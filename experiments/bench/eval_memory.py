@@ -37,7 +37,6 @@ def measure(num_images: int) -> dict[str, float]:
     import lightning as L
     import torch
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     from frcnn_lab.data.datamodule import DetectionDataModule
     from frcnn_lab.train import CONFIG_DIR, build_module
@@ -50,7 +49,7 @@ def measure(num_images: int) -> dict[str, float]:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     L.seed_everything(0)
-    datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule = DetectionDataModule(cfg.data)
     module = build_module(cfg)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)

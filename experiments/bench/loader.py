@@ -110,7 +110,7 @@ def main() -> None:
         data.update(classes=list(CLASSES), source={"train": str(csv_path)}, split_fractions=[1.0, 0.0, 0.0],
                     image_size=600, max_size=1000, batch_size=args.batch_size, num_workers=args.workers,
                     augment={"hflip": 0.5, "vflip": 0.5, "rot90": 0.5, "extra": []})
-        datamodule = DetectionDataModule(**data)
+        datamodule = DetectionDataModule(data)
         datamodule.setup()
         loader_rate = loader_images_per_s(datamodule, args.epochs)
         step = train_step_s_per_image(datamodule, args.backbone, args.device, args.steps)

@@ -38,7 +38,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 import frcnn_lab.model.roi_head as roi_head_module
 import frcnn_lab.model.rpn as rpn_module
@@ -120,7 +120,7 @@ def build(cfg: DictConfig) -> tuple[DetectionDataModule, DetectionModule]:
     from frcnn_lab.train import build_module  # the module exactly as the train entry point builds it
 
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule = DetectionDataModule(cfg.data)
     datamodule.setup("fit")
     return datamodule, build_module(cfg)
 

@@ -1,175 +1,121 @@
-"""The config's checks, before any model or data is built.
+"""The config tree: each part's typed config registered in Hydra's ConfigStore, and the checks across parts.
 
-Keys and types are the schemas' (``frcnn_lab.schema``): Hydra refuses a wrong type or an unknown key while it
-composes. ``validate`` checks what a type cannot say (ranges, choices, list shapes, rules across keys) and raises
-one ConfigError listing every problem, each naming the key, its value and the valid choices or range.
-Constructors keep only the checks that protect direct Python use.
+Every part owns a dataclass beside its code (``RPNConfig`` in ``model/rpn.py``, ``DataConfig`` in
+``data/config.py``...) holding its defaults and checking its own values. Here they become config groups: the
+default option of each group is the dataclass itself (``rpn/default``, ``backbone/mobilenet_v2``, ``data/synthetic``,
+``optim/sgd``, ``trainer/default``...), and ``schema/<group>`` is what the YAML options in ``conf/<group>/`` start
+from, so that they only set what differs. Hydra refuses a value of the wrong type or an unknown key while it composes,
+naming the key; ``validate`` then runs each part's own checks and the few that involve two parts, and raises one
+ConfigError listing every problem, before any data or model is built.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from frcnn_lab.data.datamodule import SOURCES, SPLIT_MODES
-from frcnn_lab.data.transforms import RESIZE_POLICIES
-from frcnn_lab.engine.callbacks import NONFINITE_ACTIONS
-from frcnn_lab.engine.module import SCHEDULES
+from frcnn_lab.data.config import DataConfig
+from frcnn_lab.engine.callbacks import TrainConfig
+from frcnn_lab.engine.module import EvalConfig
+from frcnn_lab.engine.optim import OptimConfig
+from frcnn_lab.engine.trainer import TrainerConfig
+from frcnn_lab.errors import ConfigError
 from frcnn_lab.inference.slicing import Slicing
-from frcnn_lab.model.backbones import BOX_HEADS
-from frcnn_lab.model.detector import MODES
-from frcnn_lab.model.roi_pooling import POOLERS
-from frcnn_lab.runs.tracking import WANDB_MODES
-from frcnn_lab.schema import register as register_schemas
+from frcnn_lab.model.backbones import BackboneConfig, feature_levels, pool_size_problem
+from frcnn_lab.model.detector import ModelConfig
+from frcnn_lab.model.losses import LossConfig
+from frcnn_lab.model.roi_head import RoIHeadConfig
+from frcnn_lab.model.rpn import RPNConfig, anchor_sizes_per_level
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
-register_schemas()
+
+PARTS: dict[str, type] = {
+    "backbone": BackboneConfig, "rpn": RPNConfig, "roi_head": RoIHeadConfig, "loss": LossConfig,
+    "optim": OptimConfig, "data": DataConfig, "trainer": TrainerConfig, "model": ModelConfig, "train": TrainConfig,
+    "eval": EvalConfig, "inference.slicing": Slicing,
+}
+"""Config key -> the typed config of the part it configures."""
+
+DEFAULT_OPTIONS = {"backbone": "mobilenet_v2", "rpn": "default", "roi_head": "default", "loss": "default",
+                   "optim": "sgd", "data": "synthetic", "trainer": "default", "inference/slicing": "default"}
+"""Config group -> the name of its default option, which is the group's dataclass with its defaults."""
+
+REPLACED_WHOLE = {"data": "source", "optim": "optimizer"}
+"""Keys that an option of the group sets whole (each source its own keys, each optimiser its own arguments): the
+schema the options start from leaves them empty, so nothing of the default option's mapping is merged in."""
 
 
-class ConfigError(ValueError):
-    """The config names an unknown choice, lacks a required key or holds an impossible value."""
+def register() -> None:
+    """The default options and the ``schema/<name>`` nodes in Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    for group, name in DEFAULT_OPTIONS.items():
+        store.store(group=group, name=name, node=PARTS[group.replace("/", ".")])
+    for key, cls in PARTS.items():
+        schema = OmegaConf.structured(cls)
+        if key in REPLACED_WHOLE:
+            schema[REPLACED_WHOLE[key]] = None
+        store.store(group="schema", name=key.replace(".", "_"), node=schema)
 
 
-def group_option(group: str, name: str = "default") -> dict[str, Any]:
-    """The keys of ``conf/<group>/<name>.yaml`` as written, resolved, without its ``defaults`` list (the schema it
-    starts from): a group's settings for code that builds parts without composing the whole config."""
-    option = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / group / f"{name}.yaml"), resolve=True)
-    option.pop("defaults", None)
-    return option
+register()
 
 
-def backbone_choices() -> list[str]:
-    """The ``name`` of every ``conf/backbone/*.yaml``: the backbones the config groups offer."""
-    files = sorted((Path(CONFIG_DIR) / "backbone").glob("*.yaml"))
-    return sorted(str(OmegaConf.load(f).get("name", f.stem)) for f in files)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def positive_numbers(values) -> bool:
-    """A non-empty list of numbers > 0, or a non-empty list of such lists (one per feature level)."""
-    if not isinstance(values, (list, tuple, ListConfig)) or not values:
-        return False
-    if all(isinstance(v, (list, tuple, ListConfig)) for v in values):
-        return all(positive_numbers(v) for v in values)
-    return all(is_number(v) and v > 0 for v in values)
+def group_option(group: str, option: str | None = None) -> dict[str, Any]:
+    """The keys of one option of a config group as the CLI composes them (None: the group's default option), for
+    code that builds parts without composing a whole run."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", [f"{group}={option}"] if option else [])
+    GlobalHydra.instance().clear()
+    return OmegaConf.to_container(OmegaConf.select(cfg, group.replace("/", ".")), resolve=True)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError naming each bad key with its valid choices or range."""
+    """Raise one ConfigError naming each bad key with its valid choices or range: each part's own checks, then the
+    ones across parts."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError("required keys without a value: " + ", ".join(missing))
-    problems = []
-
-    def choice(key: str, allowed) -> None:
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            problems.append(f"{key}={value!r} is unknown; choose one of {sorted(allowed)}")
-
-    def check(key: str, ok, expected: str, kind=is_number) -> bool:
-        value = OmegaConf.select(cfg, key)
-        good = kind(value) and ok(value)
-        if not good:
-            problems.append(f"{key}={value!r} must be {expected}")
-        return good
-
-    def integer(key: str, minimum: int) -> bool:
-        return check(key, lambda v: v >= minimum, f"an integer >= {minimum}", kind=is_int)
-
-    def present(key: str) -> bool:
-        return OmegaConf.select(cfg, key, default=None) is not None
-
-    choice("backbone.name", backbone_choices())
-    weights = cfg.backbone.weights
-    if weights not in ("imagenet", "none") and not (isinstance(weights, str) and Path(weights).is_file()):
-        problems.append(f"backbone.weights={weights!r} must be imagenet, none or the path of an existing file")
-    integer("backbone.freeze_stages", 0)
-    choice("roi_head.pooler", POOLERS)
-    choice("backbone.box_head", BOX_HEADS)
-    choice("data.name", SOURCES)
-    if present("data.split"):
-        choice("data.split", SPLIT_MODES)
-    if present("data.resize"):
-        choice("data.resize", RESIZE_POLICIES)
-        check("data.scale", lambda v: 0 < v < float("inf"), "finite and > 0")
-    choice("model.mode", MODES)
-    choice("model.channels_last", (False, True))
-    choice("optim.schedule", SCHEDULES)
-    choice("train.on_nonfinite", NONFINITE_ACTIONS)
-    if OmegaConf.select(cfg, "logger.wandb") is not None:
-        choice("logger.wandb.mode", WANDB_MODES)
-    for key in ("rpn.num_rois", "rpn.batch_size_per_image", "data.batch_size", "rpn.pre_nms_top_n_train",
-                "rpn.post_nms_top_n_train", "rpn.pre_nms_top_n_test", "rpn.post_nms_top_n_test",
-                "roi_head.detections_per_image"):
-        integer(key, 1)
-    for key in ("data.num_workers", "optim.warmup_steps", "eval.val_images"):
-        integer(key, 0)
-    if integer("data.image_size", 1):
-        image_size = cfg.data.image_size
-        check("data.max_size", lambda v: v >= image_size, f"an integer >= data.image_size ({image_size})", kind=is_int)
-    else:
-        integer("data.max_size", 1)
-    if present("roi_head.pool_size"):
-        integer("roi_head.pool_size", 1)
-    vgg16_classifier = cfg.backbone.name == "vgg16" and cfg.backbone.box_head == "classifier"
-    if vgg16_classifier and cfg.roi_head.pool_size not in (None, 7):
-        problems.append(
-            f"roi_head.pool_size={cfg.roi_head.pool_size} must be 7 (or null) for vgg16's classifier: "
-            "fc6 expects 7x7"
-        )
-    if cfg.backbone.name.endswith("_fpn") and cfg.backbone.box_head != "mlp":
-        problems.append(f"backbone.box_head={cfg.backbone.box_head!r}: an FPN backbone's box head is mlp")
-    fractions = ("rpn.positive_fraction", "roi_head.positive_fraction", "rpn.fg_iou", "rpn.bg_iou", "roi_head.fg_iou",
-                 "roi_head.bg_iou_lo", "roi_head.bg_iou_hi", "rpn.nms_iou", "roi_head.nms_iou", "eval.score_threshold",
-                 "optim.min_lr_ratio")
-    valid = {key: check(key, lambda v: 0 <= v <= 1, "in [0, 1]") for key in fractions}
-    if valid["rpn.bg_iou"] and valid["rpn.fg_iou"] and cfg.rpn.bg_iou > cfg.rpn.fg_iou:
-        problems.append(f"rpn.bg_iou={cfg.rpn.bg_iou} must be <= rpn.fg_iou={cfg.rpn.fg_iou}")
-    band = ("roi_head.bg_iou_lo", "roi_head.bg_iou_hi", "roi_head.fg_iou")
-    if all(valid[key] for key in band) and not cfg.roi_head.bg_iou_lo < cfg.roi_head.bg_iou_hi <= cfg.roi_head.fg_iou:
-        problems.append(
-            "the background band needs roi_head.bg_iou_lo < roi_head.bg_iou_hi <= roi_head.fg_iou, got "
-            f"{cfg.roi_head.bg_iou_lo}, {cfg.roi_head.bg_iou_hi}, {cfg.roi_head.fg_iou}"
-        )
-    for key in ("rpn.min_size", "rpn.score_thresh", "roi_head.min_size", "roi_head.score_thresh"):
-        check(key, lambda v: 0 <= v < float("inf"), "finite and >= 0")
-    for key in [f"loss.weights.{part}" for part in cfg.loss.weights] + ["loss.rpn_smooth_l1_beta",
-                                                                         "loss.roi_smooth_l1_beta"]:
-        check(key, lambda v: 0 <= v < float("inf"), "finite and >= 0")
-    check("optim.optimizer.lr", lambda v: 0 < v < float("inf"), "finite and > 0")
-    for key in ("rpn.anchor_sizes", "rpn.aspect_ratios"):
-        values = OmegaConf.select(cfg, key)
-        if values != "auto" and not positive_numbers(values):
-            shown = OmegaConf.to_container(values) if isinstance(values, ListConfig) else values
-            problems.append(f"{key}={shown} must be a non-empty list of numbers > 0 (or of such lists, one per "
-                            "level), or auto")
-    for key in ("rpn.box_weights", "roi_head.box_weights"):
-        values = OmegaConf.select(cfg, key)
-        if not (positive_numbers(values) and len(values) == 4 and all(is_number(v) for v in values)):
-            shown = OmegaConf.to_container(values) if isinstance(values, ListConfig) else values
-            problems.append(f"{key}={shown} must be 4 numbers > 0 (dx, dy, dw, dh)")
-    if OmegaConf.select(cfg, "inference.slicing") is not None:
+    problems: list[str] = []
+    parts: dict[str, Any] = {}
+    for key, cls in PARTS.items():
+        node = OmegaConf.select(cfg, key)
+        if node is None:
+            continue
         try:
-            Slicing.from_config(cfg.inference.slicing)
-        except ValueError as error:
-            problems.append(str(error))
+            parts[key] = OmegaConf.to_object(node) if OmegaConf.get_type(node) is cls else cls(**node)
+        except ConfigError as error:
+            problems += error.problems
+    if not problems:
+        problems += cross_part_problems(parts)
     if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems), problems)
 
 
+def cross_part_problems(parts: dict[str, Any]) -> list[str]:
+    """The checks that involve two parts: the box head's RoI size, the anchor sizes per level of the backbone, a
+    weights file that must exist."""
+    problems = []
+    backbone, rpn, roi_head = parts.get("backbone"), parts.get("rpn"), parts.get("roi_head")
+    pool_problem = backbone and roi_head and pool_size_problem(backbone.name, backbone.box_head, roi_head.pool_size)
+    if pool_problem:
+        problems.append(pool_problem)
+    if backbone is not None and rpn is not None and rpn.anchor_sizes != "auto":
+        try:
+            anchor_sizes_per_level(rpn.anchor_sizes, list(feature_levels(backbone.name)))
+        except ValueError as error:
+            problems.append(f"{error} (backbone={backbone.name})")
+    if backbone is not None and backbone.weights not in ("imagenet", "none") and not Path(backbone.weights).is_file():
+        problems.append(f"backbone.weights={backbone.weights!r} must be imagenet, none or the path of an existing file")
+    return problems
 # Strategies whose ranks Lightning starts by re-running the command line (``sys.argv``, ``-m`` included).
 _SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 

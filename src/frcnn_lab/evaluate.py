@@ -66,13 +66,12 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
         raise ValueError(f"data.classes={list(data['classes'])} differ from the checkpoint's classes {module.classes}")
     # The input size the detector was trained at unless image_size / max_size say otherwise; one image per
     # batch (the thesis's test protocol).
-    data["image_size"], data["max_size"] = input_sizes(module, cfg.ckpt_path, cfg.image_size, cfg.max_size,
-                                                       fallback=(data["image_size"], data["max_size"]))
+    data["image_size"], data["max_size"] = input_sizes(module, cfg.image_size, cfg.max_size)
     data.update(trained_resize(module))
     data["batch_size"] = 1
     module.score_threshold = cfg.score_threshold if cfg.score_threshold is not None else module.score_threshold
     module.voc07 = data["name"] == "voc"
-    datamodule = DetectionDataModule(**data)
+    datamodule = DetectionDataModule(data)
     datamodule.setup("test")
     loaders = [datamodule.loader(cfg.split)]
     negatives_loader = datamodule.negatives_dataloader()

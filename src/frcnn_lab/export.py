@@ -119,7 +119,7 @@ def export(cfg: DictConfig) -> Path:
                          "inference.slicing.size=...")
     path = output_path(cfg)
     module = load_module(cfg.ckpt_path, torch.device("cpu"))
-    metadata = export_metadata(module, *input_sizes(module, cfg.ckpt_path, cfg.image_size, cfg.max_size))
+    metadata = export_metadata(module, *input_sizes(module, cfg.image_size, cfg.max_size))
     path.parent.mkdir(parents=True, exist_ok=True)
     if cfg.format == "onnx":
         return export_onnx(module, path, metadata, cfg.opset)

@@ -60,7 +60,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     validate(cfg)
     claim_output_dir(cfg.paths.output_dir, cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule = DetectionDataModule(cfg.data)
     anchors = train_anchor_report(datamodule, OmegaConf.to_container(cfg.rpn, resolve=True), cfg.backbone.name)
     with open_dict(cfg):
         # `auto` becomes the suggested values: the module (and its checkpoint) records what was used.
@@ -77,7 +77,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     loggers = [instantiate(c, **(resumed if name == "wandb" else {})) for name, c in cfg.get("logger", {}).items()]
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=[*training_callbacks(cfg), *extra_callbacks],
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO()], default_root_dir=cfg.paths.output_dir,
     )
     if trainer.is_global_zero:
         datamodule.write_summary(cfg.paths.output_dir, anchors)  # printed, and data_summary.json in the run directory

@@ -130,7 +130,7 @@ def _file_name(index: int, image_id: str) -> str:
 def browse(cfg: DictConfig) -> dict[str, Any]:
     """Write the pictures, the contact sheet, the summary and its plots; -> what was written."""
     output = claim_output_dir(cfg.paths.output_dir)
-    datamodule = DetectionDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule = DetectionDataModule(cfg.data)
     datamodule.setup()
     if cfg.split not in datamodule.datasets:
         raise ValueError(f"split={cfg.split!r} is unknown; choose one of {list(datamodule.datasets)}")

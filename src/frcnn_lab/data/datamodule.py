@@ -13,7 +13,7 @@ Splits: ``train``, ``val``, ``test`` and ``negatives`` (images of other categori
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from frcnn_lab.checks import typed
+from frcnn_lab.data.config import DataConfig
 from frcnn_lab.data.images import load
 from frcnn_lab.data.records import (
     DataError,
@@ -36,17 +38,15 @@ from frcnn_lab.data.records import (
     seeded_order,
 )
 from frcnn_lab.data.samplers import GroupedBatchSampler, orientation_groups
-from frcnn_lab.data.sources import FILE_SOURCES, read_records
+from frcnn_lab.data.sources import read_records
 from frcnn_lab.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
 from frcnn_lab.data.tiles import TiledImages
 from frcnn_lab.data.transforms import Resize, apply_transforms, build_transforms
 
-SOURCES = ("synthetic", *FILE_SOURCES)
 SCENE_GENERATORS = {"easy": SyntheticScenes, "hard": ClutteredScenes}
 SPLITS = ("train", "val", "test")
-SPLIT_MODES = ("official", "random")
 ALL_SPLITS = (*SPLITS, "negatives")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
@@ -191,54 +191,37 @@ def synthetic_splits(num_train: int, num_val: int, num_test: int, seed: int, num
 
 
 class DetectionDataModule(L.LightningDataModule):
-    """``name`` selects the source; ``source`` holds its own arguments (see docs/datasets.md).
+    """The data of ``config`` (a ``DataConfig``, or a mapping of its keys such as ``cfg.data``; None: the
+    embedded synthetic data, as the CLI's default).
 
-    ``classes``: label 1..K in this order; ``class_map``: more source class names for a class
-    (``{"Mobile phone": camera}``). ``resize``: ``shortest_side`` (``image_size``: shortest side after
-    resizing; ``max_size``: cap on the long side) or ``fixed_scale`` (every image times ``scale``), see
-    ``transforms.Resize``. ``tiles``: ``size`` (input pixels; null: no tiling), ``overlap``, ``min_visible``,
-    ``empty_fraction``: the train split as overlapping tiles of its photos (``frcnn_lab.data.tiles``; needs
-    ``fixed_scale``). ``split``: ``official`` (the source's splits) or ``random`` (``split_fractions`` of the
-    source's train set, seeded by ``split_seed``). ``limit``: at most this many images per split (a
-    seeded choice). ``include`` / ``exclude``: curation files of image ids. ``use_difficult``: train on
-    difficult / crowd boxes. ``num_negatives``: size of the negatives set (synthetic) or its cap.
-    ``verify_images``: decode every image once at setup, so corrupt files are reported, not hit mid-run.
-    ``group_aspect_ratio``: batch landscape and portrait images apart. ``augment``: ``hflip``, ``vflip``,
-    ``rot90`` probabilities and ``extra`` albumentations transforms (train only).
+    ``name`` selects the source; ``source`` holds its own arguments (see docs/datasets.md). ``classes``: label
+    1..K in this order; ``class_map``: more source class names for a class (``{"Mobile phone": camera}``).
+    ``resize``: ``shortest_side`` (``image_size``: shortest side after resizing; ``max_size``: cap on the long
+    side) or ``fixed_scale`` (every image times ``scale``), see ``transforms.Resize``. ``tiles``: the train split
+    as overlapping tiles of its photos (``frcnn_lab.data.tiles``). ``split``: ``official`` (the source's splits)
+    or ``random`` (``split_fractions`` of the source's train set, seeded by ``split_seed``). ``limit``: at most
+    this many images per split (a seeded choice). ``include`` / ``exclude``: curation files of image ids.
+    ``num_negatives``: size of the negatives set (synthetic) or its cap. ``augment``: train only.
 
     ``category_ids``: the id of each class in ``classes`` order for results files: 1..K, or for data=coco
     (after ``setup``) the source's own category ids; a class that merges several categories takes the id
     of the first of them in the file's category list.
     """
 
-    def __init__(
-        self, name: str, classes: Sequence[str], source: dict[str, Any], image_size: int, max_size: int,
-        batch_size: int, num_workers: int, augment: dict[str, Any], class_map: dict[str, str] | None = None,
-        split: str = "official", split_fractions: Sequence[float] = (0.8, 0.2, 0.0), split_seed: int = 0,
-        limit: int | None = None, include: str | Sequence[str] | None = None,
-        exclude: str | Sequence[str] | None = None, use_difficult: bool = False, num_negatives: int | None = 100,
-        verify_images: bool = True, group_aspect_ratio: bool = True, resize: str = "shortest_side",
-        scale: float = 1.0, tiles: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, config: DataConfig | Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        if name not in SOURCES:
-            raise ValueError(f"data={name!r} is unknown; choose one of {list(SOURCES)}")
-        if split not in SPLIT_MODES:
-            raise ValueError(f"data.split={split!r} is unknown; choose one of {list(SPLIT_MODES)}")
-        self.name, self.classes, self.class_map = name, list(classes), dict(class_map or {})
-        self.category_ids = list(range(1, len(self.classes) + 1))  # the dataset's id of each class
-        self.source_args = dict(source)
-        self.image_size, self.max_size = image_size, max_size
-        self.resize = Resize(resize, image_size, max_size, scale)
-        self.tiles = dict(tiles or {})
-        if self.tiles.get("size") is not None and resize != "fixed_scale":
-            raise ValueError(f"data.tiles.size={self.tiles['size']} needs data.resize=fixed_scale (got {resize}): "
-                             "tiles are cut at one scale for every photo")
-        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, dict(augment)
-        self.split, self.split_fractions, self.split_seed = split, list(split_fractions), split_seed
-        self.limit, self.include, self.exclude = limit, include, exclude
-        self.use_difficult, self.num_negatives = use_difficult, num_negatives
-        self.verify_images, self.group_aspect_ratio = verify_images, group_aspect_ratio
+        self.config = config = typed(DataConfig, config, "data")
+        self.name, self.classes, self.class_map = config.name, list(config.classes), dict(config.class_map or {})
+        self.source_args = dict(config.source)
+        self.image_size, self.max_size = config.image_size, config.max_size
+        self.resize = Resize(config.resize, config.image_size, config.max_size, config.scale)
+        self.tiles = asdict(config.tiles)
+        self.batch_size, self.num_workers, self.augment = config.batch_size, config.num_workers, asdict(config.augment)
+        self.split, self.split_fractions = config.split, list(config.split_fractions)
+        self.split_seed = config.split_seed
+        self.limit, self.include, self.exclude = config.limit, config.include, config.exclude
+        self.use_difficult, self.num_negatives = config.use_difficult, config.num_negatives
+        self.verify_images, self.group_aspect_ratio = config.verify_images, config.group_aspect_ratio
         self.category_ids = list(range(1, len(self.classes) + 1))
         self.issues = IssueLog()
         self.notes: list[str] = []

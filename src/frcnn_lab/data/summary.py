@@ -163,7 +163,7 @@ def train_anchor_report(datamodule, rpn: dict[str, Any], backbone: str) -> dict[
     boxes = [b for _, b, _, _ in datamodule.input_annotations("train")]
     boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
     return fit_report(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1], rpn["anchor_sizes"],
-                      rpn["aspect_ratios"], rpn["fg_iou"], list(feature_levels(backbone)), backbone)
+                      rpn["aspect_ratios"], rpn["fg_iou"], list(feature_levels(backbone)))
 
 
 def write_summary(datamodule, output_dir: Path, anchors: dict[str, Any] | None = None) -> Path:

@@ -88,10 +88,6 @@ class TiledImages(Dataset):
 
     def __init__(self, source, size: int, overlap: float, min_visible: float, empty_fraction: float,
                  factor, seed: int = 0) -> None:
-        if not 0 < min_visible <= 1:
-            raise ValueError(f"data.tiles.min_visible={min_visible} must be in (0, 1]")
-        if not 0 <= empty_fraction <= 1:
-            raise ValueError(f"data.tiles.empty_fraction={empty_fraction} must be in [0, 1]")
         self.source = source
         self.counts = TilingCounts(settings={"size": size, "overlap": overlap, "min_visible": min_visible,
                                              "empty_fraction": empty_fraction})

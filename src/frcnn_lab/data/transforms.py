@@ -76,8 +76,6 @@ def build_transforms(
     if train:
         if scale_jitter is not None:
             low, high = (float(v) for v in scale_jitter)
-            if not 0 < low <= high:
-                raise ValueError(f"data.augment.scale_jitter={list(scale_jitter)} must be [lo, hi] with 0 < lo <= hi")
             steps.append(A.RandomScale(scale_limit=(low - 1, high - 1), p=1.0))
         steps += [A.HorizontalFlip(p=hflip), A.VerticalFlip(p=vflip), A.RandomRotate90(p=rot90)]
         steps += [instantiate(t) if not isinstance(t, A.BasicTransform) else t for t in extra]

@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from frcnn_lab.checks import Checks
 from frcnn_lab.inference.drawing import draw_detections, fresh_folder, pad_to_common_size, save_png, wandb_boxes
 from frcnn_lab.metrics.matching import match_counts
 
@@ -97,6 +99,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         """Tensors and plain containers only, whatever the caller asked: a checkpoint cannot run code on load."""
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+@dataclass
+class TrainConfig:
+    """``train.*``: what a training run does with a NaN / infinite loss or gradient."""
+
+    on_nonfinite: str = "stop"  # stop (naming step, loss parts and image ids) | skip (the batch, counted)
+
+    def __post_init__(self) -> None:
+        check = Checks("train")
+        check.choice("on_nonfinite", self.on_nonfinite, NONFINITE_ACTIONS)
+        check.done()
 
 
 class NonFiniteLossError(RuntimeError):

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from frcnn_lab.engine.module import DetectionModule
-from frcnn_lab.runs.folders import run_data_config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,23 +36,15 @@ def load_module(ckpt_path: str | Path, device: torch.device | str = "cpu") -> De
     return module.eval().to(device)
 
 
-def input_sizes(module: DetectionModule, ckpt_path: str | Path, image_size: int | None = None,
-                max_size: int | None = None, fallback: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(image_size, max_size) to feed the checkpoint's detector, by ``requested_input_size``.
-
-    Trained sizes come from the checkpoint, else (checkpoints written before they carried them) its training
-    run's ``data``, else ``fallback``. Raises ValueError when a size is needed and nothing gives it.
-    """
-    trained = None
-    if module.hparams.get("image_size") is not None:
-        trained = int(module.hparams.image_size), int(module.hparams.max_size)
-    elif (data := run_data_config(ckpt_path)) is not None:
-        trained = int(data["image_size"]), int(data["max_size"])
-    trained = trained or fallback
-    if trained is None and (image_size is None or max_size is None):
-        raise ValueError(f"ckpt_path={ckpt_path} records no input size and is not inside a training run: "
-                         "set image_size and max_size")
-    return requested_input_size(trained, image_size, max_size)
+def input_sizes(module: DetectionModule, image_size: int | None = None,
+                max_size: int | None = None) -> tuple[int, int]:
+    """(image_size, max_size) to feed the checkpoint's detector, by ``requested_input_size`` from the sizes it was
+    trained at. Raises ValueError when a size is needed and the checkpoint does not know it."""
+    trained = module.hparams.get("image_size"), module.hparams.get("max_size")
+    if None in trained and (image_size is None or max_size is None):
+        raise ValueError("the checkpoint records no input size and is not inside its training run: set image_size and "
+                         "max_size")
+    return requested_input_size(None if None in trained else trained, image_size, max_size)
 
 
 def requested_input_size(trained: tuple[int, int] | None, image_size: int | None = None,

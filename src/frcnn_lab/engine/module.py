@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
@@ -11,14 +11,35 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from frcnn_lab.checks import Checks, typed
+from frcnn_lab.data.config import DataConfig
 from frcnn_lab.data.datamodule import Batch
 from frcnn_lab.engine.callbacks import nonfinite_names
+from frcnn_lab.engine.migration import read_hparams, upgrade_hparams
+from frcnn_lab.engine.optim import OptimConfig, warmup_then_decay
 from frcnn_lab.inference.slicing import Slicing, detect_images
 from frcnn_lab.metrics import DetectionEvaluation, timed_forward
-from frcnn_lab.model.detector import build_detector
-from frcnn_lab.model.losses import weighted_total
+from frcnn_lab.model.backbones import BackboneConfig
+from frcnn_lab.model.detector import ModelConfig, build_detector
+from frcnn_lab.model.losses import LossConfig, weighted_total
+from frcnn_lab.model.roi_head import RoIHeadConfig
+from frcnn_lab.model.rpn import RPNConfig
 
-SCHEDULES = ("cosine", "constant")
+Group = dict[str, Any] | None  # a config group as a mapping (a checkpoint's hyperparameters); None: its defaults
+
+
+@dataclass
+class EvalConfig:
+    """``eval.*``: what each validation reports besides mAP."""
+
+    score_threshold: float = 0.9  # detections at or above it count for fn_rate / fp_image_rate (the thesis's 0.9)
+    val_images: int = 4  # val images drawn with predicted and GT boxes each evaluation (run dir and W&B)
+
+    def __post_init__(self) -> None:
+        check = Checks("eval")
+        check.fraction("score_threshold", self.score_threshold)
+        check.integer("val_images", self.val_images, 0)
+        check.done()
 
 
 class DetectionModule(L.LightningModule):
@@ -49,21 +70,27 @@ class DetectionModule(L.LightningModule):
     """
 
     def __init__(
-        self, backbone: dict[str, Any], rpn: dict[str, Any], roi_head: dict[str, Any], loss: dict[str, Any],
-        optim: dict[str, Any], classes: list[str], mode: str = "full", score_threshold: float = 0.5,
-        voc07: bool = False, category_ids: list[int] | None = None, image_size: int | None = None,
-        max_size: int | None = None, normalization: dict[str, list[float]] | None = None,
-        pretrained_backbone: bool = True, resize: str = "shortest_side", scale: float = 1.0,
-        slicing: dict[str, Any] | None = None, channels_last: bool = True,
+        self, backbone: Group = None, rpn: Group = None, roi_head: Group = None, loss: Group = None,
+        optim: Group = None, classes: list[str] | None = None, mode: str = ModelConfig.mode,
+        score_threshold: float = EvalConfig.score_threshold, voc07: bool = False, category_ids: list[int] | None = None,
+        image_size: int | None = DataConfig.image_size, max_size: int | None = DataConfig.max_size,
+        normalization: dict[str, list[float]] | None = None, pretrained_backbone: bool = True,
+        resize: str = DataConfig.resize, scale: float = DataConfig.scale, slicing: dict[str, Any] | None = None,
+        channels_last: bool = ModelConfig.channels_last,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained_backbone"])
-        self.classes = list(classes)
-        self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(classes) + 1))
+        parts = {"backbone": typed(BackboneConfig, backbone, "backbone"), "rpn": typed(RPNConfig, rpn, "rpn"),
+                 "roi_head": typed(RoIHeadConfig, roi_head, "roi_head"), "loss": typed(LossConfig, loss, "loss"),
+                 "optim": typed(OptimConfig, optim, "optim")}
+        # The checkpoint records every value, defaults included: it rebuilds this model whatever the defaults become.
+        self.hparams.update({name: asdict(config) for name, config in parts.items()})
+        self.classes = list(classes) if classes is not None else list(DataConfig().classes)
+        self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(self.classes) + 1))
         if len(self.category_ids) != len(self.classes):
             raise ValueError(f"category_ids={self.category_ids} must give one id per class of {self.classes}")
-        self.detector = build_detector(backbone, rpn, roi_head, loss, len(self.classes), mode,
-                                       pretrained=pretrained_backbone)
+        self.detector = build_detector(parts["backbone"], parts["rpn"], parts["roi_head"], parts["loss"],
+                                       len(self.classes), mode, pretrained=pretrained_backbone)
         if channels_last:
             # oneDNN and cuDNN pick faster kernels for NHWC weights; the inputs follow the weights' layout.
             self.detector.to(memory_format=torch.channels_last)
@@ -73,9 +100,8 @@ class DetectionModule(L.LightningModule):
         else:
             self.detector.image_mean.copy_(torch.tensor(normalization["mean"]).view(3, 1, 1))
             self.detector.image_std.copy_(torch.tensor(normalization["std"]).view(3, 1, 1))
-        self.hparams.update(category_ids=self.category_ids, normalization=normalization)
-        self.loss_weights = dict(loss["weights"])
-        self.optim = optim
+        self.hparams.update(classes=self.classes, category_ids=self.category_ids, normalization=normalization)
+        self.loss_weights, self.optim = parts["loss"].weights, parts["optim"]
         self.score_threshold, self.voc07 = score_threshold, voc07
         self.slicing = Slicing.from_config(slicing)
         self.val_metrics = DetectionEvaluation(self.classes, score_threshold, voc07)
@@ -89,11 +115,13 @@ class DetectionModule(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
                              weights_only=None, **kwargs: Any) -> DetectionModule:
-        """Lightning's loader, with the backbone built without pretrained weights: the checkpoint's own state
-        dict replaces them, so no ImageNet file is read or downloaded."""
-        kwargs.setdefault("pretrained_backbone", False)
+        """Lightning's loader, for a checkpoint of any layout (``frcnn_lab.engine.migration``), with the backbone
+        built without pretrained weights: the checkpoint's own state dict replaces them, so no ImageNet file is
+        read or downloaded. ``kwargs`` replace the checkpoint's hyperparameters."""
+        hparams = upgrade_hparams(read_hparams(checkpoint_path), checkpoint_path)
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                            strict=strict, weights_only=weights_only, **kwargs)
+                                            strict=strict, weights_only=weights_only,
+                                            **{**hparams, "pretrained_backbone": False, **kwargs})
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -170,13 +198,11 @@ class DetectionModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = instantiate(self.optim["optimizer"], params=params)
+        optimizer = instantiate(self.optim.optimizer, params=params)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        optim = self.optim
-        schedule = warmup_then_decay(optim["warmup_steps"], total, optim["schedule"], optim["min_lr_ratio"])
+        schedule = warmup_then_decay(self.optim, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
 
 
 def on_cpu(values: dict[str, Any]) -> dict[str, Any]:
@@ -199,18 +225,3 @@ def validation_logs(figures: dict[str, Any], classes: list[str]) -> dict[str, fl
         logs["val/voc07_map"] = figures["voc07"]["map"]
         logs.update({f"val/voc07_ap_{name}": figures["voc07"]["ap_per_class"][name] for name in classes})
     return {key: nan_for_none(value) for key, value in logs.items()}
-
-def warmup_then_decay(warmup_steps: int, total_steps: int, schedule: str, min_ratio: float):
-    """LR multiplier per step: linear warm-up from 0.001, then constant or cosine down to ``min_ratio``."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"optim.schedule={schedule!r} is unknown; choose one of {list(SCHEDULES)}")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return 0.001 + (1 - 0.001) * step / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor

@@ -20,9 +20,9 @@ from frcnn_lab.inference.slicing import Slicing, detect_images
 
 def trained_resize(model: DetectionModule | OnnxDetector) -> dict[str, Any]:
     """The resize policy the model was trained with: ``{"resize": ..., "scale": ...}`` (``data.resize`` /
-    ``data.scale``; shortest side for models that predate them)."""
+    ``data.scale``)."""
     source = model.hparams if isinstance(model, DetectionModule) else vars(model)
-    return {"resize": source.get("resize", "shortest_side"), "scale": source.get("scale", 1.0)}
+    return {"resize": source["resize"], "scale": source["scale"]}
 
 
 class PhotoDetector:
@@ -65,7 +65,7 @@ def load_photo_detector(ckpt_path: str | Path | None = None, model: str | Path |
     if ckpt_path is None:
         raise ValueError("name the detector: ckpt_path=<file>.ckpt or model=<file>.onnx")
     module = load_module(ckpt_path, resolve_device(device))
-    return PhotoDetector(module, *input_sizes(module, ckpt_path, image_size, max_size), slicing)
+    return PhotoDetector(module, *input_sizes(module, image_size, max_size), slicing)
 
 
 def configured_photo_detector(cfg: DictConfig) -> PhotoDetector:

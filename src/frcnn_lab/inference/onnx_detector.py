@@ -32,15 +32,15 @@ class OnnxDetector:
         options.log_severity_level = 3  # errors only: the exporter's unused-initialiser notices are no news
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         metadata = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in ("classes", "image_size", "max_size") if k not in metadata]
+        missing = [k for k in ("classes", "image_size", "max_size", "resize", "scale") if k not in metadata]
         if missing:
             raise ValueError(f"model={path} lacks the metadata {missing}: export it with python -m frcnn_lab.export")
         self.path = path
         self.classes: list[str] = json.loads(metadata["classes"])
         self.image_size: int = json.loads(metadata["image_size"])
         self.max_size: int = json.loads(metadata["max_size"])
-        self.resize: str = json.loads(metadata.get("resize", '"shortest_side"'))
-        self.scale: float = json.loads(metadata.get("scale", "1.0"))
+        self.resize: str = json.loads(metadata["resize"])
+        self.scale: float = json.loads(metadata["scale"])
         self.category_ids: list[int] = (json.loads(metadata["category_ids"]) if "category_ids" in metadata
                                         else list(range(1, len(self.classes) + 1)))
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_area, box_iou
 
+from frcnn_lab.checks import Checks, is_int, is_number, typed
 from frcnn_lab.data.tiles import tile_windows
 from frcnn_lab.model.detector import rescale_boxes
 
@@ -40,42 +41,39 @@ MATCH_METRICS = ("iou", "ios")
 Detect = Callable[[list[Tensor]], list[dict[str, Tensor]]]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Slicing:
-    """``inference.slicing``: tile side ``size`` in input pixels (at the trained resize), ``overlap`` (share of
-    ``size`` shared by neighbours), ``whole_image`` (also detect on the whole image), the ``merge`` rule and
-    its ``match_metric`` / ``match_threshold``."""
+    """``inference.slicing``: tile side ``size`` in input pixels (at the trained resize; None: no slicing, whole
+    images), ``overlap`` (share of ``size`` shared by neighbours), ``whole_image`` (also detect on the whole image),
+    the ``merge`` rule and its ``match_metric`` / ``match_threshold``."""
 
-    size: int
-    overlap: float = 0.2
-    whole_image: bool = False
-    merge: str = "nms"
-    match_metric: str = "iou"
-    match_threshold: float = 0.5
+    size: int | None = None  # tile side in input pixels, >= 32; None: whole images
+    overlap: float = 0.2  # share of the tile side shared by neighbouring tiles (the layout of data.tiles)
+    whole_image: bool = False  # also detect on the whole image and merge its detections with the tiles'
+    merge: str = "nms"  # nms (keep the best, torchvision batched_nms) | greedy_nmm (merge into unions, as sahi)
+    match_metric: str = "iou"  # iou | ios (intersection over the smaller box; greedy_nmm only)
+    match_threshold: float = 0.5  # boxes of a class matching this are merged (greedy_nmm) or suppressed (nms)
 
     def __post_init__(self) -> None:
-        key = "inference.slicing"
-        if not isinstance(self.size, int) or self.size < 32:
-            raise ValueError(f"{key}.size={self.size!r} must be an integer >= 32 (input pixels), or null: no slicing")
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"{key}.overlap={self.overlap!r} must be in [0, 1)")
-        if self.merge not in MERGE_RULES:
-            raise ValueError(f"{key}.merge={self.merge!r} is unknown; choose one of {list(MERGE_RULES)}")
-        if self.match_metric not in MATCH_METRICS:
-            raise ValueError(f"{key}.match_metric={self.match_metric!r} is unknown; "
-                             f"choose one of {list(MATCH_METRICS)}")
+        check = Checks("inference.slicing")
+        if self.size is not None:
+            check.require("size", self.size, is_int(self.size) and self.size >= 32,
+                          "an integer >= 32 (input pixels), or null: no slicing")
+        check.require("overlap", self.overlap, is_number(self.overlap) and 0 <= self.overlap < 1, "in [0, 1)")
+        check.choice("merge", self.merge, MERGE_RULES)
+        check.choice("match_metric", self.match_metric, MATCH_METRICS)
         if self.merge == "nms" and self.match_metric != "iou":
-            raise ValueError(f"{key}.merge=nms compares boxes by IoU (torchvision.ops.batched_nms): "
-                             f"set {key}.match_metric=iou, or use {key}.merge=greedy_nmm")
-        if not 0 < self.match_threshold <= 1:
-            raise ValueError(f"{key}.match_threshold={self.match_threshold!r} must be in (0, 1]")
+            check.fail("inference.slicing.merge=nms compares boxes by IoU (torchvision.ops.batched_nms): set "
+                       "inference.slicing.match_metric=iou, or use inference.slicing.merge=greedy_nmm")
+        check.require("match_threshold", self.match_threshold,
+                      is_number(self.match_threshold) and 0 < self.match_threshold <= 1, "in (0, 1]")
+        check.done()
 
     @classmethod
     def from_config(cls, config: Any) -> Slicing | None:
-        """``inference.slicing`` (a mapping) -> Slicing, or None when ``size`` is null (slicing off)."""
-        if config is None or config.get("size") is None:
-            return None
-        return cls(**{key: config[key] for key in cls.__dataclass_fields__ if key in config})
+        """``inference.slicing`` (a mapping or a Slicing) -> Slicing, or None when ``size`` is null (slicing off)."""
+        slicing = typed(cls, config, "inference.slicing")
+        return slicing if slicing.size is not None else None
 
 
 def overlap_matrix(boxes: Tensor, metric: str) -> Tensor:

@@ -26,7 +26,7 @@ import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import box_iou
 
-from frcnn_lab.model.detector import anchor_sizes_per_level
+from frcnn_lab.model.rpn import anchor_sizes_per_level
 
 AUTO = "auto"
 AUTO_SIZES_ONE_LEVEL = 4  # rpn.anchor_sizes=auto on a single-level (C4) backbone: as many as the default
@@ -116,7 +116,7 @@ def suggest_aspect_ratios(widths: np.ndarray, heights: np.ndarray, count: int) -
 
 def fit_report(
     widths: np.ndarray, heights: np.ndarray, anchor_sizes: Sequence[float] | str,
-    aspect_ratios: Sequence[float] | str, fg_iou: float, levels: Sequence[str], backbone: str = "",
+    aspect_ratios: Sequence[float] | str, fg_iou: float, levels: Sequence[str],
 ) -> dict[str, Any]:
     """The anchors to use and how well they fit boxes (widths, heights (N,) in input pixels).
 
@@ -135,14 +135,14 @@ def fit_report(
     if len(widths) or any(auto.values()):
         suggested = {"anchor_sizes": suggest_anchor_sizes(widths, heights, size_count),
                      "aspect_ratios": suggest_aspect_ratios(widths, heights, ratio_count)}
-        suggested_fit = anchor_fit(widths, heights, _per_level(suggested["anchor_sizes"], levels, backbone),
+        suggested_fit = anchor_fit(widths, heights, _per_level(suggested["anchor_sizes"], levels),
                                    suggested["aspect_ratios"], fg_iou)
         suggested["share_best_iou_at_least_0.5"] = suggested_fit["share_best_iou_at_least"][str(WARN_IOU)]
     used = {"anchor_sizes": suggested["anchor_sizes"] if auto["anchor_sizes"] else [float(s) for s in anchor_sizes],
             "aspect_ratios": suggested["aspect_ratios"] if auto["aspect_ratios"] else [float(r) for r in aspect_ratios]}
-    fit = anchor_fit(widths, heights, _per_level(used["anchor_sizes"], levels, backbone), used["aspect_ratios"], fg_iou)
+    fit = anchor_fit(widths, heights, _per_level(used["anchor_sizes"], levels), used["aspect_ratios"], fg_iou)
     return {"used": used, "auto": auto, "fit": fit, "suggested": suggested}
 
 
-def _per_level(sizes: list[float], levels: Sequence[str], backbone: str) -> dict[str, list[float]]:
-    return dict(zip(levels, anchor_sizes_per_level(sizes, list(levels), backbone), strict=True))
+def _per_level(sizes: list[float], levels: Sequence[str]) -> dict[str, list[float]]:
+    return dict(zip(levels, anchor_sizes_per_level(sizes, list(levels)), strict=True))

@@ -38,6 +38,7 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from frcnn_lab.checks import Checks
 from frcnn_lab.model.folding import fold_frozen_batchnorm
 from frcnn_lab.model.weights import load_state_dict
 
@@ -46,6 +47,28 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FPN_CHANNELS = 256
 MLP_HEAD_SIZE = 1024
 BOX_HEADS = ("classifier", "mlp")
+
+
+@dataclass
+class BackboneConfig:
+    """``backbone.*``: which trunk and box head, and how it starts. The defaults are the CLI's ``backbone``."""
+
+    name: str = "mobilenet_v2"  # one of BUILDERS
+    weights: str = "imagenet"  # imagenet (torchvision's IMAGENET1K_V1) | none | <path to a state dict of the network>
+    freeze_stages: int = 2  # leading trunk stages without gradient (0 = train all)
+    frozen_bn: bool = True  # BatchNorm keeps the pretrained statistics (ignored with weights=none and for vgg16)
+    box_head: str = "mlp"  # mlp: TwoMLPHead (1024), new | classifier: the network's own tail, pretrained (C4 only)
+
+    def __post_init__(self) -> None:
+        check = Checks("backbone")
+        known = check.choice("name", self.name, sorted(BUILDERS))
+        check.choice("box_head", self.box_head, BOX_HEADS)
+        check.require("weights", self.weights, isinstance(self.weights, str) and bool(self.weights),
+                      "imagenet, none or the path of a state dict")
+        check.integer("freeze_stages", self.freeze_stages, 0)
+        if known and self.name.endswith("_fpn") and self.box_head != "mlp":
+            check.fail(f"backbone.box_head={self.box_head!r}: an FPN backbone's box head is mlp")
+        check.done()
 
 
 @dataclass
@@ -80,28 +103,23 @@ class SingleLevel(nn.Sequential):
         return OrderedDict(c4=super().forward(x))
 
 
-def build_backbone(
-    name: str, weights: str = "imagenet", freeze_stages: int = 0, frozen_bn: bool = True,
-    pool_size: int | None = None, pretrained: bool = True, box_head: str | None = None,
-) -> Backbone:
-    """Build backbone ``name`` (one of ``BUILDERS``).
+def build_backbone(config: BackboneConfig | None = None, pool_size: int | None = None,
+                   pretrained: bool = True) -> Backbone:
+    """The backbone ``config`` describes (default: ``BackboneConfig()``).
 
     ``weights``: ``imagenet`` (torchvision's IMAGENET1K_V1), ``none`` (random init), or the path of a
     state dict of the torchvision classification network. ``freeze_stages``: how many leading trunk
     stages get no gradient. ``frozen_bn``: BatchNorm layers keep the pretrained statistics (not with
     ``weights=none``), computed inside the convolutions before them (``frcnn_lab.model.folding``).
     ``pool_size``: the RoI size P the box head takes (None: the backbone's).
-    ``pretrained=False`` builds the same layout without reading ``weights``. ``box_head``: one of
-    ``BOX_HEADS`` (FPN layouts: ``mlp`` only); None: ``classifier`` for C4, ``mlp`` for FPN, the heads of
-    checkpoints written before the choice existed.
+    ``pretrained=False`` builds the same layout without reading ``weights`` (a checkpoint fills them in).
     """
-    if name not in BUILDERS:
-        raise ValueError(f"backbone={name!r} is unknown; choose one of {sorted(BUILDERS)}")
-    if box_head not in (None, *BOX_HEADS):
-        raise ValueError(f"backbone.box_head={box_head!r} is unknown; choose one of {list(BOX_HEADS)}")
-    constructor, enum, split = BUILDERS[name]
+    config = config or BackboneConfig()
+    constructor, enum, split = BUILDERS[config.name]
+    weights = config.weights
     # Random statistics are not worth freezing: without pretrained weights BatchNorm trains.
-    kwargs = {"norm_layer": FrozenBatchNorm2d} if frozen_bn and weights != "none" and name != "vgg16" else {}
+    frozen = config.frozen_bn and weights != "none" and config.name != "vgg16"
+    kwargs = {"norm_layer": FrozenBatchNorm2d} if frozen else {}
     network = constructor(weights=None, **kwargs)
     if pretrained and weights == "imagenet":
         network.load_state_dict(load_state_dict(enum.IMAGENET1K_V1))
@@ -112,10 +130,11 @@ def build_backbone(
         network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     if kwargs:
         fold_frozen_batchnorm(network)  # the same arithmetic in fewer passes over the activations
-    backbone = split(network, pool_size, box_head)
-    if not 0 <= freeze_stages <= len(backbone.stages):
-        raise ValueError(f"backbone.freeze_stages={freeze_stages} must be in [0, {len(backbone.stages)}] for {name}")
-    for stage in backbone.stages[:freeze_stages]:
+    backbone = split(network, pool_size, config.box_head)
+    if config.freeze_stages > len(backbone.stages):
+        raise ValueError(f"backbone.freeze_stages={config.freeze_stages} must be in [0, {len(backbone.stages)}] "
+                         f"for {config.name}")
+    for stage in backbone.stages[: config.freeze_stages]:
         stage.requires_grad_(False)
     return backbone
 
@@ -124,37 +143,44 @@ def feature_levels(name: str) -> dict[str, int]:
     """Backbone ``name``'s feature levels -> strides, finest first; built on the meta device (no memory, no
     weights), so it is cheap to ask before the model is built."""
     with torch.device("meta"):
-        return build_backbone(name, "none", pretrained=False).strides
+        return build_backbone(BackboneConfig(name=name, weights="none", freeze_stages=0), pretrained=False).strides
+
+
+def pool_size_problem(name: str, box_head: str, pool_size: int | None) -> str | None:
+    """Why ``roi_head.pool_size`` cannot feed this backbone's box head, or None."""
+    if name == "vgg16" and box_head == "classifier" and pool_size not in (None, 7):
+        return f"roi_head.pool_size={pool_size} must be 7 (or null) for vgg16's classifier: fc6 expects 7x7"
+    return None
 
 
 def single_level(
-    trunk: SingleLevel, classifier: nn.Module, classifier_size: int, pool_size: int, box_head: str | None
+    trunk: SingleLevel, classifier: nn.Module, classifier_size: int, pool_size: int, box_head: str
 ) -> Backbone:
     """A C4 backbone with the ``classifier`` tail (of output size ``classifier_size``) or an MLP box head."""
     if box_head == "mlp":
         tail, size = TwoMLPHead(trunk.out_channels * pool_size**2, MLP_HEAD_SIZE), MLP_HEAD_SIZE
     else:
         tail, size = classifier, classifier_size
-    return Backbone(trunk, tail, size, pool_size, {"c4": 16}, ("c4",), list(trunk), box_head or "classifier")
+    return Backbone(trunk, tail, size, pool_size, {"c4": 16}, ("c4",), list(trunk), box_head)
 
 
-def split_vgg16(network: models.VGG, pool_size: int | None, box_head: str | None) -> Backbone:
-    if box_head != "mlp" and pool_size not in (None, 7):
-        raise ValueError(f"roi_head.pool_size={pool_size} must be 7 (or null) for vgg16's classifier: fc6 expects 7x7")
+def split_vgg16(network: models.VGG, pool_size: int | None, box_head: str) -> Backbone:
+    if problem := pool_size_problem("vgg16", box_head, pool_size):
+        raise ValueError(problem)
     f = network.features  # the last max-pool (index 30) is dropped: conv5_3 stays at stride 16
     trunk = SingleLevel([f[0:5], f[5:10], f[10:17], f[17:24], f[24:30]], out_channels=512)
     tail = nn.Sequential(nn.Flatten(), *network.classifier[:-1])  # fc6, relu, dropout, fc7, relu, dropout
     return single_level(trunk, tail, 4096, pool_size or 7, box_head)
 
 
-def split_resnet50(network: models.ResNet, pool_size: int | None, box_head: str | None) -> Backbone:
+def split_resnet50(network: models.ResNet, pool_size: int | None, box_head: str) -> Backbone:
     n = network
     trunk = SingleLevel([nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool), n.layer1, n.layer2, n.layer3], 1024)
     tail = nn.Sequential(n.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return single_level(trunk, tail, 2048, pool_size or 14, box_head)
 
 
-def split_mobilenet_v2(network: models.MobileNetV2, pool_size: int | None, box_head: str | None) -> Backbone:
+def split_mobilenet_v2(network: models.MobileNetV2, pool_size: int | None, box_head: str) -> Backbone:
     f = network.features
     trunk = SingleLevel([f[0:2], f[2:4], f[4:7], f[7:11], f[11:14]], out_channels=96)
     tail = nn.Sequential(f[14:], nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -163,12 +189,10 @@ def split_mobilenet_v2(network: models.MobileNetV2, pool_size: int | None, box_h
 
 def with_fpn(
     network: nn.Module, return_layers: dict[str, str], in_channels: list[int], strides: list[int],
-    stages: list[nn.Module], pool_size: int | None, box_head: str | None,
+    stages: list[nn.Module], pool_size: int | None, box_head: str,
 ) -> Backbone:
     """torchvision's FPN on the ``return_layers`` of ``network`` (levels "0", "1", ... and "pool"), with a
     two-layer MLP box head."""
-    if box_head not in (None, "mlp"):
-        raise ValueError(f"backbone.box_head={box_head!r}: an FPN backbone's box head is mlp (no classifier tail)")
     trunk = BackboneWithFPN(network, return_layers, in_channels, FPN_CHANNELS, extra_blocks=LastLevelMaxPool())
     pool_size = pool_size or 7
     levels = {str(i): stride for i, stride in enumerate(strides)}
@@ -178,7 +202,7 @@ def with_fpn(
     )
 
 
-def split_resnet50_fpn(network: models.ResNet, pool_size: int | None, box_head: str | None) -> Backbone:
+def split_resnet50_fpn(network: models.ResNet, pool_size: int | None, box_head: str) -> Backbone:
     n = network
     return with_fpn(
         n, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}, [256, 512, 1024, 2048], [4, 8, 16, 32],
@@ -186,7 +210,7 @@ def split_resnet50_fpn(network: models.ResNet, pool_size: int | None, box_head: 
     )
 
 
-def split_mobilenet_v2_fpn(network: models.MobileNetV2, pool_size: int | None, box_head: str | None) -> Backbone:
+def split_mobilenet_v2_fpn(network: models.MobileNetV2, pool_size: int | None, box_head: str) -> Backbone:
     f = network.features  # block 18 (the 1x1 conv to 1280 channels) is left out
     return with_fpn(
         f, {"6": "0", "13": "1", "17": "2"}, [32, 96, 320], [8, 16, 32],

@@ -3,20 +3,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
-from frcnn_lab.model.backbones import Backbone, build_backbone
-from frcnn_lab.model.roi_head import RoIHead
+from frcnn_lab.checks import Checks, typed
+from frcnn_lab.model.backbones import Backbone, BackboneConfig, build_backbone, pool_size_problem
+from frcnn_lab.model.losses import LossConfig
+from frcnn_lab.model.roi_head import RoIHead, RoIHeadConfig
 from frcnn_lab.model.roi_pooling import RoIPooler
-from frcnn_lab.model.rpn import RegionProposalNetwork
+from frcnn_lab.model.rpn import RegionProposalNetwork, RPNConfig
 
 MODES = ("full", "rpn_only")
+
+
+@dataclass
+class ModelConfig:
+    """``model.*``: what the detector is made of beyond its parts, and the layout of its weights."""
+
+    mode: str = "full"  # full | rpn_only (the RPN alone as a single-class detector)
+    channels_last: bool = True  # convolution weights in NHWC layout: faster kernels, the same figures
+
+    def __post_init__(self) -> None:
+        check = Checks("model")
+        check.choice("mode", self.mode, MODES)
+        check.choice("channels_last", self.channels_last, (False, True))
+        check.done()
 
 
 @dataclass
@@ -101,50 +117,31 @@ def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int,
 
 
 def build_detector(
-    backbone: dict[str, Any], rpn: dict[str, Any], roi_head: dict[str, Any], loss: dict[str, Any],
-    num_classes: int, mode: str = "full", pretrained: bool = True,
+    backbone: BackboneConfig | Mapping | None = None, rpn: RPNConfig | Mapping | None = None,
+    roi_head: RoIHeadConfig | Mapping | None = None, loss: LossConfig | Mapping | None = None, num_classes: int = 2,
+    mode: str = ModelConfig.mode, pretrained: bool = True,
 ) -> FasterRCNN:
-    """The detector from the config groups ``backbone``, ``rpn``, ``roi_head``, ``loss``.
+    """The detector of the part configs (each a typed config, or a mapping of its keys over the defaults; None: the
+    defaults, the CLI's).
 
     ``num_classes`` counts the object classes; the head adds background. ``rpn.num_rois`` is the number
     of RoIs sampled per image for the head in training. ``rpn.anchor_sizes`` is split in order over the
-    backbone's levels (see ``anchor_sizes_per_level``). ``pretrained=False``: the backbone's layout follows
-    ``backbone.weights`` but no weights are read (a checkpoint's state dict fills them in).
+    backbone's levels. ``pretrained=False``: the backbone's layout follows ``backbone.weights`` but no weights
+    are read (a checkpoint's state dict fills them in).
     """
+    backbone, rpn = typed(BackboneConfig, backbone, "backbone"), typed(RPNConfig, rpn, "rpn")
+    roi_head, loss = typed(RoIHeadConfig, roi_head, "roi_head"), typed(LossConfig, loss, "loss")
     if mode not in MODES:
         raise ValueError(f"model.mode={mode!r} is unknown; choose one of {list(MODES)}")
-    head = dict(roi_head)
-    parts = build_backbone(
-        backbone["name"], backbone["weights"], backbone["freeze_stages"], backbone["frozen_bn"], head.pop("pool_size"),
-        pretrained=pretrained, box_head=backbone.get("box_head"),  # absent from older checkpoints' configs
-    )
-    rpn = dict(rpn)
-    num_rois = rpn.pop("num_rois")
-    rpn["anchor_sizes"] = anchor_sizes_per_level(rpn["anchor_sizes"], list(parts.strides), backbone["name"])
-    region_proposals = RegionProposalNetwork(parts.out_channels, smooth_l1_beta=loss["rpn_smooth_l1_beta"], **rpn)
+    if problem := pool_size_problem(backbone.name, backbone.box_head, roi_head.pool_size):
+        raise ValueError(problem)
+    parts = build_backbone(backbone, roi_head.pool_size, pretrained=pretrained)
+    region_proposals = RegionProposalNetwork(parts.out_channels, rpn, list(parts.strides), loss)
     if mode == "rpn_only":
         return FasterRCNN(parts, region_proposals, None)
     pooler = RoIPooler(
-        head.pop("pooler"), parts.pool_size, {level: parts.strides[level] for level in parts.pooled_levels},
-        head.pop("sampling_ratio"), head.pop("aligned"),
+        roi_head.pooler, parts.pool_size, {level: parts.strides[level] for level in parts.pooled_levels},
+        roi_head.sampling_ratio, roi_head.aligned,
     )
-    box_head = RoIHead(
-        pooler, parts.tail, parts.representation_size, num_classes + 1, num_rois=num_rois,
-        smooth_l1_beta=loss["roi_smooth_l1_beta"], **head,
-    )
+    box_head = RoIHead(pooler, parts.tail, parts.representation_size, num_classes + 1, roi_head, rpn.num_rois, loss)
     return FasterRCNN(parts, region_proposals, box_head)
-
-
-def anchor_sizes_per_level(sizes: list[float], levels: list[str], backbone: str) -> list[list[float]]:
-    """The flat ``rpn.anchor_sizes`` split in order into equal parts, one per level, finest level first.
-
-    One level (C4) takes all sizes; five levels (FPN) and five sizes give one size per level, as
-    torchvision's FPN detectors have it.
-    """
-    if len(sizes) % len(levels):
-        raise ValueError(
-            f"rpn.anchor_sizes={list(sizes)} has {len(sizes)} sizes for the {len(levels)} levels {levels} of "
-            f"backbone={backbone}: give a multiple of {len(levels)} sizes, split in order over the levels"
-        )
-    per_level = len(sizes) // len(levels)
-    return [list(sizes[i : i + per_level]) for i in range(0, len(sizes), per_level)]

@@ -7,11 +7,42 @@ Selections are masks, not boolean indexing, so a training step does not wait for
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from frcnn_lab.checks import Checks
+
 LOSS_PARTS = ("rpn_cls", "rpn_reg", "roi_cls", "roi_reg")
+
+
+@dataclass
+class LossWeights:
+    """``loss.weights.*``: total = sum of weight * part."""
+
+    rpn_cls: float = 1.0  # RPN objectness, binary cross-entropy over the sampled anchors
+    rpn_reg: float = 1.0  # RPN box deltas, smooth L1 over the positive anchors
+    roi_cls: float = 1.0  # head classification, cross-entropy over the sampled RoIs
+    roi_reg: float = 1.0  # head class-specific box deltas, smooth L1 over the foreground RoIs
+
+
+@dataclass
+class LossConfig:
+    """``loss.*``: the weight of each part and where smooth L1 turns linear (torchvision: 1/9 for both stages)."""
+
+    weights: LossWeights = field(default_factory=LossWeights)
+    rpn_smooth_l1_beta: float = 1.0 / 9
+    roi_smooth_l1_beta: float = 1.0 / 9
+
+    def __post_init__(self) -> None:
+        check = Checks("loss")
+        for part in LOSS_PARTS:
+            check.non_negative(f"weights.{part}", getattr(self.weights, part))
+        check.non_negative("rpn_smooth_l1_beta", self.rpn_smooth_l1_beta)
+        check.non_negative("roi_smooth_l1_beta", self.roi_smooth_l1_beta)
+        check.done()
 
 
 def rpn_losses(
@@ -56,6 +87,6 @@ def regression_sum(deltas: Tensor, target_deltas: Tensor, positive: Tensor, beta
     return F.smooth_l1_loss(deltas, targets, beta=beta, reduction="sum")
 
 
-def weighted_total(losses: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+def weighted_total(losses: dict[str, Tensor], weights: LossWeights) -> Tensor:
     """Sum of the loss parts present in ``losses``, each times its weight."""
-    return sum(weights[name] * value for name, value in losses.items())
+    return sum(getattr(weights, name) * value for name, value in losses.items())

@@ -1,14 +1,16 @@
 """RoI head (the Fast R-CNN stage): sample RoIs, pool them, classify them and refine their boxes.
 
-Usable on any feature maps: ``RoIHead(RoIPooler(...), tail, representation_size, num_classes)`` takes named
-levels ``{name: (B, C, h_l, w_l)}`` and per-image proposals in image pixels. ``tail`` is the box head,
+Usable on any feature maps: ``RoIHead(RoIPooler(...), tail, representation_size, num_classes, RoIHeadConfig())``
+takes named levels ``{name: (B, C, h_l, w_l)}`` and per-image proposals in image pixels. ``tail`` is the box head,
 pooled RoIs (R, C, P, P) -> (R, representation_size): the backbone's last stages for a C4 trunk, a
 two-layer MLP for FPN.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +18,50 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
-from frcnn_lab.model.losses import roi_losses
-from frcnn_lab.model.roi_pooling import RoIPooler
+from frcnn_lab.checks import Checks
+from frcnn_lab.model.losses import LossConfig, roi_losses
+from frcnn_lab.model.roi_pooling import POOLERS, RoIPooler
+from frcnn_lab.model.rpn import RPNConfig
 from frcnn_lab.model.sampling import BalancedSampler
+
+
+@dataclass
+class RoIHeadConfig:
+    """``roi_head.*``: RoI pooling and the Fast R-CNN head. Defaults follow torchvision unless noted; they are the
+    CLI's. (The RoIs sampled per image for training are ``rpn.num_rois``, the thesis's name for them.)"""
+
+    pooler: str = "roi_align"  # roi_pool (Fast R-CNN) | roi_align (Mask R-CNN) | crop_resize (Luminoth)
+    pool_size: int | None = None  # RoI output size (None: the backbone's: 14 for resnet50, 7 for the others)
+    sampling_ratio: int = 2  # roi_align: bilinear samples per bin side (0 = adaptive)
+    aligned: bool = False  # roi_align: half-pixel correction
+    positive_fraction: float = 0.25  # at most this share of the sampled RoIs are foreground (thesis: 0.5)
+    fg_iou: float = 0.5  # RoIs with IoU >= fg_iou to a GT box are foreground
+    bg_iou_lo: float = 0.0  # background band [bg_iou_lo, bg_iou_hi); RoIs below it are never sampled (thesis: 0.1)
+    bg_iou_hi: float = 0.5
+    add_gt_as_proposals: bool = True  # GT boxes join the proposals the head samples from
+    box_weights: Any = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])  # (dx, dy, dw, dh); thesis: 8, 8, 4, 4
+    score_thresh: float = 0.05  # detections with a lower class score are dropped
+    nms_iou: float = 0.5  # per-class NMS IoU among detections
+    detections_per_image: int = 100  # highest-scoring detections kept per image
+    min_size: float = 1e-2  # detections with a side below this (pixels) are dropped
+
+    def __post_init__(self) -> None:
+        check = Checks("roi_head")
+        check.choice("pooler", self.pooler, POOLERS)
+        if self.pool_size is not None:
+            check.integer("pool_size", self.pool_size, 1)
+        check.integer("sampling_ratio", self.sampling_ratio, 0)
+        band = [check.fraction(name, getattr(self, name)) for name in ("bg_iou_lo", "bg_iou_hi", "fg_iou")]
+        if all(band) and not self.bg_iou_lo < self.bg_iou_hi <= self.fg_iou:
+            check.fail("the background band needs roi_head.bg_iou_lo < roi_head.bg_iou_hi <= roi_head.fg_iou, got "
+                       f"{self.bg_iou_lo}, {self.bg_iou_hi}, {self.fg_iou}")
+        check.fraction("positive_fraction", self.positive_fraction)
+        check.fraction("nms_iou", self.nms_iou)
+        check.box_weights("box_weights", self.box_weights)
+        check.non_negative("score_thresh", self.score_thresh)
+        check.non_negative("min_size", self.min_size)
+        check.integer("detections_per_image", self.detections_per_image, 1)
+        check.done()
 
 
 class BoxPredictor(nn.Module):
@@ -67,34 +110,20 @@ class RoIHead(nn.Module):
     """
 
     def __init__(
-        self,
-        pooler: RoIPooler,
-        tail: nn.Module,
-        representation_size: int,
-        num_classes: int,
-        num_rois: int = 512,
-        positive_fraction: float = 0.25,
-        fg_iou: float = 0.5,
-        bg_iou_lo: float = 0.0,
-        bg_iou_hi: float = 0.5,
-        add_gt_as_proposals: bool = True,
-        box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-        smooth_l1_beta: float = 1.0 / 9,
-        score_thresh: float = 0.05,
-        nms_iou: float = 0.5,
-        detections_per_image: int = 100,
-        min_size: float = 1e-2,
+        self, pooler: RoIPooler, tail: nn.Module, representation_size: int, num_classes: int,
+        config: RoIHeadConfig | None = None, num_rois: int = RPNConfig.num_rois, loss: LossConfig | None = None,
     ) -> None:
         super().__init__()
+        self.config = config = config or RoIHeadConfig()
         self.pooler, self.tail = pooler, tail
         self.predictor = BoxPredictor(representation_size, num_classes)
-        self.sampler = BalancedSampler(num_rois, positive_fraction)
-        self.box_coder = BoxCoder(tuple(box_weights))
-        self.fg_iou, self.bg_iou_lo, self.bg_iou_hi = fg_iou, bg_iou_lo, bg_iou_hi
-        self.add_gt_as_proposals = add_gt_as_proposals
-        self.smooth_l1_beta = smooth_l1_beta
-        self.score_thresh, self.nms_iou = score_thresh, nms_iou
-        self.detections_per_image, self.min_size = detections_per_image, min_size
+        self.sampler = BalancedSampler(num_rois, config.positive_fraction)
+        self.box_coder = BoxCoder(tuple(config.box_weights))
+        self.fg_iou, self.bg_iou_lo, self.bg_iou_hi = config.fg_iou, config.bg_iou_lo, config.bg_iou_hi
+        self.add_gt_as_proposals = config.add_gt_as_proposals
+        self.smooth_l1_beta = (loss or LossConfig()).roi_smooth_l1_beta
+        self.score_thresh, self.nms_iou = config.score_thresh, config.nms_iou
+        self.detections_per_image, self.min_size = config.detections_per_image, config.min_size
 
     def forward(
         self,

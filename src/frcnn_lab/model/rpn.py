@@ -1,14 +1,16 @@
 """Region Proposal Network: anchors, objectness and box deltas, training targets, proposals.
 
-Usable on any feature maps: ``RegionProposalNetwork(in_channels=C, anchor_sizes=((32, 64),), ...)`` takes
-named levels ``{name: (B, C, h_l, w_l)}`` of images padded to ``(H, W)`` (one level for a C4 trunk, several
-for FPN, each with its own anchor sizes and the same shared head) and returns per-image proposals. Used
+Usable on any feature maps: ``RegionProposalNetwork(in_channels=C, config=RPNConfig(anchor_sizes=[32, 64]))``
+takes named levels ``{name: (B, C, h_l, w_l)}`` of images padded to ``(H, W)`` (one level for a C4 trunk, several
+for FPN, the anchor sizes split in order over them, one shared head) and returns per-image proposals. Used
 alone (with the RPN losses only), it is a single-class detector whose objectness is the class score.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,8 +19,74 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
-from frcnn_lab.model.losses import rpn_losses
+from frcnn_lab.checks import Checks, is_sequence, positive_numbers
+from frcnn_lab.model.losses import LossConfig, rpn_losses
 from frcnn_lab.model.sampling import BalancedSampler
+
+
+@dataclass
+class RPNConfig:
+    """``rpn.*``. Defaults follow the paper / torchvision unless noted; they are the CLI's."""
+
+    # anchor sides in input pixels, split in order over the backbone's levels (C4: all at its one level; FPN: one
+    # per level); paper: 128, 256, 512 at 600 px; thesis: 64, 128, 256 at 300 px; auto: fitted to the train boxes
+    anchor_sizes: Any = field(default_factory=lambda: [32, 64, 128, 256])
+    aspect_ratios: Any = field(default_factory=lambda: [0.5, 1.0, 2.0])  # height / width; auto: fitted
+    head_channels: int | None = None  # channels of the 3x3 conv (None: the trunk's)
+    fg_iou: float = 0.7  # anchors with IoU >= fg_iou to a GT box are foreground (plus each GT box's best anchor)
+    bg_iou: float = 0.3  # anchors with max IoU < bg_iou are background; those in between are ignored
+    batch_size_per_image: int = 256  # anchors sampled per image for the RPN losses
+    positive_fraction: float = 0.5  # at most this share of them foreground
+    pre_nms_top_n_train: int = 1000  # proposals kept by objectness before NMS, per level, training (torchvision: 2000)
+    post_nms_top_n_train: int = 1000  # ... after NMS, training: the RoIs the head samples from
+    pre_nms_top_n_test: int = 1000  # before NMS, per level, inference
+    post_nms_top_n_test: int = 100  # after NMS, inference (thesis: 300; torchvision: 1000)
+    nms_iou: float = 0.7  # NMS IoU among proposals of a level
+    min_size: float = 1e-3  # proposals with a side below this (pixels) are dropped
+    score_thresh: float = 0.0  # proposals with objectness probability below this are dropped
+    box_weights: Any = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])  # (dx, dy, dw, dh) target scaling
+    num_rois: int = 64  # RoIs sampled per image for the RoI head in training (thesis: 4 vs 50; torchvision: 512)
+
+    def __post_init__(self) -> None:
+        check = Checks("rpn")
+        sizes, ratios = self.anchor_sizes, self.aspect_ratios
+        check.require("anchor_sizes", sizes, sizes == "auto" or positive_numbers(sizes),
+                      "a non-empty list of numbers > 0 (or of such lists, one per level), or auto")
+        check.require("aspect_ratios", ratios, ratios == "auto" or (positive_numbers(ratios) and not any(
+            is_sequence(r) for r in ratios)), "a non-empty list of numbers > 0 (the same at every level), or auto")
+        if self.head_channels is not None:
+            check.integer("head_channels", self.head_channels, 1)
+        fractions = {name: check.fraction(name, getattr(self, name))
+                     for name in ("fg_iou", "bg_iou", "positive_fraction", "nms_iou")}
+        if fractions["fg_iou"] and fractions["bg_iou"] and self.bg_iou > self.fg_iou:
+            check.fail(f"rpn.bg_iou={self.bg_iou} must be <= rpn.fg_iou={self.fg_iou}")
+        for name in ("batch_size_per_image", "pre_nms_top_n_train", "post_nms_top_n_train", "pre_nms_top_n_test",
+                     "post_nms_top_n_test", "num_rois"):
+            check.integer(name, getattr(self, name), 1)
+        check.non_negative("min_size", self.min_size)
+        check.non_negative("score_thresh", self.score_thresh)
+        check.box_weights("box_weights", self.box_weights)
+        check.done()
+
+
+def anchor_sizes_per_level(sizes: list[Any], levels: list[str] | None = None) -> list[list[float]]:
+    """The flat ``rpn.anchor_sizes`` split in order into equal parts, one per level, finest first (a list of lists
+    is taken as one list per level). One level (C4) takes all sizes; five levels (FPN) and five sizes give one size
+    per level, as torchvision's FPN detectors have it. ``levels`` None: one level, or as many as the lists."""
+    sizes = list(sizes)
+    nested = bool(sizes) and all(isinstance(level, (list, tuple)) for level in sizes)
+    levels = levels if levels is not None else [str(i) for i in range(len(sizes))] if nested else ["c4"]
+    if nested:
+        if len(sizes) != len(levels):
+            raise ValueError(f"rpn.anchor_sizes={sizes} has {len(sizes)} lists for the {len(levels)} levels {levels}")
+        return [list(level) for level in sizes]
+    if len(sizes) % len(levels):
+        raise ValueError(
+            f"rpn.anchor_sizes={sizes} has {len(sizes)} sizes for the {len(levels)} levels {levels}: give a "
+            f"multiple of {len(levels)} sizes, split in order over the levels"
+        )
+    per_level = len(sizes) // len(levels)
+    return [sizes[i : i + per_level] for i in range(0, len(sizes), per_level)]
 
 
 class RPNHead(nn.Module):
@@ -66,44 +134,31 @@ class RegionProposalNetwork(nn.Module):
 
     forward(images, features, targets) -> (proposals [(P_i, 4)], scores [(P_i,)], losses, stats)
     ``images`` is an ImageList: padded tensor (B, 3, H, W) and the unpadded sizes; ``features`` the named
-    levels {name: (B, C, h_l, w_l)}, finest first, one per entry of ``anchor_sizes`` (anchor sides in input
-    pixels per level; every level has the same number of sizes, as the head is shared). Losses and stats
+    levels {name: (B, C, h_l, w_l)}, finest first, the ``levels`` the RPN was built for (``config.anchor_sizes``
+    split in order over them; every level has the same number of sizes, as the head is shared). Losses and stats
     are computed when ``targets`` (dicts with "boxes" (G_i, 4)) are given.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        anchor_sizes: Sequence[Sequence[float]] = ((128, 256, 512),),
-        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        head_channels: int | None = None,
-        fg_iou: float = 0.7,
-        bg_iou: float = 0.3,
-        batch_size_per_image: int = 256,
-        positive_fraction: float = 0.5,
-        pre_nms_top_n_train: int = 2000,
-        post_nms_top_n_train: int = 2000,
-        pre_nms_top_n_test: int = 1000,
-        post_nms_top_n_test: int = 1000,
-        nms_iou: float = 0.7,
-        min_size: float = 1e-3,
-        score_thresh: float = 0.0,
-        box_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-        smooth_l1_beta: float = 1.0 / 9,
-    ) -> None:
+    def __init__(self, in_channels: int, config: RPNConfig | None = None, levels: list[str] | None = None,
+                 loss: LossConfig | None = None) -> None:
         super().__init__()
-        sizes = tuple(tuple(level) for level in anchor_sizes)
-        if not sizes or len({len(level) for level in sizes}) != 1 or not sizes[0]:
-            raise ValueError(f"anchor_sizes={anchor_sizes} must give each level the same number (>= 1) of sizes")
-        self.anchor_generator = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(aspect_ratios),) * len(sizes))
-        self.head = RPNHead(in_channels, len(sizes[0]) * len(aspect_ratios), head_channels)
-        self.box_coder = BoxCoder(tuple(box_weights))
-        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
-        self.fg_iou, self.bg_iou = fg_iou, bg_iou
-        self.pre_nms_top_n = {"train": pre_nms_top_n_train, "test": pre_nms_top_n_test}
-        self.post_nms_top_n = {"train": post_nms_top_n_train, "test": post_nms_top_n_test}
-        self.nms_iou, self.min_size, self.score_thresh = nms_iou, min_size, score_thresh
-        self.smooth_l1_beta = smooth_l1_beta
+        self.config = config = config or RPNConfig()
+        if config.anchor_sizes == "auto" or config.aspect_ratios == "auto":
+            raise ValueError("rpn.anchor_sizes / rpn.aspect_ratios = auto must be fitted to the train boxes first "
+                             "(frcnn_lab.model.anchor_fit)")
+        sizes = tuple(tuple(level) for level in anchor_sizes_per_level(config.anchor_sizes, levels))
+        if len({len(level) for level in sizes}) != 1:
+            raise ValueError(f"rpn.anchor_sizes={config.anchor_sizes} must give each level the same number of sizes")
+        ratios = tuple(config.aspect_ratios)
+        self.anchor_generator = AnchorGenerator(sizes=sizes, aspect_ratios=(ratios,) * len(sizes))
+        self.head = RPNHead(in_channels, len(sizes[0]) * len(ratios), config.head_channels)
+        self.box_coder = BoxCoder(tuple(config.box_weights))
+        self.sampler = BalancedSampler(config.batch_size_per_image, config.positive_fraction)
+        self.fg_iou, self.bg_iou = config.fg_iou, config.bg_iou
+        self.pre_nms_top_n = {"train": config.pre_nms_top_n_train, "test": config.pre_nms_top_n_test}
+        self.post_nms_top_n = {"train": config.post_nms_top_n_train, "test": config.post_nms_top_n_test}
+        self.nms_iou, self.min_size, self.score_thresh = config.nms_iou, config.min_size, config.score_thresh
+        self.smooth_l1_beta = (loss or LossConfig()).rpn_smooth_l1_beta
 
     def forward(
         self, images: ImageList, features: Mapping[str, Tensor], targets: list[dict[str, Tensor]] | None = None

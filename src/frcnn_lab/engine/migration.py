@@ -1,0 +1,51 @@
+"""Checkpoints of every earlier layout, upgraded to what today's ``DetectionModule`` takes: the one place that knows
+the older layouts.
+
+A checkpoint's ``hyper_parameters`` hold the module's arguments. Older layouts lack some of them:
+
+- no ``backbone.box_head``: C4 backbones had their classifier tail, FPN ones the MLP head;
+- no ``image_size`` / ``max_size``: the sizes come from the training run's ``.hydra/config.yaml`` when the checkpoint
+  is inside its run folder, else they stay unknown (inference then asks for them);
+- no ``resize`` / ``scale``: every model resized the shortest side; no ``slicing``: whole images;
+- no ``category_ids``, ``normalization``, ``channels_last``: 1..K, the backbone's mean / std, NHWC weights (the same
+  figures either way);
+- ``on_nonfinite`` / ``val_images`` among the module's arguments: training settings, not the model's; left out.
+
+Config groups missing a key take today's default for it (every such key was added with the value older code used).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frcnn_lab.runs.folders import run_data_config
+
+RETIRED_ARGUMENTS = ("on_nonfinite", "val_images")
+
+
+def read_hparams(ckpt_path: str | Path) -> dict[str, Any]:
+    """The checkpoint's ``hyper_parameters``, read without loading its tensors into memory."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return dict(checkpoint.get("hyper_parameters", {}))
+
+
+def upgrade_hparams(hparams: dict[str, Any], ckpt_path: str | Path) -> dict[str, Any]:
+    """``hparams`` of a checkpoint of any layout -> the arguments of today's ``DetectionModule``."""
+    upgraded = {key: value for key, value in hparams.items() if key not in RETIRED_ARGUMENTS}
+    backbone = dict(upgraded["backbone"])
+    if backbone.get("box_head") is None:
+        backbone["box_head"] = "mlp" if backbone["name"].endswith("_fpn") else "classifier"
+    upgraded["backbone"] = backbone
+    if upgraded.get("image_size") is None:
+        data = run_data_config(ckpt_path)
+        upgraded["image_size"] = int(data["image_size"]) if data else None
+        upgraded["max_size"] = int(data["max_size"]) if data else None
+    upgraded.setdefault("resize", "shortest_side")
+    upgraded.setdefault("scale", 1.0)
+    for key in ("slicing", "category_ids", "normalization"):
+        upgraded.setdefault(key, None)
+    upgraded.setdefault("channels_last", True)
+    return upgraded

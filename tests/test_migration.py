@@ -1,0 +1,62 @@
+"""Checkpoints of every earlier layout load as today's module (``frcnn_lab.engine.migration``).
+
+``tests/checkpoints/layout_*.ckpt`` hold the hyperparameters each earlier version of ``DetectionModule`` saved, in
+order, and no weights (loaded with ``strict=False``: a freshly built model of the upgraded layout takes their place);
+``run_of_layout_1/`` is the first layout inside its training run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+from frcnn_lab.engine.checkpoints import input_sizes
+from frcnn_lab.engine.migration import read_hparams, upgrade_hparams
+from frcnn_lab.engine.module import DetectionModule
+from frcnn_lab.inference.slicing import Slicing
+
+LAYOUTS = Path(__file__).parent / "checkpoints"
+pytestmark = pytest.mark.filterwarnings("ignore:.*(state dict|checkpoint):UserWarning")
+
+
+def load(path: Path) -> DetectionModule:
+    return DetectionModule.load_from_checkpoint(path, map_location="cpu", strict=False, weights_only=True)
+
+
+@pytest.mark.parametrize("path", sorted(LAYOUTS.glob("layout_*.ckpt")), ids=lambda p: p.stem)
+def test_every_layout_loads_with_its_own_settings(path):
+    """Every value a checkpoint holds is kept (here: 2000 proposals before NMS in training, where today's default is
+    1000; a beta of 0.1111 for 1/9); what it lacks takes the value its version used."""
+    saved = read_hparams(path)
+    module = load(path)
+    assert module.classes == ["camera", "phone"]
+    assert module.hparams.rpn["pre_nms_top_n_train"] == 2000 and module.detector.rpn.pre_nms_top_n["train"] == 2000
+    assert module.detector.rpn.smooth_l1_beta == 0.1111
+    box_head = saved["backbone"].get("box_head")
+    if box_head is None:  # before the choice: a C4 backbone's classifier tail (MobileNetV2's blocks 14-18)
+        assert module.hparams.backbone["box_head"] == "classifier"
+        assert not isinstance(module.detector.roi_head.tail, TwoMLPHead)
+    else:
+        assert isinstance(module.detector.roi_head.tail, TwoMLPHead)
+    assert module.hparams.resize == saved.get("resize", "shortest_side")
+    assert module.hparams.scale == saved.get("scale", 1.0)
+    assert module.slicing == Slicing.from_config(saved.get("slicing"))
+    assert "on_nonfinite" not in module.hparams and "val_images" not in module.hparams
+    if "image_size" in saved:
+        assert input_sizes(module) == (saved["image_size"], saved["max_size"])
+    else:  # a loose checkpoint of the first layouts knows no input size: inference asks for one
+        with pytest.raises(ValueError, match="set image_size and max_size"):
+            input_sizes(module)
+        assert input_sizes(module, 300, 500) == (300, 500)
+
+
+def test_a_checkpoint_in_its_run_folder_takes_the_sizes_of_its_run():
+    module = load(LAYOUTS / "run_of_layout_1" / "checkpoints" / "best.ckpt")
+    assert input_sizes(module) == (320, 480)
+
+
+def test_todays_layout_is_left_as_it_is():
+    hparams = upgrade_hparams(read_hparams(LAYOUTS / "layout_6_box_head.ckpt"), LAYOUTS / "layout_6_box_head.ckpt")
+    assert upgrade_hparams(hparams, "elsewhere.ckpt") == hparams
