@@ -125,7 +125,7 @@ def diagnose(epochs: Mapping[int, Mapping[str, float]]) -> Diagnosis:
     if fg:
         last_epoch, last = fg[-1]
         share = dict(bg).get(last_epoch)
-        share_text = "" if share is None else f", {last / (last + share):.0%} of the sampled RoIs"
+        share_text = "" if share is None else f", {100 * last / (last + share):.0f} % of the sampled RoIs"
         if last < FG_PER_IMAGE:
             since = stays_low(fg, FG_PER_IMAGE)
             found.append(f"foreground RoIs per image below {FG_PER_IMAGE} from epoch {since} ({last:.2f} at epoch "
