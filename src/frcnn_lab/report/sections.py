@@ -93,14 +93,16 @@ def failures_section(groups: Mapping[str, list[Run]], outcomes: Mapping[Path, bo
                    else f"{rate.raw_p:.3f} ({rate.p:.3f})")
         rows.append([f"`{label}`", f"{rate.failures}/{rate.runs}", f"{rate.rate:.2f} [{low:.2f}, {high:.2f}]",
                      against])
+    against_text = "" if found.reference not in found.rates else (
+        f" Against the reference (`{found.reference}`, `--reference`): Fisher's exact test of failed / learned "
+        "against the reference's, two-sided, raw p and, in brackets, Holm-adjusted over the configurations compared "
+        "with it.")
     lines = [
         "", "## Failed runs", "",
         f"A run has **failed** when its best val mAP@0.5 stays below the floor ({floor:.3f}) over more than {window} "
         "validations: it did not learn the task in its budget, whether flat there or still creeping up below it. "
         "Runs with fewer validations have no outcome and are not counted. Rate: failures / runs with an exact "
-        f"(Clopper–Pearson) {LEVEL * 100:.0f} % interval (`scipy.stats.binomtest`). Against the reference "
-        f"(`{found.reference}`): Fisher's exact test of failed / learned against the reference's, two-sided, "
-        "raw p and, in brackets, Holm-adjusted over the configurations compared with it.", "",
+        f"(Clopper–Pearson) {LEVEL * 100:.0f} % interval (`scipy.stats.binomtest`).{against_text}", "",
         table(["configuration", "failed / runs", f"failure rate [{LEVEL * 100:.0f} % exact]",
                "Fisher p against the reference (Holm)"], rows),
     ]
