@@ -34,6 +34,7 @@ def test_a_run_fails_when_it_never_leaves_the_floor_and_needs_more_validations_t
     assert failed([0.0, 0.01, 0.004, 0.02, 0.01], window=3, floor=0.05) is True
     assert failed([0.0, 0.005, 0.012, 0.018, 0.021], window=3, floor=0.05) is True  # creeping up, still below
     assert failed([0.0, 0.01, 0.02, 0.06], window=3, floor=0.05) is False
+    assert failed([0.3, 0.5], window=3, floor=0.05) is False  # it has left the floor, however short
     assert failed([0.0, 0.01, 0.02], window=3, floor=0.05) is None  # no outcome yet
 
 

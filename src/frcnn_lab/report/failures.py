@@ -3,7 +3,8 @@
 A run has **failed** when its best val mAP@0.5 stays below the floor (``convergence.FLOOR``) over more than
 ``window`` validations: it did not learn the task in its budget, whether its curve is flat there or still
 creeping up (on the hard benchmark, 4 RoIs per image: 0.012 -> 0.021 over 20 epochs, where the default reaches
-0.72). A run with ``window`` validations or fewer has no outcome yet and is not counted.
+0.72). A run that reached the floor has learned, however few its validations; one still below it after
+``window`` validations or fewer has no outcome yet and is not counted.
 
 - **Failure rate** per configuration: failures / runs with an outcome, with the exact (Clopper-Pearson) 95 %
   interval of ``scipy.stats.binomtest``; three runs give wide intervals (0/3: [0, 0.71]).
@@ -33,10 +34,11 @@ DETECTIONS = 0.5         # fewer val detections per image than this: the scores 
 
 
 def failed(curve: Sequence[float], window: int, floor: float) -> bool | None:
-    """Whether a run never left the floor; None without an outcome yet (``window`` validations or fewer)."""
-    if len(curve) <= window:
-        return None
-    return max(curve) < floor
+    """Whether a run never left the floor; None without an outcome yet (below the floor with ``window``
+    validations or fewer)."""
+    if curve and max(curve) >= floor:
+        return False
+    return None if len(curve) <= window else True
 
 
 @dataclass(frozen=True)

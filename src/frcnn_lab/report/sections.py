@@ -101,8 +101,9 @@ def failures_section(groups: Mapping[str, list[Run]], outcomes: Mapping[Path, bo
         "", "## Failed runs", "",
         f"A run has **failed** when its best val mAP@0.5 stays below the floor ({floor:.3f}) over more than {window} "
         "validations: it did not learn the task in its budget, whether flat there or still creeping up below it. "
-        "Runs with fewer validations have no outcome and are not counted. Rate: failures / runs with an exact "
-        f"(Clopper–Pearson) {LEVEL * 100:.0f} % interval (`scipy.stats.binomtest`).{against_text}", "",
+        "Runs still below the floor after fewer validations have no outcome and are not counted. Rate: failures / "
+        f"runs with an exact (Clopper–Pearson) {LEVEL * 100:.0f} % interval (`scipy.stats.binomtest`)."
+        + against_text, "",
         table(["configuration", "failed / runs", f"failure rate [{LEVEL * 100:.0f} % exact]",
                "Fisher p against the reference (Holm)"], rows),
     ]
@@ -169,8 +170,10 @@ def robust_section(differences: list[Difference], analysis: Factorial, configura
     two-level main effect."""
     rows = []
     for effect in sorted(analysis.main_effects, key=lambda e: e.key):
-        if len(effect.design.levels[effect.key]) != 2:
-            continue  # a spread of more levels is chosen after seeing them: no test of a fixed contrast
+        # a spread of more levels is chosen after seeing them, so it has no fixed contrast to test; a one-key
+        # design's main effect is its one-key pair, below
+        if len(effect.design.levels[effect.key]) != 2 or len(effect.design.keys) == 1:
+            continue
         cells = {level: [label for levels, label in effect.design.cells.items()
                          if levels[effect.design.keys.index(effect.key)] == level] for level in (effect.first,
                                                                                                  effect.second)}
