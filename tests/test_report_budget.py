@@ -68,7 +68,7 @@ def test_each_run_is_read_at_its_best_validation_within_the_largest_common_cost(
     assert spent.steps["rpn.num_rois=64"] == {0: 200, 1: 200, 2: 200}
     chosen = equal_cost(groups, step_costs(groups, costs_file), budget=800.0)
     assert chosen.scores["rpn.num_rois=4"] == {} and chosen.scores["rpn.num_rois=64"][0] == pytest.approx(0.5)
-    assert chosen.left_out["rpn.num_rois=4"][0] == "`cheap_s0`: stopped at 600 s, short of the budget"
+    assert chosen.left_out["rpn.num_rois=4"][0] == "`cheap_s0`: stopped at 600.0 s, short of the budget"
     early = equal_cost(groups, step_costs(groups, costs_file), budget=250.0)
     assert early.left_out["rpn.num_rois=64"][0] == "`dear_s0`: no validation within the budget"
     assert early.scores["rpn.num_rois=4"][0] == pytest.approx(0.2)

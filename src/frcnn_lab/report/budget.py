@@ -121,7 +121,7 @@ def equal_cost(groups: Mapping[str, list[Run]], costs: dict[str, StepCost | None
             elif not run.steps or budget is None:
                 reason = "no validation"
             elif run.steps * cost.seconds < budget * (1 - RELATIVE):
-                reason = f"stopped at {run.steps * cost.seconds:.0f} s, short of the budget"
+                reason = f"stopped at {run.steps * cost.seconds:,.1f} s, short of the budget"
             elif not within:
                 reason = "no validation within the budget"
             else:
