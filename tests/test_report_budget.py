@@ -57,12 +57,15 @@ def study(root, train_time: bool = False) -> None:
 
 def test_each_run_is_read_at_its_best_validation_within_the_largest_common_cost(tmp_path):
     study(tmp_path / "runs")
+    make_run(tmp_path / "runs" / "dear_s3", 64, 3, [0.3], status="running", steps_per_epoch=100)  # killed early
     costs_file = tmp_path / "costs.json"
     costs_file.write_text(json.dumps({"step_s": {"rpn.num_rois=4": 1.0, "rpn.num_rois=64": 3.0}}))
     groups = group_runs(find_runs(tmp_path / "runs"))
     spent = equal_cost(groups, step_costs(groups, costs_file))
-    # cheap runs reach 600 s, dear ones 900 s: the budget is 600 s, two validations (200 steps) of a dear run
+    # cheap runs reach 600 s, dear ones 900 s: the budget is 600 s, two validations (200 steps) of a dear run;
+    # the run killed at 300 s does not set the budget, it is left out
     assert spent.cost == 600.0 and not spent.chosen
+    assert spent.left_out["rpn.num_rois=64"] == ["`dear_s3`: stopped at 300.0 s, short of the budget"]
     assert spent.scores["rpn.num_rois=4"] == pytest.approx({s: 0.42 + 0.01 * s for s in range(3)})
     assert spent.scores["rpn.num_rois=64"] == pytest.approx({s: 0.5 + 0.01 * s for s in range(3)})
     assert spent.steps["rpn.num_rois=64"] == {0: 200, 1: 200, 2: 200}
@@ -82,7 +85,7 @@ def test_the_report_compares_at_equal_cost_from_a_file_or_the_logged_times(tmp_p
     for source, options in (("file", ["--step-costs", str(costs_file)]), ("logged", [])):
         assert main([str(tmp_path / "runs"), "--output", str(tmp_path / source), "--budget", "cost", *options]) == 0
         report = (tmp_path / source / "report.md").read_text()
-        assert "a budget of 600 s, the largest cost every run reached" in report
+        assert "a budget of 600 s, the largest cost every completed run reached" in report
         rows = {row[0]: row for row in table_rows(report, "## Equal training cost")}
         tables[source] = rows
         assert rows["`rpn.num_rois=64`"][2:5] == ["200", "200, 200, 200", "0.500, 0.510, 0.520"]

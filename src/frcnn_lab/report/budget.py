@@ -1,9 +1,10 @@
 """Comparisons at equal training cost (``report --budget cost``) instead of equal steps.
 
 A run's training cost after s optimiser steps is s x its configuration's cost per step. Every run is read at one
-**budget**: by default the largest cost that every run with a cost reached (the smallest of the runs' final
-costs), or ``--cost-budget`` (runs that stopped short of it are left out); its score is its best val mAP@0.5 among
-the validations at or below the budget. A run without a validation within the budget is left out, and the report
+**budget**: by default the largest cost that every completed run with a cost reached (the smallest of their
+final costs; runs that crashed or were stopped early do not set it), or ``--cost-budget``; a run that stopped
+short of the budget is left out. A run's score is its best val mAP@0.5 among the validations at or below the
+budget. A run without a validation within the budget is left out, and the report
 says so. Convergence and failures stay those of the whole run; the comparisons then rank what each configuration
 reaches for the same cost.
 
@@ -100,9 +101,10 @@ class Budget:
 def equal_cost(groups: Mapping[str, list[Run]], costs: dict[str, StepCost | None],
                budget: float | None = None) -> Budget:
     """Each run's best val mAP@0.5 among its validations that cost at most the budget."""
-    reached = [runs_cost for label, runs in groups.items() if costs[label] is not None
-               for runs_cost in (run.steps * costs[label].seconds for run in runs
-                                 if run.steps and run.validation_steps)]
+    finals = [(run.steps * costs[label].seconds, run.status == "completed") for label, runs in groups.items()
+              if costs[label] is not None for run in runs if run.steps and run.validation_steps]
+    # a run that crashed or was stopped early does not set the budget; it is left out when short of it
+    reached = [cost for cost, completed in finals if completed] or [cost for cost, _ in finals]
     chosen = budget is not None
     if budget is None:
         budget = min(reached) if reached else None

@@ -135,7 +135,7 @@ def budget_section(groups: Mapping[str, list[Run]], spent: Budget) -> list[str]:
             ", ".join(f"{v:.3f}" for v in values) or "–",
             "; ".join(spent.left_out[label]) or "–",
         ])
-    how = "given with `--cost-budget`" if spent.chosen else "the largest cost every run reached"
+    how = "given with `--cost-budget`" if spent.chosen else "the largest cost every completed run reached"
     return [
         "", "## Equal training cost", "",
         f"**The comparisons below are at equal training cost**: a budget of {spent.cost:,.0f} s, {how}. A run's cost "
