@@ -28,6 +28,7 @@ from frcnn_lab.report.statistics import (
     Factorial,
     format_interval,
     one_key_differences,
+    varied_keys,
 )
 from frcnn_lab.report.tables import context, design_text, differences_table, table
 from frcnn_lab.report.validation_set import OverImages
@@ -41,7 +42,7 @@ def schedule_text(runs: Sequence[Run]) -> str:
     for run in runs:
         schedule, ratio = run.config.get("optim.schedule"), run.config.get("optim.min_lr_ratio")
         if schedule == "cosine" and ratio is not None:
-            found.add(f"cosine decay to {ratio:.0%} of the rate at the last step")
+            found.add(f"cosine decay to {ratio * 100:g} % of the rate at the last step")
         elif schedule is not None:
             found.add(f"a {schedule} rate")
     return " / ".join(sorted(found)) or "the run's schedule"
@@ -60,9 +61,7 @@ def reference_configuration(groups: Mapping[str, list[Run]], configurations: Map
         return found[0]
 
     def neighbours(label: str) -> int:
-        return sum(1 for other in configurations if other != label and len(
-            {k for k in set(configurations[label]) | set(configurations[other])
-             if configurations[label].get(k) != configurations[other].get(k)}) == 1)
+        return sum(len(varied_keys(configurations[label], configurations[other])) == 1 for other in configurations)
 
     return max(configurations, key=neighbours) if len(configurations) > 1 else None
 
