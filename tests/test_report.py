@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -19,9 +21,11 @@ COLUMNS = ["epoch", "step", "train/loss_epoch", "train/epoch_time_s", "diag/cls_
 
 
 def make_run(folder: Path, num_rois: int, seed: int, maps: list[float] | None, status: str = "completed",
-             error: str | None = None, ms_per_image: float = 20.0, train_time_s: float | None = None) -> None:
+             error: str | None = None, ms_per_image: float = 20.0, train_time_s: float | None = None,
+             steps_per_epoch: int = 1, columns: Mapping[str, Sequence[float]] = MappingProxyType({})) -> None:
     """A run folder: .hydra/config.yaml, status.json and (unless ``maps`` is None) csv/metrics.csv with one
-    training row and one validation row per epoch, as Lightning's CSVLogger writes them."""
+    training row and one validation row per epoch, as Lightning's CSVLogger writes them (``step`` counts from 0,
+    ``steps_per_epoch`` per epoch); ``columns``: more per-epoch values of the training rows (``diag/...``)."""
     config = {"seed": seed, "trainer": {"max_epochs": 3}, "rpn": {"num_rois": num_rois},
               "backbone": {"name": "vgg16"}, "paths": {"output_dir": "${hydra:runtime.output_dir}"}}
     (folder / ".hydra").mkdir(parents=True)
@@ -31,14 +35,16 @@ def make_run(folder: Path, num_rois: int, seed: int, maps: list[float] | None, s
         return
     (folder / "csv").mkdir()
     with (folder / "csv" / "metrics.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
+        writer = csv.DictWriter(f, [*COLUMNS, *(c for c in columns if c not in COLUMNS)])
         writer.writeheader()
         for epoch, value in enumerate(maps):
-            writer.writerow({"epoch": epoch, "step": epoch, "val/map_50": value, "val/map": value / 2,
+            step = (epoch + 1) * steps_per_epoch - 1
+            writer.writerow({"epoch": epoch, "step": step, "val/map_50": value, "val/map": value / 2,
                              "val/fn_rate": 0.1 * (epoch + 1), "val/fp_image_rate": 0.5,
                              "val/ms_per_image": ms_per_image})
-            writer.writerow({"epoch": epoch, "step": epoch, "train/loss_epoch": 1.0 / (epoch + 1),
-                             "train/epoch_time_s": 10.0, "diag/cls_accuracy_epoch": 0.5})
+            writer.writerow({"epoch": epoch, "step": step, "train/loss_epoch": 1.0 / (epoch + 1),
+                             "train/epoch_time_s": 10.0, "diag/cls_accuracy_epoch": 0.5,
+                             **{column: values[epoch] for column, values in columns.items()}})
 
 
 @pytest.fixture

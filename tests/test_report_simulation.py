@@ -138,3 +138,13 @@ def test_a_flat_curve_below_the_floor_has_not_learned():
     assert judge([0.03, 0.031, 0.03, 0.031, 0.03]).verdict == AT_FLOOR
     assert judge([0.03, 0.031, 0.03, 0.031, 0.03], floor=0.02).verdict == PLATEAUED
     assert judge([0.03, 0.031]).verdict == TOO_SHORT  # two validations show neither a plateau nor a floor
+
+
+def test_a_plateau_needs_more_validations_than_the_window():
+    """A plateau needs window + 1 validations: with n == window the last window reaches back to the second
+    validation, so one point decides; flat at the floor likewise."""
+    for window in (3, 5):
+        assert judge([0.30] * window, window=window).verdict == TOO_SHORT
+        assert judge([0.30] * (window + 1), window=window).verdict == PLATEAUED
+        assert judge([0.01] * window, window=window).verdict == TOO_SHORT
+        assert judge([0.01] * (window + 1), window=window).verdict == AT_FLOOR

@@ -172,3 +172,22 @@ def test_pareto_front():
     points = {"cheap": (0.2, 10.0), "best": (0.6, 50.0), "dominated": (0.3, 60.0), "middle": (0.4, 20.0),
               "tie": (0.4, 20.0), "worse": (0.39, 20.0)}
     assert pareto_front(points) == {"cheap", "best", "middle", "tie"}
+
+
+def test_the_ranking_compares_the_sizes_of_effects_of_opposite_sign():
+    """|#1| - |#2| per seed: +0.097 against -0.092 is a tie of sizes, not a gap of 0.189; -0.3 against +0.1 is a
+    clear first whose sign is negative."""
+    configurations = {f"{a}_{b}": {"a": a, "b": b} for a in (0, 1) for b in (0, 1)}
+    rng = np.random.default_rng(4)
+    seeds = rng.normal(0, 0.05, 4)
+
+    def study(effect_a: float, effect_b: float) -> dict:
+        return {f"{a}_{b}": dict(enumerate(0.4 + effect_a * a + effect_b * b + seeds + rng.normal(0, 0.005, 4)))
+                for a in (0, 1) for b in (0, 1)}
+
+    tied = rank(factorial_analysis(configurations, study(0.097, -0.092)).main_effects)
+    assert [e.key for e in tied.order] == ["a", "b"] and all(e.estimate.matters for e in tied.order)
+    assert tied.order[1].estimate.mean == pytest.approx(-0.092, abs=0.01)
+    assert tied.verdict == "tied" and tied.gap.mean == pytest.approx(0.005, abs=0.01)
+    clear = rank(factorial_analysis(configurations, study(-0.3, 0.1)).main_effects)
+    assert clear.verdict == "ranked" and clear.order[0].key == "a" and clear.gap.mean == pytest.approx(0.2, abs=0.01)

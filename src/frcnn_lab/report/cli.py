@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from frcnn_lab.report import convergence
+from frcnn_lab.report.budget import BUDGETS, STEPS
+from frcnn_lab.report.nonparametric import ROPE
 from frcnn_lab.report.tables import LEARNING_SPEED, UNSETTLED_BANNER
 from frcnn_lab.report.writer import TARGET, write_report
 
@@ -30,15 +32,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-difference", type=float, default=TARGET, metavar="MAP",
                         help="difference of best val mAP@0.5 whose seed count each comparison gives "
                              "(default %(default)s)")
+    parser.add_argument("--rope", type=float, default=ROPE, metavar="MAP",
+                        help="half-width of the region of practical equivalence: a difference whose interval lies "
+                             "inside +/- MAP is 'equivalent' (default %(default)s)")
+    parser.add_argument("--budget", choices=BUDGETS, default=STEPS,
+                        help="compare runs at equal steps (their best val mAP@0.5) or at equal training cost "
+                             "(their best val mAP@0.5 within the largest cost all runs reached) (default %(default)s)")
+    parser.add_argument("--step-costs", type=Path, metavar="FILE",
+                        help="with --budget cost: JSON of seconds per step per configuration (step_s, policies), as "
+                             "experiments/bench/small_objects_steps.py writes it; default: each run's logged "
+                             "training time per step")
+    parser.add_argument("--cost-budget", type=float, metavar="SECONDS",
+                        help="with --budget cost: compare at this cost instead of the largest common one; runs "
+                             "that stopped short of it are left out")
+    parser.add_argument("--reference", nargs="+", metavar="KEY=VALUE",
+                        help="the configuration failure rates are compared with (default: the one that differs in "
+                             "one key from the most others)")
     args = parser.parse_args(argv)
     if args.plateau_window < 1 or args.plateau_tolerance < 0 or args.plateau_floor < 0 or args.target_difference <= 0:
         parser.error(f"--plateau-window must be >= 1 (got {args.plateau_window}), --plateau-tolerance >= 0 "
                      f"(got {args.plateau_tolerance}), --plateau-floor >= 0 (got {args.plateau_floor}) and "
                      f"--target-difference > 0 (got {args.target_difference})")
+    if args.rope < 0 or (args.cost_budget is not None and args.cost_budget <= 0):
+        parser.error(f"--rope must be >= 0 (got {args.rope}) and --cost-budget > 0 (got {args.cost_budget})")
+    if args.budget == STEPS and (args.step_costs or args.cost_budget is not None):
+        parser.error("--step-costs and --cost-budget need --budget cost")
     try:
         path = write_report(args.directory, args.output or args.directory / "report", args.overwrite,
-                            args.plateau_window, args.plateau_tolerance, args.target_difference, args.plateau_floor)
-    except (FileNotFoundError, FileExistsError) as error:
+                            args.plateau_window, args.plateau_tolerance, args.target_difference, args.plateau_floor,
+                            rope=args.rope, budget=args.budget, step_costs=args.step_costs,
+                            cost_budget=args.cost_budget, reference=args.reference)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     text = path.read_text()

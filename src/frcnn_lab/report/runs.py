@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 
+from frcnn_lab.metrics.coco_json import GROUND_TRUTH_FILE, PREDICTIONS_FILE
 from frcnn_lab.metrics.tide import ERROR_TYPES as TIDE_ERROR_TYPES
 from frcnn_lab.metrics.tide import SPECIAL_TYPES as TIDE_SPECIAL_TYPES
 from frcnn_lab.runs.tracking import flat_config
@@ -42,6 +44,10 @@ class Run:
     epochs: dict[int, dict[str, float]] = field(default_factory=dict)  # 0-based epoch -> column -> value
     evaluation: dict[str, Any] | None = None
     recorded_train_time_s: float | None = None  # status.json train_time_s: the fit timer, over every resume
+    validation_steps: dict[int, int] = field(default_factory=dict)  # 0-based epoch -> optimiser steps done at its
+    # validation
+    steps: int | None = None          # optimiser steps done when the run's metrics end
+    detections: Path | None = None    # the latest evaluate/<time>/ with predictions_coco.json and ground truth
 
     @property
     def seed(self) -> Any:
@@ -89,16 +95,30 @@ class Run:
         return ""
 
 
-def read_metrics(path: Path) -> dict[int, dict[str, float]]:
-    """metrics.csv -> 0-based epoch -> {column: value}, merging the rows Lightning writes per epoch."""
-    epochs: dict[int, dict[str, float]] = {}
+@dataclass
+class Metrics:
+    epochs: dict[int, dict[str, float]]  # 0-based epoch -> {column: value}
+    validation_steps: dict[int, int]     # 0-based epoch -> optimiser steps done at its val/map_50
+    steps: int | None                    # optimiser steps done at the last row
+
+
+def read_metrics(path: Path) -> Metrics:
+    """metrics.csv -> per epoch its columns, merging the rows Lightning writes per epoch, and the steps done at each
+    validation (Lightning's ``step`` column counts from 0: the row of step s follows s + 1 optimiser steps)."""
+    metrics = Metrics({}, {}, None)
     if not path.is_file():
-        return epochs
+        return metrics
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
             if not row.get("epoch"):
                 continue
-            merged = epochs.setdefault(int(float(row["epoch"])), {})
+            epoch = int(float(row["epoch"]))
+            merged = metrics.epochs.setdefault(epoch, {})
+            if row.get("step"):
+                done = int(float(row["step"])) + 1
+                metrics.steps = max(metrics.steps or 0, done)
+                if row.get("val/map_50"):
+                    metrics.validation_steps[epoch] = done
             for key, value in row.items():
                 if key in ("epoch", "step") or value in (None, ""):
                     continue
@@ -106,7 +126,7 @@ def read_metrics(path: Path) -> dict[int, dict[str, float]]:
                 # torchmetrics reports -1 for an AP without ground truth to measure it on: not a result.
                 if not (key.startswith(("val/map", "val/ap_")) and number < 0):
                     merged[key] = number
-    return epochs
+    return metrics
 
 
 def read_status(run: Path) -> tuple[str, str | None, float | None]:
@@ -127,11 +147,19 @@ def latest_evaluation(run: Path) -> dict[str, Any] | None:
     return json.loads(files[-1].read_text()) if files else None
 
 
+def latest_detections(run: Path) -> Path | None:
+    """The latest ``evaluate/<time>/`` folder that holds both COCO files ``evaluate`` writes."""
+    folders = [f.parent for f in sorted((run / "evaluate").glob(f"*/{PREDICTIONS_FILE}"))
+               if (f.parent / GROUND_TRUTH_FILE).is_file()]
+    return folders[-1] if folders else None
+
+
 def read_run(run: Path) -> Run:
     config = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=False)
     status, error, train_time_s = read_status(run)
-    return Run(run, flat_config(config), status, error, read_metrics(run / "csv" / "metrics.csv"),
-               latest_evaluation(run), train_time_s)
+    metrics = read_metrics(run / "csv" / "metrics.csv")
+    return Run(run, flat_config(config), status, error, metrics.epochs, latest_evaluation(run), train_time_s,
+               metrics.validation_steps, metrics.steps, latest_detections(run))
 
 
 def find_runs(root: Path) -> list[Run]:
@@ -187,6 +215,15 @@ def configuration_keys(runs: list[Run]) -> list[str]:
         and len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs
                  if not is_inert(r.config, k)}) > 1
     ]
+
+
+def holds(config: dict[str, Any], override: str) -> bool:
+    """Whether a flat config has ``key=value`` (the value read as YAML, as Hydra reads an override: ``400``,
+    ``0.2``, ``null``, ``fixed_scale``)."""
+    key, sep, value = override.partition("=")
+    if not sep or key not in config:
+        return False
+    return config[key] == yaml.safe_load(value) or str(config[key]) == value
 
 
 def configuration(run: Run, keys: list[str]) -> dict[str, Any]:

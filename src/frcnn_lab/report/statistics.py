@@ -187,6 +187,11 @@ class Difference:
     estimate: Estimate
 
 
+def varied_keys(one: Mapping[str, Any], two: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ between two configurations, sorted."""
+    return [k for k in sorted(set(one) | set(two)) if one.get(k) != two.get(k)]
+
+
 def one_key_differences(configurations: Mapping[str, Mapping[str, Any]],
                         scores: Mapping[str, Mapping[Any, float]]) -> list[Difference]:
     """Every pair of configurations that differ in exactly one key and both have scores, Holm-adjusted as
@@ -195,8 +200,7 @@ def one_key_differences(configurations: Mapping[str, Mapping[str, Any]],
     found = []
     for i, one in enumerate(labels):
         for two in labels[i + 1:]:
-            keys = sorted(set(configurations[one]) | set(configurations[two]))
-            varied = [k for k in keys if configurations[one].get(k) != configurations[two].get(k)]
+            varied = varied_keys(configurations[one], configurations[two])
             if len(varied) != 1:
                 continue
             key = varied[0]

@@ -65,7 +65,9 @@ def configuration_table(groups: dict[str, list[Run]], convergence: Mapping[Path,
                   "ms/img", "training time (s)", "source", "convergence"], rows)
 
 
-def runs_table(groups: dict[str, list[Run]], root: Path, convergence: Mapping[Path, Convergence]) -> str:
+def runs_table(groups: dict[str, list[Run]], root: Path, convergence: Mapping[Path, Convergence],
+               over_images: Mapping[Path, str]) -> str:
+    """One row per run; ``over_images``: its mAP@0.5 with the interval over validation images, as text."""
     rows = []
     for label, runs in groups.items():
         for run in runs:
@@ -75,10 +77,11 @@ def runs_table(groups: dict[str, list[Run]], root: Path, convergence: Mapping[Pa
                 run.status, str(len(run.epochs)), "–" if best is None else str(best + 1),
                 "–" if map_50 is None else f"{map_50:.3f}", verdict.verdict if map_50 is not None else "–",
                 "–" if verdict.gain is None else f"{verdict.gain:+.3f} / {verdict.tolerance:.3f}",
-                run.note.replace("|", "/").replace("\n", " "),
+                over_images[run.path], run.note.replace("|", "/").replace("\n", " "),
             ])
     return table(["run", "configuration", "seed", "status", "epochs", "best epoch", "mAP@0.5", "convergence",
-                  "gain of the last window / tolerance", "note"], rows)
+                  "gain of the last window / tolerance", "mAP@0.5 of the saved detections [95 % over images]",
+                  "note"], rows)
 
 
 def estimate_cells(estimate: Estimate, unsettled: bool, target: float) -> list[str]:
@@ -109,11 +112,13 @@ def context(diff: Difference, configurations: Mapping[str, Mapping[str, Any]]) -
 
 
 def differences_table(differences: list[Difference], configurations: Mapping[str, Mapping[str, Any]],
-                      unsettled: Callable[[list[str]], bool], target: float) -> str:
+                      unsettled: Callable[[list[str]], bool], target: float,
+                      extra: tuple[str, Callable[[Difference], str]] | None = None) -> str:
+    """One row per pair; ``extra``: (header, pair -> cell) of one more column."""
     rows = [[f"`{d.key}`", f"{d.first_value} → {d.second_value}", f"`{context(d, configurations)}`",
-             *estimate_cells(d.estimate, unsettled([d.first, d.second]), target)]
+             *estimate_cells(d.estimate, unsettled([d.first, d.second]), target), *([extra[1](d)] if extra else [])]
             for d in sorted(differences, key=lambda d: (d.key, context(d, configurations)))]
-    return table(["key", "from → to", "with", *estimate_header(target)], rows)
+    return table(["key", "from → to", "with", *estimate_header(target), *([extra[0]] if extra else [])], rows)
 
 
 def design_text(fixed: Mapping[str, Any]) -> str:

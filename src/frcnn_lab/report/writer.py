@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from frcnn_lab.report import convergence as plateau
+from frcnn_lab.report.budget import BUDGETS, COST, STEPS, equal_cost
+from frcnn_lab.report.budget import step_costs as step_costs_of
+from frcnn_lab.report.failures import failed
+from frcnn_lab.report.nonparametric import BOOTSTRAP, BOOTSTRAP_SEED, ROPE
 from frcnn_lab.report.plots import (
     plot_ablation,
     plot_curves,
@@ -26,9 +30,20 @@ from frcnn_lab.report.runs import (
     run_figures,
     tide_means,
 )
+from frcnn_lab.report.sections import (
+    NO_DETECTIONS,
+    budget_section,
+    count_failures,
+    failures_section,
+    learned_section,
+    reference_configuration,
+    robust_section,
+    schedule_text,
+)
 from frcnn_lab.report.statistics import (
     LEVEL,
     POWER,
+    Difference,
     Factorial,
     Ranking,
     dominated_main_effects,
@@ -53,18 +68,26 @@ from frcnn_lab.report.tables import (
     runs_table,
     tide_table,
 )
+from frcnn_lab.report.validation_set import OverImages, over_images
 
 TARGET = 0.05  # the difference of best val mAP@0.5 whose seed count the report gives
 
 
 def write_report(root: Path, output: Path, overwrite: bool = False, window: int = plateau.WINDOW,
-                 tolerance: float = plateau.TOLERANCE, target: float = TARGET, floor: float = plateau.FLOOR) -> Path:
+                 tolerance: float = plateau.TOLERANCE, target: float = TARGET, floor: float = plateau.FLOOR, *,
+                 rope: float = ROPE, budget: str = STEPS, step_costs: Path | None = None,
+                 cost_budget: float | None = None, reference: list[str] | None = None) -> Path:
     """Read the runs below ``root``; write ``output/report.md`` and the plots; return the report's path."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r} is unknown; choose one of {list(BUDGETS)}")
     runs = find_runs(root)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; pass --output DIR or --overwrite")
-    output.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
+    configurations, scores = configuration_scores(groups)
+    outcomes = {run.path: failed(run.curve, window, floor) for run in runs}
+    found = count_failures(groups, outcomes, reference_configuration(groups, configurations, reference))
+    output.mkdir(parents=True, exist_ok=True)
     verdicts = {run.path: plateau.judge(run.curve, window, tolerance, floor) for run in runs}
     not_settled = {label for label, group in groups.items()
                    if any(r.best_epoch is not None and not verdicts[r.path].settled for r in group)}
@@ -117,14 +140,33 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
         "not raise its best (which `best.ckpt` holds), but its later epochs are worse. "
         f"{sum(v.settled for r, v in verdicts.items() if r in {s.path for s in scored})} of {len(scored)} "
         "runs with a validation curve have plateaued or are past their peak; per run in the runs table, per "
-        "configuration above.",
+        f"configuration above. **Plateaued means settled under the run's own schedule** ({schedule_text(runs)}), "
+        "not converged: a decaying rate makes the last steps small, so a curve can flatten where a longer schedule "
+        "would still rise.",
     ]
-    configurations, scores = configuration_scores(groups)
-    lines += comparison_sections(configurations, scores, unsettled, output, plots, target)
+    lines += failures_section(groups, outcomes, found, verdicts, root, window, floor)
+    run_of = {label: {r.seed: r for r in group if r.best_epoch is not None} for label, group in groups.items()}
+    detections = {run.path: run.detections for run in runs if run.detections is not None}
+    images = over_images(detections, BOOTSTRAP, BOOTSTRAP_SEED) if detections else None
+    compared_images, why_not = images, NO_DETECTIONS
+    if budget == COST:
+        spent = equal_cost(groups, step_costs_of(groups, step_costs), cost_budget)
+        lines += budget_section(groups, spent)
+        if spent.cost is not None:
+            scores = spent.scores
+            run_of = {label: {seed: run_of[label][seed] for seed in seeds} for label, seeds in scores.items()}
+            compared_images, why_not = None, "n/a (the saved detections are of the whole run's best checkpoint)"
+    differences = one_key_differences(configurations, scores)
+    analysis = factorial_analysis(configurations, scores)
+    if differences or analysis.main_effects:
+        lines += comparison_sections(configurations, differences, analysis, unsettled, output, plots, target)
+        lines += robust_section(differences, analysis, configurations, scores, run_of, compared_images, rope, why_not)
+        lines += learned_section(configurations, scores, found.failed, unsettled, target)
     lines += pareto_section(groups, output, plots, unsettled)
     if (study := read_study(root)) is not None:
         lines += study_section(study, runs, root)
-    lines += ["", "## Runs", "", runs_table(groups, root, verdicts), "", "## Plots", ""]
+    lines += ["", "## Runs", "", runs_table(groups, root, verdicts, {run.path: over_images_text(images, run.path)
+                                                                     for run in runs}), "", "## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += [f"- `{label}`: [{p.name}]({p.name})" for label, p in zip(groups, curves, strict=True)]
     lines += tide_section(groups, output)
@@ -133,13 +175,17 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
     return path
 
 
-def comparison_sections(configurations: Mapping[str, Mapping[str, Any]], scores: Mapping[str, Mapping[Any, float]],
-                        unsettled, output: Path, plots: list[Path], target: float) -> list[str]:
+def over_images_text(images: OverImages | None, run: Path) -> str:
+    """A run's mAP@0.5 on its saved detections with its interval over the validation images."""
+    found = None if images is None else images.interval(run, LEVEL)
+    if found is None:
+        return NO_DETECTIONS
+    return f"{found[0]:.3f} [{found[1]:.3f}, {found[2]:.3f}] ({images.images[run]} images)"
+
+
+def comparison_sections(configurations: Mapping[str, Mapping[str, Any]], differences: list[Difference],
+                        analysis: Factorial, unsettled, output: Path, plots: list[Path], target: float) -> list[str]:
     """"Which choice mattered": main effects, interactions, the ranking and the one-key pairs."""
-    differences = one_key_differences(configurations, scores)
-    analysis = factorial_analysis(configurations, scores)
-    if not differences and not analysis.main_effects:
-        return []
     level = f"{LEVEL * 100:.0f} %"
     lines = [
         "", "## Which choice mattered", "",
