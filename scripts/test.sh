@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export WANDB_MODE=offline WANDB_SILENT=true
 .venv/bin/python -m ruff check src tests experiments
+.venv/bin/lint-imports --no-cache  # the layers contract in pyproject.toml
 .venv/bin/python -m pytest --numprocesses="${PYTEST_WORKERS:-2}" --dist=loadfile --no-loadscope-reorder "$@"

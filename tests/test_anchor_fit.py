@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from frcnn_lab.browse import browse
 from frcnn_lab.config import ConfigError, validate
-from frcnn_lab.data.browse import browse
 from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.model.anchor_fit import (
     WARN_SHARE,

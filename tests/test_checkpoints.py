@@ -82,20 +82,18 @@ def test_evaluate_and_predict_from_the_checkpoint_file_alone(backbone, tmp_path,
     assert (alone / "out" / "scene.png").is_file() and summary["skipped"] == []
 
 
-def test_a_given_image_size_keeps_the_trained_ratio_and_a_sizeless_loose_checkpoint_is_refused(trained_run, tmp_path):
+def test_a_given_image_size_keeps_the_trained_ratio_and_a_sizeless_checkpoint_asks_for_one(trained_run):
+    """Older layouts without sizes: tests/test_migration.py."""
     from frcnn_lab.engine.checkpoints import input_sizes
 
-    ckpt = trained_run / "checkpoints" / "best.ckpt"
-    module = load_module(ckpt)
+    module = load_module(trained_run / "checkpoints" / "best.ckpt")
     image_size, max_size = module.hparams.image_size, module.hparams.max_size
-    assert input_sizes(module, ckpt) == (image_size, max_size)
-    assert input_sizes(module, ckpt, image_size=2 * image_size) == (2 * image_size, 2 * max_size)
-    assert input_sizes(module, ckpt, image_size=100, max_size=150) == (100, 150)
-    module.hparams.image_size = module.hparams.max_size = None  # as written before checkpoints carried sizes
-    assert input_sizes(module, ckpt) == (image_size, max_size)  # from the training run's .hydra/config.yaml
-    loose = shutil.copy(ckpt, tmp_path / "loose.ckpt")
+    assert input_sizes(module) == (image_size, max_size)
+    assert input_sizes(module, image_size=2 * image_size) == (2 * image_size, 2 * max_size)
+    assert input_sizes(module, image_size=100, max_size=150) == (100, 150)
+    module.hparams.image_size = module.hparams.max_size = None
     with pytest.raises(ValueError, match="set image_size and max_size"):
-        input_sizes(module, loose, image_size=300)
+        input_sizes(module, image_size=300)
 
 
 def test_the_requested_input_size_rule():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from frcnn_lab.data.browse import browse, class_color
+from frcnn_lab.browse import browse, class_color
 from support import compose_config
 
 GREY = (128, 128, 128)

@@ -89,9 +89,9 @@ def gpu_run(device, tmp_path_factory) -> Path:
 def test_evaluate_predict_export_serve_from_the_gpu_checkpoint(gpu_run, device, tmp_path):
     from fastapi.testclient import TestClient
 
+    from frcnn_lab.engine.photos import load_photo_detector
     from frcnn_lab.evaluate import evaluate
     from frcnn_lab.export import export
-    from frcnn_lab.inference.loading import load_photo_detector
     from frcnn_lab.inference.onnx_detector import OnnxDetector
     from frcnn_lab.predict import predict
     from frcnn_lab.serve import create_app

@@ -16,7 +16,8 @@ import torch
 
 import frcnn_lab.train as train_entry
 from frcnn_lab.config import ConfigError, validate
-from frcnn_lab.engine.callbacks import DEFERRED_SIGNALS, AtomicCheckpointIO, NonFiniteLossError, nonfinite_names
+from frcnn_lab.engine.callbacks.checkpoint_io import DEFERRED_SIGNALS, AtomicCheckpointIO
+from frcnn_lab.engine.callbacks.nonfinite import NonFiniteLossError, nonfinite_names
 from frcnn_lab.train import train
 from support import run_module, tiny_run
 
@@ -154,7 +155,7 @@ def test_nonfinite_names_lists_only_the_bad_tensors():
 KILL_DURING_SAVE = textwrap.dedent(
     """
     import io, os, sys, torch
-    from frcnn_lab.engine.callbacks import AtomicCheckpointIO
+    from frcnn_lab.engine.callbacks.checkpoint_io import AtomicCheckpointIO
 
     serialise = torch.save
 

@@ -16,7 +16,7 @@ from frcnn_lab.config import ConfigError, validate
 from frcnn_lab.data.config import AugmentConfig
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
-from frcnn_lab.inference.loading import PhotoDetector
+from frcnn_lab.engine.photos import PhotoDetector
 from frcnn_lab.train import build_module
 from support import compose_config
 

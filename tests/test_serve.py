@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from frcnn_lab.engine.checkpoints import input_sizes, load_module
+from frcnn_lab.engine.photos import PhotoDetector
 from frcnn_lab.inference.drawing import CLASS_COLORS
-from frcnn_lab.inference.loading import PhotoDetector
 from frcnn_lab.serve import example_images
 
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -72,7 +72,7 @@ def test_predict_answers_the_checkpoints_detections(server, initialised_checkpoi
     assert (body["height"], body["width"]) == pixels.shape[:2]
 
     module = load_module(initialised_checkpoint, torch.device("cpu"))
-    expected = PhotoDetector(module, *input_sizes(module, initialised_checkpoint))(pixels)
+    expected = PhotoDetector(module, *input_sizes(module))(pixels)
     detections = body["detections"]
     assert len(detections) == len(expected["boxes"]) > 0
     for got, box, label, score in zip(detections, expected["boxes"].tolist(), expected["labels"].tolist(),

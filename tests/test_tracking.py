@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from frcnn_lab.data.datamodule import DetectionDataModule
-from frcnn_lab.engine.callbacks import compact_line
+from frcnn_lab.engine.callbacks.validation import compact_line
 from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.metrics.matching import match_counts
 from support import cli_env, run_ok

@@ -44,7 +44,7 @@ import frcnn_lab.model.roi_head as roi_head_module
 import frcnn_lab.model.rpn as rpn_module
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
-from frcnn_lab.engine.callbacks import NonFiniteGuard
+from frcnn_lab.engine.callbacks.nonfinite import NonFiniteGuard
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.metrics.evaluation import DetectionEvaluation
 from frcnn_lab.model.losses import weighted_total

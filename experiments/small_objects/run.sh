@@ -36,7 +36,7 @@ for anchors in "[16,32,64,128]" auto; do   # the fit of the fixed-scale train bo
   name=$([[ $anchors == auto ]] && echo auto || echo configured)
   dir="$runs.anchor_fit/$name"
   [[ -f "$dir/data_summary.json" ]] && continue
-  if "$python" -m frcnn_lab.data.browse data=synthetic_large rpn.anchor_sizes="$anchors" n=4 \
+  if "$python" -m frcnn_lab.browse data=synthetic_large rpn.anchor_sizes="$anchors" n=4 \
       "${data_overrides[@]}" hydra.run.dir="$dir" > "$runs.anchor_fit.$name.log" 2>&1; then
     echo "$(date -u +%FT%TZ) anchor fit $name: $dir/data_summary.json"
   else

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import is_dataclass
+from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -91,6 +91,12 @@ class Checks:
             raise ConfigError("invalid config:\n  " + "\n  ".join(self.problems), self.problems)
 
 
+def free_form_fields(cls: type) -> set[str]:
+    """The fields typed ``Any`` that default to a mapping: each option sets them whole (a source's own keys, an
+    optimiser's arguments), nothing of the default's keys merged in."""
+    return {f.name for f in fields(cls) if f.type in ("Any", Any) and isinstance(getattr(cls(), f.name), dict)}
+
+
 def typed(cls: type[T], value: T | Mapping[str, Any] | None = None, key: str = "") -> T:
     """``value`` as the dataclass ``cls``: None -> ``cls()``, an instance as it is, a mapping (a dict, a DictConfig,
     a checkpoint's hyperparameters) merged over ``cls``'s defaults, with OmegaConf's type checks and the class's
@@ -100,7 +106,10 @@ def typed(cls: type[T], value: T | Mapping[str, Any] | None = None, key: str = "
     if is_dataclass(value) and isinstance(value, cls):
         return value
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), value)
+        base = OmegaConf.structured(cls)
+        for name in free_form_fields(cls) & set(value):
+            base[name] = None  # a mapping given for a free-form key (data.source, optim.optimizer) replaces it whole
+        merged = OmegaConf.merge(base, value)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         where = ".".join(part for part in (key, str(error.full_key or "")) if part)

@@ -22,8 +22,9 @@ from hydra.types import RunMode
 from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from frcnn_lab.checks import free_form_fields
 from frcnn_lab.data.config import DataConfig
-from frcnn_lab.engine.callbacks import TrainConfig
+from frcnn_lab.engine.callbacks.nonfinite import TrainConfig
 from frcnn_lab.engine.module import EvalConfig
 from frcnn_lab.engine.optim import OptimConfig
 from frcnn_lab.engine.trainer import TrainerConfig
@@ -34,6 +35,7 @@ from frcnn_lab.model.detector import ModelConfig
 from frcnn_lab.model.losses import LossConfig
 from frcnn_lab.model.roi_head import RoIHeadConfig
 from frcnn_lab.model.rpn import RPNConfig, anchor_sizes_per_level
+from frcnn_lab.runs.tracking import WANDB_MODES
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
@@ -48,9 +50,6 @@ DEFAULT_OPTIONS = {"backbone": "mobilenet_v2", "rpn": "default", "roi_head": "de
                    "optim": "sgd", "data": "synthetic", "trainer": "default", "inference/slicing": "default"}
 """Config group -> the name of its default option, which is the group's dataclass with its defaults."""
 
-REPLACED_WHOLE = {"data": "source", "optim": "optimizer"}
-"""Keys that an option of the group sets whole (each source its own keys, each optimiser its own arguments): the
-schema the options start from leaves them empty, so nothing of the default option's mapping is merged in."""
 
 
 def register() -> None:
@@ -60,8 +59,8 @@ def register() -> None:
         store.store(group=group, name=name, node=PARTS[group.replace("/", ".")])
     for key, cls in PARTS.items():
         schema = OmegaConf.structured(cls)
-        if key in REPLACED_WHOLE:
-            schema[REPLACED_WHOLE[key]] = None
+        for name in free_form_fields(cls):  # each option sets these whole: nothing of the default's mapping stays
+            schema[name] = None
         store.store(group="schema", name=key.replace(".", "_"), node=schema)
 
 
@@ -96,6 +95,9 @@ def validate(cfg: DictConfig) -> None:
             problems += error.problems
     if not problems:
         problems += cross_part_problems(parts)
+    wandb_mode = OmegaConf.select(cfg, "logger.wandb.mode")
+    if wandb_mode is not None and wandb_mode not in WANDB_MODES:  # the W&B logger's one setting of the lab's own
+        problems.append(f"logger.wandb.mode={wandb_mode!r} is unknown; choose one of {sorted(WANDB_MODES)}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems), problems)
 

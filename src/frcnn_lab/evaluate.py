@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.engine.checkpoints import device_name, input_sizes, load_module, resolve_device
-from frcnn_lab.inference.loading import trained_resize
+from frcnn_lab.engine.photos import trained_resize
 from frcnn_lab.inference.slicing import Slicing
 from frcnn_lab.metrics.coco_json import write_coco_files
 from frcnn_lab.metrics.tide import format_tide

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.engine.checkpoints import input_sizes, load_module
 from frcnn_lab.engine.module import DetectionModule
-from frcnn_lab.inference.loading import trained_resize
+from frcnn_lab.engine.photos import trained_resize
 from frcnn_lab.model.detector import FasterRCNN
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from omegaconf import DictConfig
 
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load
+from frcnn_lab.engine.photos import configured_photo_detector
 from frcnn_lab.inference.drawing import draw_detections, save_png
-from frcnn_lab.inference.loading import configured_photo_detector
 from frcnn_lab.metrics import coco_json
 
 log = logging.getLogger(__name__)

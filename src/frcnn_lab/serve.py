@@ -29,8 +29,8 @@ from PIL import Image
 from frcnn_lab.config import CONFIG_DIR
 from frcnn_lab.data.images import ImageError, load, probe
 from frcnn_lab.data.synthetic import SyntheticScenes
+from frcnn_lab.engine.photos import PhotoDetector, configured_photo_detector
 from frcnn_lab.inference.drawing import CLASS_COLORS
-from frcnn_lab.inference.loading import PhotoDetector, configured_photo_detector
 
 log = logging.getLogger(__name__)
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -19,10 +19,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from frcnn_lab.config import CONFIG_DIR, ConfigError, refuse_local_ddp_in_multirun, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.summary import train_anchor_report
-from frcnn_lab.engine.callbacks import AtomicCheckpointIO, NonFiniteGuard, ValidateAtStepLimit
+from frcnn_lab.engine.callbacks.checkpoint_io import AtomicCheckpointIO
+from frcnn_lab.engine.callbacks.nonfinite import NonFiniteGuard
+from frcnn_lab.engine.callbacks.slurm import SaveLastOnExit
+from frcnn_lab.engine.callbacks.step_limit import ValidateAtStepLimit
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.runs.folders import claim_output_dir, reserve_output_dir
-from frcnn_lab.runs.slurm import SaveLastOnExit
 from frcnn_lab.runs.tracking import (
     finish_wandb_runs,
     flat_config,

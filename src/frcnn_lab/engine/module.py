@@ -14,7 +14,7 @@ from torch import nn
 from frcnn_lab.checks import Checks, typed
 from frcnn_lab.data.config import DataConfig
 from frcnn_lab.data.datamodule import Batch
-from frcnn_lab.engine.callbacks import nonfinite_names
+from frcnn_lab.engine.callbacks.nonfinite import nonfinite_names
 from frcnn_lab.engine.migration import read_hparams, upgrade_hparams
 from frcnn_lab.engine.optim import OptimConfig, warmup_then_decay
 from frcnn_lab.inference.slicing import Slicing, detect_images

@@ -1,4 +1,4 @@
-"""Look at a dataset before training: ``python -m frcnn_lab.data.browse data=... split=train n=16 [augmented=true]``.
+"""Look at a dataset before training: ``python -m frcnn_lab.browse data=... split=train n=16 [augmented=true]``.
 
 Draws the ground-truth boxes with their class names (one colour per class; ``difficult`` boxes say so)
 on ``n`` images of ``split``, a seeded choice, into ``<run dir>/images/<index>_<image id>.png`` and one
