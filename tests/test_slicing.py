@@ -8,6 +8,7 @@ where it lies); the entry points are checked with the tiny trained checkpoints o
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -36,9 +37,11 @@ from support import compose_config
 class RectangleFinder(nn.Module):
     """images [(3, H, W)] -> one detection per 4-connected patch of channel c > 0.5 (label c + 1): its bounding
     box, score 0.5 + area / 10^4 (a fragment of an object scores below the whole object). Same interface as
-    ``FasterRCNN`` at inference."""
+    ``FasterRCNN`` at inference; it has no proposals, so their budget changes nothing."""
 
-    def forward(self, images, targets=None, original_sizes=None) -> DetectorOutput:
+    rpn = SimpleNamespace(post_nms_top_n={"test": 100})
+
+    def forward(self, images, targets=None, original_sizes=None, proposals_per_image=None) -> DetectorOutput:
         detections = []
         for image in images:
             boxes, scores, labels = [], [], []
@@ -62,7 +65,7 @@ def canvas(height: int, width: int, objects: list[tuple[int, int, int, int, int]
     return image
 
 
-def whole(images, original_sizes=None):
+def whole(images, original_sizes=None, proposals_per_image=None):
     return RectangleFinder()(images, original_sizes=original_sizes).detections
 
 
@@ -74,10 +77,9 @@ def as_rows(detection) -> list[tuple]:
 def test_tiles_cover_the_image_overlap_and_end_at_its_border():
     """Each tile reports one box covering itself: the shifted boxes are the tiles' windows in the image."""
 
-    def tile_itself(images, original_sizes=None):
-        (image,) = images
-        h, w = image.shape[-2:]
-        return [{"boxes": torch.tensor([[0.0, 0.0, w, h]]), "scores": torch.ones(1), "labels": torch.ones(1).long()}]
+    def tile_itself(images, original_sizes=None, proposals_per_image=None):
+        return [{"boxes": torch.tensor([[0.0, 0.0, image.shape[-1], image.shape[-2]]]), "scores": torch.ones(1),
+                 "labels": torch.ones(1).long()} for image in images]
 
     image = torch.zeros(3, 500, 730)
     found = detect_sliced(tile_itself, image, Slicing(size=256, overlap=0.25, merge="nms", match_metric="iou",
@@ -121,13 +123,13 @@ LARGE = [40.0, 30.0, 260.0, 210.0]
 """An object larger than a 128 px tile: no tile holds it whole."""
 
 
-def finds_the_large_object_on_the_whole_image(images, original_sizes=None):
+def finds_the_large_object_on_the_whole_image(images, original_sizes=None, proposals_per_image=None):
     """A detector that recognises the large object only when it sees all of it: on the whole (240, 300) image,
     never on a tile."""
-    (image,) = images
-    if tuple(image.shape[-2:]) == (240, 300):
-        return [{"boxes": torch.tensor([LARGE]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
-    return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}]
+    return [{"boxes": torch.tensor([LARGE]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+            if tuple(image.shape[-2:]) == (240, 300) else
+            {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+            for image in images]
 
 
 def test_whole_image_finds_an_object_larger_than_a_tile_at_its_whole_image_score():
@@ -141,7 +143,7 @@ def test_whole_image_finds_an_object_larger_than_a_tile_at_its_whole_image_score
 def test_whole_image_adds_no_second_pass_when_one_tile_is_the_image():
     seen = []
 
-    def record(images, original_sizes=None):
+    def record(images, original_sizes=None, proposals_per_image=None):
         seen.append(tuple(images[0].shape[-2:]))
         return finds_the_large_object_on_the_whole_image(images)
 
@@ -268,3 +270,23 @@ def test_detect_images_maps_sliced_boxes_to_the_original_size():
     slicing = Slicing(size=128, merge="greedy_nmm", match_metric="ios")  # the cut fragments merged away
     (found,) = detect_images(whole, [image], slicing, original_sizes=[(400, 600)])
     assert sorted(found["boxes"].tolist()) == [[60.0, 80.0, 120.0, 160.0], [440.0, 240.0, 520.0, 340.0]]
+
+
+def test_tiles_go_in_batches_each_with_its_share_of_the_proposal_budget():
+    """800 x 1000 px in 400 px tiles without overlap: 6 tiles (the last column moved back to end at the border), each
+    0.2 of the area: ceil(0.2 * 100) proposals each, in passes of at most batch_size tiles; the whole image gets all."""
+    calls = []
+
+    def record(images, original_sizes=None, proposals_per_image=None):
+        calls.append(([tuple(i.shape[-2:]) for i in images], proposals_per_image))
+        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+                for _ in images]
+
+    slicing = Slicing(size=400, overlap=0.0, whole_image=True, batch_size=4)
+    detect_sliced(record, torch.zeros(3, 800, 1000), slicing, budget=100)
+    tiles = [shape for shapes, _ in calls[:-1] for shape in shapes]
+    assert len(tiles) == 6 and [len(shapes) for shapes, _ in calls] == [4, 2, 1]
+    assert [budget for _, budget in calls] == [20, 20, 100] and calls[-1][0] == [(800, 1000)]
+    calls.clear()
+    detect_sliced(record, torch.zeros(3, 800, 1000), Slicing(size=400, overlap=0.0), budget=None)
+    assert [budget for _, budget in calls] == [None]  # an exported graph keeps its own budget

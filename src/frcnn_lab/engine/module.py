@@ -130,8 +130,14 @@ class DetectionModule(L.LightningModule):
             self.category_ids = [int(i) for i in datamodule.category_ids]
             self.hparams.update(category_ids=self.category_ids)
 
-    def forward(self, images: list[torch.Tensor], original_sizes: list[tuple[int, int]] | None = None):
-        return self.detector(images, original_sizes=original_sizes).detections
+    def forward(self, images: list[torch.Tensor], original_sizes: list[tuple[int, int]] | None = None,
+                proposals_per_image: int | None = None) -> list[dict[str, torch.Tensor]]:
+        return self.detector(images, original_sizes=original_sizes, proposals_per_image=proposals_per_image).detections
+
+    @property
+    def proposals_per_image(self) -> int:
+        """The RPN's post-NMS top-N at inference: the budget a whole image gets."""
+        return self.detector.rpn.post_nms_top_n["test"]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         images, targets = batch
@@ -163,7 +169,8 @@ class DetectionModule(L.LightningModule):
         """Timed detections of a batch (whole images, or tile by tile with ``slicing``), added to ``metrics``;
         predictions and targets stay on the device."""
         images, targets = batch
-        preds, ms_per_image = timed_forward(lambda inputs: detect_images(self, inputs, self.slicing), images)
+        preds, ms_per_image = timed_forward(
+            lambda inputs: detect_images(self, inputs, self.slicing, budget=self.proposals_per_image), images)
         metrics.update(preds, targets, ms_per_image)
         return preds
 

@@ -45,8 +45,9 @@ class PhotoDetector:
         sample = {"image": pixels, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
                   "image_id": "photo"}
         tensor, _ = apply_transforms(self.transforms, sample)
+        budget = self.model.proposals_per_image if isinstance(self.model, DetectionModule) else None
         (detection,) = detect_images(self.model, [tensor.to(self.device)], self.slicing,
-                                     original_sizes=[pixels.shape[:2]])
+                                     original_sizes=[pixels.shape[:2]], budget=budget)
         return {k: v.cpu() for k, v in detection.items()}
 
 

@@ -32,7 +32,8 @@ class OnnxDetector:
         options.log_severity_level = 3  # errors only: the exporter's unused-initialiser notices are no news
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         metadata = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in ("classes", "image_size", "max_size", "resize", "scale") if k not in metadata]
+        missing = [k for k in ("classes", "category_ids", "image_size", "max_size", "resize", "scale")
+                   if k not in metadata]
         if missing:
             raise ValueError(f"model={path} lacks the metadata {missing}: export it with python -m frcnn_lab.export")
         self.path = path
@@ -41,13 +42,14 @@ class OnnxDetector:
         self.max_size: int = json.loads(metadata["max_size"])
         self.resize: str = json.loads(metadata["resize"])
         self.scale: float = json.loads(metadata["scale"])
-        self.category_ids: list[int] = (json.loads(metadata["category_ids"]) if "category_ids" in metadata
-                                        else list(range(1, len(self.classes) + 1)))
+        self.category_ids: list[int] = json.loads(metadata["category_ids"])
 
     def __call__(
         self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None,
+        proposals_per_image: int | None = None,
     ) -> list[dict[str, Tensor]]:
-        """Resized images [(3, H_i, W_i)] in [0, 1] -> detections per image (one graph run each)."""
+        """Resized images [(3, H_i, W_i)] in [0, 1] -> detections per image (one graph run each). The proposal
+        budget is the one exported in the graph: ``proposals_per_image`` is not used."""
         detections = []
         for i, image in enumerate(images):
             boxes, scores, labels = self.session.run(None, {"image": image.detach().cpu().float().numpy()})

@@ -2,7 +2,8 @@
 
 An input image (already at the trained resize) is cut into ``size`` x ``size`` tiles with ``overlap`` between
 neighbours, by the layout of ``frcnn_lab.data.tiles.tile_windows`` (the one the tiled training uses), optionally
-plus the whole image. Each tile goes through the detector's own inference path; its detections are shifted back
+plus the whole image. The tiles go through the detector's own inference path, a batch at a time, each with its
+share of the whole image's proposal budget (``detect_sliced``); their detections are shifted back
 to the image's coordinates and merged across tiles, per class, by one of two rules:
 
 - ``nms``: ``torchvision.ops.batched_nms`` at IoU ``match_threshold``: the highest-scoring box of a group of
@@ -23,6 +24,7 @@ Every figure is then computed on the whole images, as without slicing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +40,7 @@ from frcnn_lab.model.detector import rescale_boxes
 MERGE_RULES = ("nms", "greedy_nmm")
 MATCH_METRICS = ("iou", "ios")
 
-Detect = Callable[[list[Tensor]], list[dict[str, Tensor]]]
+Detect = Callable[..., list[dict[str, Tensor]]]
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Slicing:
     merge: str = "nms"  # nms (keep the best, torchvision batched_nms) | greedy_nmm (merge into unions, as sahi)
     match_metric: str = "iou"  # iou | ios (intersection over the smaller box; greedy_nmm only)
     match_threshold: float = 0.5  # boxes of a class matching this are merged (greedy_nmm) or suppressed (nms)
+    batch_size: int = 8  # tiles per pass through the detector
 
     def __post_init__(self) -> None:
         check = Checks("inference.slicing")
@@ -65,6 +68,7 @@ class Slicing:
         if self.merge == "nms" and self.match_metric != "iou":
             check.fail("inference.slicing.merge=nms compares boxes by IoU (torchvision.ops.batched_nms): set "
                        "inference.slicing.match_metric=iou, or use inference.slicing.merge=greedy_nmm")
+        check.integer("batch_size", self.batch_size, 1)
         check.require("match_threshold", self.match_threshold,
                       is_number(self.match_threshold) and 0 < self.match_threshold <= 1, "in (0, 1]")
         check.done()
@@ -126,31 +130,43 @@ def merge_detections(detection: dict[str, Tensor], slicing: Slicing) -> dict[str
     return {"boxes": boxes, "scores": scores, "labels": labels}
 
 
-def detect_sliced(detect: Detect, image: Tensor, slicing: Slicing) -> dict[str, Tensor]:
+def detect_sliced(detect: Detect, image: Tensor, slicing: Slicing, budget: int | None = None) -> dict[str, Tensor]:
     """One image (3, H, W) at the trained resize -> its detections from the tiles, merged, in its coordinates:
-    {"boxes" (D, 4) xyxy, "scores" (D,), "labels" (D,)}. ``detect``: images -> detections in their coordinates."""
+    {"boxes" (D, 4) xyxy, "scores" (D,), "labels" (D,)}.
+
+    ``detect(images, proposals_per_image=)``: images -> detections in their coordinates. The tiles go through it
+    ``slicing.batch_size`` at a time; with ``budget`` (the proposals a whole image gets), each tile gets the share of
+    it that its area is of the image's (at least one), so that the RoI head's work stays that of the whole image
+    plus the overlaps. The extra whole-image window (``whole_image``) gets the whole budget.
+    """
     height, width = image.shape[-2:]
     windows = tile_windows(height, width, slicing.size, slicing.overlap)
-    if slicing.whole_image and len(windows) > 1:
-        windows.append((0, 0, width, height))
     parts = []
-    for x1, y1, x2, y2 in windows:
-        (found,) = detect([image[:, y1:y2, x1:x2]])
-        found = dict(found)
-        found["boxes"] = found["boxes"] + found["boxes"].new_tensor([x1, y1, x1, y1])
-        parts.append(found)
+    for start in range(0, len(windows), slicing.batch_size):
+        batch = windows[start : start + slicing.batch_size]
+        tile_budget = None
+        if budget is not None:
+            largest = max((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in batch)
+            tile_budget = max(1, math.ceil(budget * largest / (height * width)))
+        found = detect([image[:, y1:y2, x1:x2] for x1, y1, x2, y2 in batch], proposals_per_image=tile_budget)
+        for detection, (x1, y1, _, _) in zip(found, batch, strict=True):
+            parts.append({**detection, "boxes": detection["boxes"] + detection["boxes"].new_tensor([x1, y1, x1, y1])})
+    if slicing.whole_image and len(windows) > 1:
+        parts += detect([image], proposals_per_image=budget)
     joined = {key: torch.cat([part[key] for part in parts]) for key in ("boxes", "scores", "labels")}
     return merge_detections(joined, slicing)
 
 
 def detect_images(detect: Callable[..., list[dict[str, Tensor]]], images: list[Tensor], slicing: Slicing | None,
-                  original_sizes: list[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
-    """Detections of ``images`` (each (3, H_i, W_i) at the trained resize) by ``detect(images, original_sizes=)``,
-    whole or sliced; boxes in the coordinates of ``original_sizes`` when given, else of the images. What
-    validation, ``evaluate``, ``predict`` and ``serve`` all call."""
+                  original_sizes: list[tuple[int, int]] | None = None, budget: int | None = None,
+                  ) -> list[dict[str, Tensor]]:
+    """Detections of ``images`` (each (3, H_i, W_i) at the trained resize) by ``detect(images, original_sizes=,
+    proposals_per_image=)``, whole or sliced (``budget``: a whole image's proposals, shared out over its tiles);
+    boxes in the coordinates of ``original_sizes`` when given, else of the images. What validation, ``evaluate``,
+    ``predict`` and ``serve`` all call."""
     if slicing is None:
         return detect(images, original_sizes=original_sizes)
-    detections = [detect_sliced(detect, image, slicing) for image in images]
+    detections = [detect_sliced(detect, image, slicing, budget) for image in images]
     if original_sizes is not None:
         for detection, image, original in zip(detections, images, original_sizes, strict=True):
             detection["boxes"] = rescale_boxes(detection["boxes"], tuple(image.shape[-2:]), original)

@@ -51,7 +51,8 @@ class FasterRCNN(nn.Module):
     multiples of ``size_divisible``; the trunk turns them into named feature levels that the RPN and the
     RoI head read. Targets: dicts with "boxes" (G_i, 4) xyxy pixels and "labels" (G_i,)
     in [1, K). Detections: "boxes", "scores", "labels" per image, in the coordinates of ``original_sizes``
-    when given (e.g. the image before resizing), else of the input images. Without a RoI head the RPN is
+    when given (e.g. the image before resizing), else of the input images. ``proposals_per_image`` replaces the
+    RPN's post-NMS top-N at inference (sliced inference gives each tile its share). Without a RoI head the RPN is
     a single-class detector: its proposals are the detections, objectness is the score, the label is 1.
     """
 
@@ -69,13 +70,14 @@ class FasterRCNN(nn.Module):
         images: list[Tensor],
         targets: list[dict[str, Tensor]] | None = None,
         original_sizes: list[tuple[int, int]] | None = None,
+        proposals_per_image: int | None = None,
     ) -> DetectorOutput:
         if self.training and targets is None:
             raise ValueError("FasterRCNN in training mode needs targets")
         targets = targets if self.training else None
         batch = self.batch_images(images)
         features = self.trunk(batch.tensors)
-        proposals, scores, losses, stats = self.rpn(batch, features, targets)
+        proposals, scores, losses, stats = self.rpn(batch, features, targets, proposals_per_image)
         if self.training and self.roi_head is None:
             return DetectorOutput(losses=losses, stats=stats)
         if self.roi_head is None:

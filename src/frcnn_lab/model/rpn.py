@@ -161,7 +161,8 @@ class RegionProposalNetwork(nn.Module):
         self.smooth_l1_beta = (loss or LossConfig()).rpn_smooth_l1_beta
 
     def forward(
-        self, images: ImageList, features: Mapping[str, Tensor], targets: list[dict[str, Tensor]] | None = None
+        self, images: ImageList, features: Mapping[str, Tensor], targets: list[dict[str, Tensor]] | None = None,
+        proposals_per_image: int | None = None,
     ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor], dict[str, Tensor]]:
         levels = list(features.values())
         if len(levels) != len(self.anchor_generator.sizes):
@@ -186,7 +187,8 @@ class RegionProposalNetwork(nn.Module):
 
         boxes = self.box_coder.decode_single(deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
         proposals, scores = self.filter_proposals(
-            boxes.reshape(num_images, -1, 4), objectness.detach(), images.image_sizes, anchors_per_level
+            boxes.reshape(num_images, -1, 4), objectness.detach(), images.image_sizes, anchors_per_level,
+            proposals_per_image,
         )
 
         losses: dict[str, Tensor] = {}
@@ -218,20 +220,23 @@ class RegionProposalNetwork(nn.Module):
         return torch.cat(labels), target_deltas, positive | negative, stats
 
     def filter_proposals(
-        self, boxes: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]], anchors_per_level: list[int]
+        self, boxes: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]], anchors_per_level: list[int],
+        proposals_per_image: int | None = None,
     ) -> tuple[list[Tensor], list[Tensor]]:
         """``select_proposals`` for each image: boxes (B, A, 4), objectness logits (B, A), A = sum of
-        ``anchors_per_level`` -> proposals [(P_i, 4)], objectness probabilities [(P_i,)], highest first."""
+        ``anchors_per_level`` -> proposals [(P_i, 4)], objectness probabilities [(P_i,)], highest first.
+        ``proposals_per_image`` replaces the post-NMS top-N (e.g. a tile's share of an image's budget)."""
         proposals, scores = [], []
         for image_boxes, image_objectness, size in zip(boxes, objectness, image_sizes, strict=True):
             image_proposals, image_scores = self.select_proposals(image_boxes, image_objectness, size,
-                                                                  anchors_per_level)
+                                                                  anchors_per_level, proposals_per_image)
             proposals.append(image_proposals)
             scores.append(image_scores)
         return proposals, scores
 
     def select_proposals(
-        self, boxes: Tensor, objectness: Tensor, image_size: tuple[int, int], anchors_per_level: list[int]
+        self, boxes: Tensor, objectness: Tensor, image_size: tuple[int, int], anchors_per_level: list[int],
+        proposals_per_image: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One image: top-N by objectness in each level, clip, drop tiny boxes and low scores, NMS within
         each level, keep the top-N of all levels (torchvision's order of steps).
@@ -252,7 +257,7 @@ class RegionProposalNetwork(nn.Module):
         keep = remove_small_boxes(boxes, self.min_size)
         keep = keep[scores[keep] >= self.score_thresh]
         keep = keep[batched_nms(boxes[keep], scores[keep], levels[keep], self.nms_iou)]
-        keep = keep[: self.post_nms_top_n[stage]]
+        keep = keep[: proposals_per_image or self.post_nms_top_n[stage]]
         return boxes[keep], scores[keep]
 
 
