@@ -87,8 +87,8 @@ class FileImages(Dataset):
 class DrawnScenes:
     """Drawn scenes kept in memory up to ``max_bytes`` of pixels, the least recently used dropped first.
 
-    A scene is a function of its generator's seed and index, so a kept one is the scene itself; drawing a large
-    canvas takes seconds, and a tiled or long run reads each one many times. One per process (each data loader
+    A scene is a function of its generator's seed and index, so a kept one is the scene itself; a large canvas is
+    slow to draw, and a tiled or long run reads each one many times. One per process (each data loader
     worker keeps its own).
     """
 

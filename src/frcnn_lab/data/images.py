@@ -125,7 +125,7 @@ def load(path: str | os.PathLike, min_side: int | None = None, max_side: int | N
 
     With ``min_side`` / ``max_side`` (the size the image will be resized to), JPEGs are decoded at a
     reduced scale (1/2, 1/4 or 1/8) when that still leaves at least the needed pixels: a 4000 px photo
-    for a 600 px input decodes several times faster. The caller rescales boxes by the returned shape.
+    for a 600 px input is decoded at a quarter of its side. The caller rescales boxes by the returned shape.
     """
     path = Path(path)
     with _open(path) as image:

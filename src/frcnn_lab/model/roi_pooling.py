@@ -7,8 +7,8 @@ Three ops, selected by ``roi_head.pooler`` (``POOLERS``):
 - ``roi_align``: Mask R-CNN's RoI Align: bilinear samples at exact positions (``sampling_ratio`` per bin
   side, averaged); ``aligned=True`` shifts by half a pixel so a box maps to the cells it covers. On CPU it
   is computed as a weighted ``embedding_bag`` over the feature cells (``roi_align_cpu``): the same samples
-  and weights as torchvision's kernel, whose CPU backward runs one scalar at a time (4-12x slower, forward
-  and backward together; experiments/bench/README.md). Elsewhere, and while tracing for ONNX export (the
+  and weights as torchvision's kernel, whose CPU backward runs one scalar at a time (the speed of both:
+  experiments/bench/README.md). Elsewhere, and while tracing for ONNX export (the
   ``RoiAlign`` node), torchvision's ``roi_align`` runs.
 - ``crop_resize``: Luminoth's / TensorFlow's crop-and-resize: a bilinear crop to twice the output size
   whose samples run from box edge to box edge, then 2x2 max pooling.

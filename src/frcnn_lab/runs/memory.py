@@ -3,10 +3,10 @@
 glibc's malloc serves every block above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and unmaps it when
 it is freed, and hands the top of its heap back to the kernel once more than the trim threshold lies free there. A
 training or inference step frees and allocates activations of the same sizes again and again, so each of them is
-faulted in anew, 4 KB at a time, every page zeroed by the kernel: on 3-megapixel canvases that was almost half of a
-CPU training step (``experiments/bench/allocator.py``). ``keep_freed_memory`` serves every block from the heap
-and never trims it (``mallopt``): the process keeps its peak footprint and reuses it. Other C libraries (macOS,
-musl) are left as they are.
+faulted in anew, 4 KB at a time, every page zeroed by the kernel, a large share of a CPU step on large canvases
+(``experiments/bench/allocator.py``; its figures: experiments/bench/README.md). ``keep_freed_memory`` serves every
+block from the heap and never trims it (``mallopt``): the process keeps its peak footprint and reuses it. Other C
+libraries (macOS, musl) are left as they are.
 """
 
 from __future__ import annotations
