@@ -237,3 +237,27 @@ def check(command: Command, workdir: Path) -> tuple[bool, str]:
                 return exit_.code in (0, None), out.getvalue()
         return True, out.getvalue()
     return False, f"{command.module}: not an entry point these tests know"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def broken_links(path: Path) -> list[str]:
+    """Relative links of ``path`` whose file, or whose ``#anchor`` in a markdown file, does not exist."""
+    text = FENCE.sub("", path.read_text())
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        resolved = (path.parent / file).resolve() if file else path
+        if not resolved.exists():
+            broken.append(target)
+        elif anchor and resolved.suffix == ".md":
+            headings = re.findall(r"^#+ (.+)$", FENCE.sub("", resolved.read_text()), flags=re.M)
+            if anchor not in {slug(h) for h in headings}:
+                broken.append(target)
+    return broken

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from doc_commands import Command, check, commands_in, fenced_blocks
+from doc_commands import Command, broken_links, check, commands_in, fenced_blocks
 from support import REPO_ROOT
 
 DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))
@@ -83,3 +83,8 @@ def test_docs_do_not_describe_the_measuring_machine_state(page):
     hits = [f"{page.name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
             for text in [page.read_text()] for m in MACHINE_STATE.finditer(text)]
     assert not hits, hits
+
+
+@pytest.mark.parametrize("page", DOCS, ids=[p.name for p in DOCS])
+def test_docs_links_resolve(page):
+    assert not broken_links(page)
