@@ -6,8 +6,9 @@
 Four 640 x 480 (or 480 x 640) scenes of cameras and phones among look-alike cups, books and sunglasses, drawn by
 ``frcnn_lab.data.synthetic.SyntheticScenes`` with a seed no training split uses, every scene with at least one
 object. The objects are 60-180 px on these photos, so after the default resize (shortest side 320 px) they have
-the 40-120 px of the embedded training scenes. ``python -m frcnn_lab.predict ckpt_path=... input=src/frcnn_lab/examples``
-runs on them; the same seed gives the same scenes (JPEG bytes may differ between Pillow versions).
+the 40-120 px of the embedded training scenes: ``python -m frcnn_lab.predict ckpt_path=...
+input=src/frcnn_lab/examples`` runs on them. The same seed gives the same scenes (the JPEG bytes may differ between
+Pillow versions).
 """
 
 from __future__ import annotations

@@ -18,12 +18,12 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import tomllib
 from PIL import Image
 
 from doc_commands import broken_links, check, commands_in, fenced_blocks, sections
@@ -36,10 +36,9 @@ EXAMPLES = REPO_ROOT / "src" / "frcnn_lab" / "examples"
 BUDGET = ["data.source.num_train=24", "data.source.num_val=8", "data.source.num_test=8", "data.num_negatives=4",
           "data.batch_size=4", "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"]
 """Added to each training command of the walkthrough (keys it sets itself win): seconds, not minutes."""
-CONSOLE_SCRIPTS = {"frcnn-train": "frcnn_lab.train", "frcnn-evaluate": "frcnn_lab.evaluate",
-                   "frcnn-predict": "frcnn_lab.predict", "frcnn-report": "frcnn_lab.report",
-                   "frcnn-export": "frcnn_lab.export", "frcnn-serve": "frcnn_lab.serve",
-                   "frcnn-browse": "frcnn_lab.data.browse"}
+CONSOLE_SCRIPTS = ("frcnn-train", "frcnn-evaluate", "frcnn-predict", "frcnn-report", "frcnn-export", "frcnn-serve",
+                   "frcnn-browse")
+"""Beside ``python -m frcnn_lab.<entry>`` (frcnn-browse: ``frcnn_lab.data.browse``), with the same arguments."""
 
 
 def walkthrough_blocks() -> list[str]:
@@ -212,7 +211,7 @@ def test_readme_names_the_console_scripts_that_pyproject_installs():
     """Shown once in the README; each is in [project.scripts] and its target imports."""
     import importlib
 
-    for name, module in CONSOLE_SCRIPTS.items():
+    for name in CONSOLE_SCRIPTS:
         assert f"`{name}`" in TEXT, name
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"].get("scripts", {})
     missing = sorted(set(CONSOLE_SCRIPTS) - set(scripts))
