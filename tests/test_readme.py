@@ -169,6 +169,8 @@ def test_serve_answers_the_readme_request(walked, clone):
         assert (everything["width"], everything["height"]) == (width, height)
         assert everything["classes"] == ["camera", "phone"]
         assert all(d["score"] >= 0.05 for d in everything["detections"])
+        below = [d["score"] for d in thresholded["detections"] if d["score"] < threshold]
+        assert not below, f"POST /predict?score_threshold={threshold} returned {len(below)} detections below it"
         assert thresholded["detections"] == [d for d in everything["detections"] if d["score"] >= threshold]
     finally:
         process.terminate()
