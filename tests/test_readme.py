@@ -14,10 +14,8 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -27,7 +25,7 @@ import tomllib
 from PIL import Image
 
 from doc_commands import broken_links, check, commands_in, fenced_blocks, sections
-from support import REPO_ROOT, cli_env, override_key
+from support import REPO_ROOT, cli_env, free_port, override_key, stop, wait_for_server
 
 README = REPO_ROOT / "README.md"
 TEXT = README.read_text()
@@ -91,11 +89,6 @@ def walked(clone) -> dict:
     return {"output": output, "serve": serve[0]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def latest(folder: Path) -> Path:
     return sorted(p for p in folder.iterdir() if p.is_dir())[-1]
@@ -147,16 +140,7 @@ def test_serve_answers_the_readme_request(walked, clone):
         photo = clone / tokens[tokens.index("-F") + 1].split("=@", 1)[1]
         url = next(t for t in tokens if t.startswith("http")).replace(":8000/", f":{port}/")
         base = url.split("/predict")[0]
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            try:
-                if httpx.get(f"{base}/examples", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not answer within 180 s"
-            time.sleep(0.5)
+        wait_for_server(process, f"{base}/examples")
         threshold = float(re.search(r"score_threshold=([0-9.]+)", url).group(1))
         answers = []
         for target in (url, url.split("?")[0]):
@@ -173,12 +157,7 @@ def test_serve_answers_the_readme_request(walked, clone):
         assert not below, f"POST /predict?score_threshold={threshold} returned {len(below)} detections below it"
         assert thresholded["detections"] == [d for d in everything["detections"] if d["score"] >= threshold]
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 README_COMMANDS = [command for title, text, line in sections(TEXT) if title not in WALKTHROUGH
