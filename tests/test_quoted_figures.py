@@ -161,6 +161,10 @@ def test_small_objects_policy_table():
         at_500 = statistics.mean(validations(SMALL / f"{name}_s{s}")[0][2] for s in SEEDS)
         assert validations(SMALL / f"{name}_s0")[0][1] == 499  # the first validation, after step 500
         assert row[1:4] == [" / ".join(f"{v:.3f}" for v in values), mean_sd(values), f"{at_500:.3f}"], row
+        steps = json.loads((EXPERIMENTS / "bench" / "small_objects_steps_cpu.json").read_text())
+        if name in steps["step_s"]:  # the step times, measured apart (experiments/bench/small_objects_steps.py)
+            ratio = steps["ratio_to_tiles"][name]
+            assert row[4] == f"{statistics.median(steps['step_s'][name]):.2f} ({ratio:.2g})", row
 
 
 def test_small_objects_pairs_table():
