@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +144,36 @@ def single_process_validation(module: Any, loader: Any, root: Path) -> dict[str,
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
     return {key: float(value) for key, value in trainer.validate(module, loader, verbose=False)[0].items()}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(process: subprocess.Popen, url: str, timeout: float = 180) -> None:
+    """Poll ``url`` until it answers 200 while ``process`` (a server started with stdout piped) runs."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the server did not answer within {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate ``process``, killing it when it does not end within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -20,14 +18,10 @@ from frcnn_lab.engine.checkpoints import input_sizes, load_module
 from frcnn_lab.engine.photos import PhotoDetector
 from frcnn_lab.inference.drawing import CLASS_COLORS
 from frcnn_lab.serve import example_images
+from support import free_port, stop, wait_for_server
 
 CHROMEDRIVER = shutil.which("chromedriver")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,24 +35,10 @@ def server(initialised_checkpoint, tmp_path_factory):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            try:
-                if httpx.get(url + "examples", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not answer within 180 s"
-            time.sleep(0.5)
+        wait_for_server(process, url + "examples")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def test_predict_answers_the_checkpoints_detections(server, initialised_checkpoint):

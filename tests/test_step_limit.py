@@ -33,7 +33,7 @@ def test_status_names_best_ckpt_and_evaluate_reproduces_its_validation(tmp_path)
     (row,) = val_rows(run / "csv" / "metrics.csv")  # one validation, at the step limit
     assert row["step"] == "1" and float(row["val/map_50"]) == pytest.approx(status["best_map_50"], abs=1e-9)
 
-    # The README's next step works on it and gives the figure the run validated.
+    # The README's next step (evaluate) works on it and gives the figure the run validated.
     run_ok("frcnn_lab.evaluate", f"ckpt_path={best}", "split=val", cwd=tmp_path)
     (evaluation,) = (run / "evaluate").glob("*/evaluation.json")
     assert json.loads(evaluation.read_text())["map_50"] == pytest.approx(status["best_map_50"], abs=1e-6)

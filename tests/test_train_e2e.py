@@ -63,8 +63,8 @@ def test_cli_run_tracks_to_csv_and_offline_wandb_and_prints_a_summary(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [["backbone=resnet50", "rpn.num_rois=50"], ["backbone=vgg16"]])
 def test_documented_short_runs_of_the_large_backbones_train_and_validate(tmp_path, overrides):
-    """README: `python -m frcnn_lab.train backbone=resnet50 rpn.num_rois=50 trainer.max_steps=20` (offline:
-    with backbone.weights=none), here with fewer steps and smaller images."""
+    """docs/configuration.md: `python -m frcnn_lab.train backbone=resnet50 rpn.num_rois=50 trainer.max_steps=20`
+    (offline: with backbone.weights=none), here with fewer steps and smaller images."""
     small = ["trainer.max_steps=2", "data.source.num_train=4", "data.source.num_val=2", "data.image_size=160",
              "data.max_size=160", "logger=csv", "backbone.weights=none", "callbacks.progress_bar.refresh_rate=0",
              "trainer.log_every_n_steps=1"]
