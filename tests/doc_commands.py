@@ -3,7 +3,7 @@
 A command is found in a fenced ``bash`` block (backslash continuations joined, ``# comments`` dropped) or in an
 inline code span that starts with ``python -m frcnn_lab.``. Checking it without running it:
 
-- Hydra entry points (train, evaluate, predict, export, serve, data.browse): composed in this process as the CLI
+- Hydra entry points (train, evaluate, predict, export, serve, browse): composed in this process as the CLI
   composes them, with ``--cfg job`` (Hydra prints the config and runs nothing). A sweep (``-m``) is composed as
   its first job. Placeholders a user fills in (``<run>``, ``<sweep dir>``) become a plain name, ``$PWD`` the
   working directory; files a block writes with a heredoc (``cat > f <<'YAML'``) are written there first.
@@ -29,8 +29,9 @@ PLACEHOLDER = re.compile(r"<[^<>\s'][^<>]*>")
 HEREDOC = re.compile(r"cat > (\S+) <<'?(\w+)'?\n(.*?)\n\2$", flags=re.S | re.M)
 SHELL_OPERATORS = {"&&", "||", "|", ";", "&"}
 HYDRA_ENTRY_POINTS = {"frcnn_lab.train", "frcnn_lab.evaluate", "frcnn_lab.predict", "frcnn_lab.export",
-                      "frcnn_lab.serve", "frcnn_lab.data.browse"}
-REPORT_OPTIONS_WITH_VALUE = {"--plateau-window", "--plateau-tolerance", "--plateau-floor", "--target-difference"}
+                      "frcnn_lab.serve", "frcnn_lab.browse"}
+REPORT_OPTIONS_WITH_VALUE = {"--plateau-window", "--plateau-tolerance", "--plateau-floor", "--target-difference", "--rope",
+                             "--budget", "--step-costs", "--cost-budget"}
 HYDRA_FLAGS_WITH_VALUE = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--cfg", "-c",
                           "--package", "-p"}
 STANDING_IN = "placeholder"

@@ -32,7 +32,7 @@ def test_the_docs_show_commands():
     assert len(COMMANDS) >= 30, [c.where for c in COMMANDS]
     modules = {c.module for c in COMMANDS}
     assert {"frcnn_lab.train", "frcnn_lab.evaluate", "frcnn_lab.predict", "frcnn_lab.report", "frcnn_lab.export",
-            "frcnn_lab.serve", "frcnn_lab.data.browse"} <= modules, modules
+            "frcnn_lab.serve", "frcnn_lab.browse"} <= modules, modules
 
 
 def test_every_allow_list_entry_names_a_documented_command():

@@ -36,7 +36,7 @@ BUDGET = ["data.source.num_train=24", "data.source.num_val=8", "data.source.num_
 """Added to each training command of the walkthrough (keys it sets itself win): seconds, not minutes."""
 CONSOLE_SCRIPTS = ("frcnn-train", "frcnn-evaluate", "frcnn-predict", "frcnn-report", "frcnn-export", "frcnn-serve",
                    "frcnn-browse")
-"""Beside ``python -m frcnn_lab.<entry>`` (frcnn-browse: ``frcnn_lab.data.browse``), with the same arguments."""
+"""Beside ``python -m frcnn_lab.<entry>`` (frcnn-browse: ``frcnn_lab.browse``), with the same arguments."""
 
 
 def walkthrough_blocks() -> list[str]:
