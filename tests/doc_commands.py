@@ -30,8 +30,8 @@ HEREDOC = re.compile(r"cat > (\S+) <<'?(\w+)'?\n(.*?)\n\2$", flags=re.S | re.M)
 SHELL_OPERATORS = {"&&", "||", "|", ";", "&"}
 HYDRA_ENTRY_POINTS = {"frcnn_lab.train", "frcnn_lab.evaluate", "frcnn_lab.predict", "frcnn_lab.export",
                       "frcnn_lab.serve", "frcnn_lab.browse"}
-REPORT_OPTIONS_WITH_VALUE = {"--plateau-window", "--plateau-tolerance", "--plateau-floor", "--target-difference", "--rope",
-                             "--budget", "--step-costs", "--cost-budget"}
+REPORT_OPTIONS_WITH_VALUE = {"--plateau-window", "--plateau-tolerance", "--plateau-floor", "--target-difference",
+                             "--rope", "--budget", "--step-costs", "--cost-budget"}
 HYDRA_FLAGS_WITH_VALUE = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--cfg", "-c",
                           "--package", "-p"}
 STANDING_IN = "placeholder"
