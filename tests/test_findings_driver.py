@@ -24,7 +24,9 @@ STUDY = DRIVER.with_name("study.sh")
 CELLS = 33
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# Called as: python -m frcnn_lab.train experiment=findings/hard logger=csv <overrides> hydra.run.dir=<dir>
+# Called as: python -m frcnn_lab.train experiment=findings/hard logger=csv <overrides> hydra.run.dir=<dir>,
+# then python -m frcnn_lab.evaluate ckpt_path=<dir>/checkpoints/best.ckpt split=val [inference.* overrides]
+if [[ "$2" == frcnn_lab.evaluate ]]; then echo "${*:3}" >> "$CALLS.evaluate"; exit 0; fi
 dir=""
 for arg in "$@"; do
   case "$arg" in hydra.run.dir=*) dir=${arg#hydra.run.dir=} ;; esac
@@ -72,6 +74,8 @@ def test_every_cell_runs_once_with_its_overrides(tmp_path):
     assert "roi_head.pooler=crop_resize seed=1" in by_cell["cropresize_s1"]
     assert "roi_head.bg_iou_lo=0.1 seed=0" in by_cell["bglo01_s0"]
     assert all("experiment=findings/hard" in line for line in lines)
+    evaluations = (tmp_path / "calls.txt.evaluate").read_text().splitlines()
+    assert sorted(evaluations) == sorted(f"ckpt_path={runs / cell}/checkpoints/best.ckpt split=val" for cell in cells)
 
 
 def test_two_drivers_share_the_cells(tmp_path):

@@ -7,6 +7,20 @@
 # RUNS_DIR.unfinished/ (kept, never deleted) and run again. Several drivers may share one RUNS_DIR (e.g. two at
 # OMP_NUM_THREADS=1 on two cores): each cell is claimed with a lock, and a driver skips the cells another one runs.
 # ONLY=<regex>: just the cells whose name matches it, e.g. ONLY='rois16_px600_s[34]'.
+# A completed cell's best checkpoint is then evaluated on the val split (its inference.* overrides kept): the
+# per-image detections in <cell>/evaluate/<time>/ give the report its interval over the validation images.
+evaluate_val() {
+  local python=$1 dir=$2 inference=() override
+  shift 2
+  for override in "$@"; do [[ $override == inference.* ]] && inference+=("$override"); done
+  if "$python" -m frcnn_lab.evaluate ckpt_path="$dir/checkpoints/best.ckpt" split=val "${inference[@]}" \
+      > "$dir.evaluate.log" 2>&1; then
+    echo "$(date -u +%FT%TZ) evaluated $(basename "$dir") on val"
+  else
+    echo "$(date -u +%FT%TZ) FAILED to evaluate $(basename "$dir") (see $dir.evaluate.log)"
+  fi
+}
+
 run_cells() {
   local runs=$1 python=$2
   shift 2
@@ -42,6 +56,7 @@ run_cells() {
     if "$python" -m frcnn_lab.train experiment="${experiment:-findings/hard}" logger=csv "$@" $overrides "${resume[@]}" \
         hydra.run.dir="$dir" >> "$runs.log.d/$name.log" 2>&1; then
       echo "$(date -u +%FT%TZ) done  $name in $(( $(date +%s) - start )) s"
+      evaluate_val "$python" "$dir" $overrides
     else
       echo "$(date -u +%FT%TZ) FAILED $name after $(( $(date +%s) - start )) s (see $runs.log.d/$name.log)"
     fi
