@@ -204,16 +204,18 @@ def is_inert(config: dict[str, Any], key: str) -> bool:
 
 
 def configuration_keys(runs: list[Run]) -> list[str]:
-    """The config keys whose values differ between the runs where they act, apart from the seed and
-    bookkeeping."""
+    """The config keys whose values differ between the runs that have them and where they act, apart from the seed
+    and bookkeeping. A key only some runs have (one their code version added) differs only if those runs disagree
+    on it; which class implements a callback (``callbacks.<name>._target_``) is bookkeeping too."""
     keys: list[str] = []
     for run in runs:
         keys += [k for k in run.config if k not in keys]
     return [
         k for k in keys
         if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)
-        and len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs
-                 if not is_inert(r.config, k)}) > 1
+        and not (k.startswith("callbacks.") and k.endswith("._target_"))
+        and len({json.dumps(r.config[k], sort_keys=True, default=str) for r in runs
+                 if k in r.config and not is_inert(r.config, k)}) > 1
     ]
 
 
