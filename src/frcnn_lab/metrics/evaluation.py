@@ -114,6 +114,10 @@ class DetectionEvaluation(nn.Module):
         self.sizes = SizeBinAP(len(self.classes), size_edges)
         self.confusion = ConfusionMatrix(self.classes, score_threshold)
 
+    def set_size_edges(self, edges: Sequence[float] | None) -> None:
+        """The size bins' edges (px), before the first update; None: no bins."""
+        self.sizes.edges = None if edges is None else [float(e) for e in edges]
+
     def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Any]], ms_per_image: float) -> None:
         targets = [metric_target(t) for t in targets]
         metrics = (self.coco, self.at_50, self.rates, self.tide, self.sizes, self.confusion) + \
