@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchvision.ops import box_iou
+
+from frcnn_lab.metrics.gathered import GatheredDetections
 
 BACKGROUND = "background"
 
@@ -71,25 +72,20 @@ def confusion_figures(counts: Tensor, classes: Sequence[str], score_threshold: f
             "counts": counts.tolist(), "row_normalised": normalised}
 
 
-class ConfusionMatrix(Metric):
-    """update(preds, targets) per batch; compute() -> ``confusion_figures``. The counts are summed across
-    processes under DDP."""
-
-    full_state_update = False
+class ConfusionMatrix(GatheredDetections):
+    """update(preds, targets) per batch; compute() -> ``confusion_figures`` of every image seen (gathered from all
+    processes under DDP). The matching runs at compute time on the CPU: updates stay on the inputs' device
+    without waiting for it."""
 
     def __init__(self, classes: Sequence[str], score_threshold: float, iou_threshold: float = 0.5) -> None:
         super().__init__()
         self.classes, self.score_threshold, self.iou_threshold = list(classes), score_threshold, iou_threshold
-        size = len(self.classes) + 1
-        self.add_state("counts", default=torch.zeros(size, size, dtype=torch.int64), dist_reduce_fx="sum")
-
-    def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
-        batch = sum((image_confusion(p, t, len(self.classes), self.score_threshold, self.iou_threshold)
-                     for p, t in zip(preds, targets, strict=True)), torch.zeros_like(self.counts, device="cpu"))
-        self.counts += batch.to(self.counts.device)
 
     def compute(self) -> dict[str, Any]:
-        return confusion_figures(self.counts, self.classes, self.score_threshold, self.iou_threshold)
+        counts = torch.zeros(len(self.classes) + 1, len(self.classes) + 1, dtype=torch.int64)
+        for pred, target in zip(*self.images_seen(), strict=True):
+            counts += image_confusion(pred, target, len(self.classes), self.score_threshold, self.iou_threshold)
+        return confusion_figures(counts, self.classes, self.score_threshold, self.iou_threshold)
 
 
 def format_confusion(confusion: dict[str, Any]) -> str:
