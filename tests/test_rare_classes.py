@@ -139,3 +139,21 @@ def test_imbalanced_variant_changes_only_the_train_split_classes():
     assert all((scenes[i]["labels"] == 1).all() for i in range(0, 200, 10))
     with pytest.raises(ValueError, match="class_weights"):
         SyntheticScenes(2, class_weights=[1.0])
+
+
+def test_rare_class_preset_makes_phones_rare_in_train_only(tmp_path):
+    from frcnn_lab.config import validate
+    from support import compose_config
+
+    cfg = compose_config("config", ["experiment=rare/phone", "data.sampler=repeat_factor"], tmp_path)
+    validate(cfg)
+    module = DetectionDataModule(cfg.data)
+    module.setup()
+    imbalance = class_imbalance(split_statistics(module.input_annotations("train"), module.classes))
+    assert (imbalance["rarest"], imbalance["rarest_images"], imbalance["most_frequent_images"]) == ("phone", 21, 251)
+    assert imbalance["warn"]
+    factors, per_class = repeat_factors([labels for *_, labels, _ in module.input_annotations("train")],
+                                        cfg.data.repeat_threshold)
+    # The preset's comment: r_phone 2.76, 357 draws per epoch instead of 320.
+    assert per_class[2] == pytest.approx(2.76, abs=0.01) and per_class[1] == 1 and round(factors.sum()) == 357
+    assert len(module.train_dataloader().batch_sampler.sampler) == 357
