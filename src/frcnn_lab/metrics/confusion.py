@@ -110,7 +110,7 @@ def confusion_png(confusion: dict[str, Any], path: str | Path | None = None):
 
     labels = confusion["labels"]
     shares = [[0.0 if v is None else v for v in row] for row in confusion["row_normalised"]]
-    size = 1.2 + 0.7 * len(labels)
+    size = 2.0 + 0.8 * len(labels)
     figure, axis = plt.subplots(figsize=(size + 1.5, size))
     image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for row, (counts, values) in enumerate(zip(confusion["counts"], shares, strict=True)):
