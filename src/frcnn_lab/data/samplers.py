@@ -88,7 +88,8 @@ class RepeatFactorSampler(DistributedSampler):
     A ``DistributedSampler``, so that Lightning neither replaces it under DDP nor leaves out ``set_epoch``: it
     shards itself (``num_replicas`` / ``rank`` default to torch.distributed's). Used as the DataLoader's
     sampler; inside a batch sampler (``GroupedBatchSampler``) Lightning would replace it under DDP, which the
-    data module refuses.
+    data module refuses. Grouped by orientation, an epoch's batch count can differ by one or two from the first
+    epoch's (the groups' leftovers change with the draws): Lightning stops an epoch at the first one's count.
     """
 
     def __init__(self, factors: Sequence[float], seed: int = 0, num_replicas: int | None = None,
