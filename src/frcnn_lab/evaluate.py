@@ -4,7 +4,12 @@ Figures (DESIGN §2): mAP@0.5, COCO mAP@[.5:.95], per-class AP at both, VOC07 11
 share of images with objects where nothing scores >= the threshold (the thesis's false negatives), the
 share of negative images with a detection >= the threshold (false positives on the negatives set),
 detections per image, the median inference time per image (batch of one, warm, on the device used) and
-the TIDE error breakdown (``error_analysis``: the mAP@0.5 lost to each error type). They are
+the TIDE error breakdown (``error_analysis``: the mAP@0.5 lost to each error type), AP by object size
+(``ap_by_area``: COCO's small / medium / large AP and AR; ``ap_by_size``: bins at the tertiles of the train
+split's box sides at the model's input, with their pixel ranges) and the confusion matrix over the classes and
+background at IoU >= 0.5 and the score threshold (``confusion``; rows: ground truth, columns: prediction;
+``frcnn_lab.metrics.confusion`` has the matching rule), also written beside ``evaluation.json`` as
+``confusion.json`` and ``confusion.png``. They are
 ``DetectionEvaluation``'s, computed by ``DetectionModule.test_step`` through ``trainer.test``, as in
 validation. Printed as tables and written to ``<output dir>/evaluation.json``, beside the scored predictions
 and ground truth as COCO JSON (``predictions_coco.json``, ``ground_truth_coco.json``: the checkpoint's
@@ -32,6 +37,8 @@ from frcnn_lab.engine.checkpoints import device_name, input_sizes, load_module, 
 from frcnn_lab.engine.photos import trained_resize
 from frcnn_lab.inference.slicing import Slicing
 from frcnn_lab.metrics.coco_json import write_coco_files
+from frcnn_lab.metrics.confusion import confusion_png, format_confusion
+from frcnn_lab.metrics.sizes import format_sizes
 from frcnn_lab.metrics.tide import format_tide
 from frcnn_lab.runs.folders import run_data_config
 
@@ -73,6 +80,7 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
     module.voc07 = data["name"] == "voc"
     datamodule = DetectionDataModule(data)
     datamodule.setup("test")
+    module.size_edges = datamodule.size_bin_edges()  # the train split's, at the input size evaluated
     loaders = [datamodule.loader(cfg.split)]
     negatives_loader = datamodule.negatives_dataloader()
     if negatives_loader is not None:
@@ -107,7 +115,7 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
         "slicing": asdict(slicing) if slicing is not None else None,
         **{key: figures[key] for key in ("map_50", "map", "ap_50_per_class", "ap_per_class", "voc07", "fn_rate",
                                          "fp_image_rate", "detections_per_image", "ms_per_image_median",
-                                         "error_analysis")},
+                                         "error_analysis", "ap_by_area", "ap_by_size", "confusion")},
         "negatives": negatives,
         "device": device_name(device),
     }
@@ -156,12 +164,15 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def write_results(results: dict[str, Any], output_dir: str | Path) -> Path:
-    """``<output_dir>/evaluation.json``; an existing file is never replaced."""
+    """``<output_dir>/evaluation.json``, with the confusion matrix beside it as ``confusion.json`` and
+    ``confusion.png``; an existing ``evaluation.json`` is never replaced."""
     path = Path(output_dir) / "evaluation.json"
     if path.exists():
         raise FileExistsError(f"{path} exists already; evaluate writes each result to a new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
+    (path.parent / "confusion.json").write_text(json.dumps(results["confusion"], indent=2))
+    confusion_png(results["confusion"], path.parent / "confusion.png")
     return path
 
 
@@ -172,7 +183,11 @@ def main(cfg: DictConfig) -> None:
     print(format_table(results))
     print()
     print(format_tide(results["error_analysis"]))
-    print(f"written: {path} (and the scored detections as COCO JSON beside it)")
+    print()
+    print(format_sizes(results["ap_by_area"], results["ap_by_size"]))
+    print()
+    print(format_confusion(results["confusion"]))
+    print(f"written: {path} (and beside it the confusion matrix as JSON and PNG, the scored detections as COCO JSON)")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from frcnn_lab.checks import Checks, is_sequence
+from frcnn_lab.checks import Checks, is_number, is_sequence
 from frcnn_lab.data.sources import FILE_SOURCES
 from frcnn_lab.data.transforms import RESIZE_POLICIES
 
 SOURCES = ("synthetic", *FILE_SOURCES)
 SPLIT_MODES = ("official", "random")
+SAMPLERS = ("random", "repeat_factor")
 
 
 def synthetic_source() -> dict[str, Any]:
@@ -28,6 +29,7 @@ def synthetic_source() -> dict[str, Any]:
         "empty_fraction": 0.15,  # images with no camera or phone
         "max_objects": 3,
         "cache_mb": 512,  # drawn scenes kept in memory per data loader process (0: drawn at every read)
+        "train_class_weights": None,  # e.g. {camera: 1, phone: 0.05}: the train scenes' odds of each class
     }
 
 
@@ -96,6 +98,8 @@ class DataConfig:
     batch_size: int = 4
     num_workers: int = 0
     group_aspect_ratio: bool = True  # batch landscape and portrait images apart (training)
+    sampler: str = "random"  # random | repeat_factor (train images with rare classes repeated, as LVIS / Detectron2)
+    repeat_threshold: float = 0.001  # repeat_factor: t in r_c = max(1, sqrt(t / f_c)), f_c: share of images with c
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -109,6 +113,9 @@ class DataConfig:
             check.require("max_size", self.max_size, max_ok, f"an integer >= data.image_size ({self.image_size})")
         check.integer("batch_size", self.batch_size, 1)
         check.integer("num_workers", self.num_workers, 0)
+        check.choice("sampler", self.sampler, SAMPLERS)
+        check.require("repeat_threshold", self.repeat_threshold,
+                      is_number(self.repeat_threshold) and 0 < self.repeat_threshold <= 1, "in (0, 1]")
         for name in ("limit", "num_negatives"):
             if getattr(self, name) is not None:
                 check.integer(name, getattr(self, name), 0)

@@ -12,6 +12,7 @@ Splits: ``train``, ``val``, ``test`` and ``negatives`` (images of other categori
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -37,7 +38,13 @@ from frcnn_lab.data.records import (
     read_id_list,
     seeded_order,
 )
-from frcnn_lab.data.samplers import GroupedBatchSampler, orientation_groups
+from frcnn_lab.data.samplers import (
+    GroupedBatchSampler,
+    RepeatFactorSampler,
+    orientation_groups,
+    processes,
+    repeat_factors,
+)
 from frcnn_lab.data.sources import read_records
 from frcnn_lab.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from frcnn_lab.data.synthetic import SyntheticScenes
@@ -167,11 +174,16 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> Batch:
 
 
 def synthetic_splits(num_train: int, num_val: int, num_test: int, seed: int, num_negatives: int = 0,
-                     difficulty: str = "easy", cache_mb: float = 0, **scene_args: Any) -> dict[str, SceneRange]:
+                     difficulty: str = "easy", cache_mb: float = 0,
+                     train_class_weights: Mapping[str, float] | None = None,
+                     **scene_args: Any) -> dict[str, SceneRange]:
     """Disjoint index ranges of one seeded generator (train, val, test); negatives from their own stream.
 
     ``difficulty``: ``easy`` (:class:`SyntheticScenes`) or ``hard`` (:class:`ClutteredScenes`); the other
     ``scene_args`` go to that generator. ``cache_mb``: drawn scenes kept in memory (``DrawnScenes``), 0 for none.
+    ``train_class_weights``: {class: weight} (a class left out weighs 1): the train scenes draw each object's class
+    with these odds (an imbalanced train split, e.g. ``{phone: 0.05}``), from a second generator with the same
+    seed, so each train scene keeps its size and background; val and test keep equal odds.
     """
     if difficulty not in SCENE_GENERATORS:
         raise ValueError(f"data.source.difficulty={difficulty!r} is unknown; choose one of {list(SCENE_GENERATORS)}")
@@ -182,6 +194,13 @@ def synthetic_splits(num_train: int, num_val: int, num_test: int, seed: int, num
     scenes = generator(num_train + num_val + num_test, seed=seed, **scene_args)
     bounds = [0, num_train, num_train + num_val, num_train + num_val + num_test]
     splits = {split: SceneRange(scenes, bounds[i], bounds[i + 1], drawn) for i, split in enumerate(SPLITS)}
+    if train_class_weights:
+        if unknown := sorted(set(train_class_weights) - set(SYNTHETIC_CLASSES)):
+            raise ValueError(f"data.source.train_class_weights names {unknown}; the classes are "
+                             f"{list(SYNTHETIC_CLASSES)}")
+        weights = [float(train_class_weights.get(name, 1.0)) for name in SYNTHETIC_CLASSES]
+        weighted = generator(bounds[-1], seed=seed, class_weights=weights, **scene_args)
+        splits["train"] = SceneRange(weighted, 0, num_train, drawn)
     negative_args = {**scene_args, "empty_fraction": 1.0}
     if difficulty == "easy":
         negative_args.update(min_distractors=1, distractors=True)
@@ -222,6 +241,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.limit, self.include, self.exclude = config.limit, config.include, config.exclude
         self.use_difficult, self.num_negatives = config.use_difficult, config.num_negatives
         self.verify_images, self.group_aspect_ratio = config.verify_images, config.group_aspect_ratio
+        self.sampler, self.repeat_threshold = config.sampler, config.repeat_threshold
         self.category_ids = list(range(1, len(self.classes) + 1))
         self.issues = IssueLog()
         self.notes: list[str] = []
@@ -302,14 +322,44 @@ class DetectionDataModule(L.LightningDataModule):
         return {split: FileImages(samples[split], self.resize) for split in ALL_SPLITS}
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """Batches of ``split``: in order, or (``shuffle``, training) drawn by ``data.sampler`` and grouped by
+        orientation with ``data.group_aspect_ratio``."""
         dataset = self.datasets[split]
         common = {"num_workers": self.num_workers, "collate_fn": collate, "persistent_workers": self.num_workers > 0}
+        repeat = shuffle and self.sampler == "repeat_factor"
+        if repeat:
+            order = self.repeat_sampler(split)
+        else:
+            order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         if shuffle and self.group_aspect_ratio:
+            if repeat and (world := processes()[1]) > 1:
+                # Lightning swaps the sampler inside a batch sampler for its DistributedSampler: the repeats would go.
+                raise DataError(f"data.sampler=repeat_factor with data.group_aspect_ratio=true cannot run on {world} "
+                                "processes: under DDP Lightning replaces the sampler inside the orientation-grouped "
+                                "batch sampler, which would drop the repeats. Set data.group_aspect_ratio=false (the "
+                                "repeat-factor sampler then shards the images across the processes itself).")
             groups = orientation_groups(dataset.source.sizes())
-            sampler = GroupedBatchSampler(RandomSampler(dataset), groups, self.batch_size)
-            return DataLoader(dataset, batch_sampler=sampler, **common)
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **common)
+            return DataLoader(dataset, batch_sampler=GroupedBatchSampler(order, groups, self.batch_size), **common)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=order, **common)
+
+    def repeat_sampler(self, split: str = "train") -> RepeatFactorSampler:
+        """The repeat-factor sampler of ``split`` at ``data.repeat_threshold``, seeded by the run's seed (Lightning's
+        ``PL_GLOBAL_SEED``, which seeds its own DistributedSampler) and the epoch."""
+        labels = [labels for _, _, labels, _ in self.input_annotations(split)]
+        factors, _ = repeat_factors(labels, self.repeat_threshold)
+        return RepeatFactorSampler(factors, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+
+    def size_bin_edges(self) -> list[float] | None:
+        """The tertiles of the train boxes' side sqrt(w * h) in input pixels (px, 2 decimals): the edges of the
+        evaluation's size bins (``frcnn_lab.metrics.sizes``). None with fewer than 3 train boxes or tertiles that
+        coincide."""
+        boxes = [b for _, b, _, _ in self.input_annotations("train")]
+        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+        sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        if len(sides) < 3:
+            return None
+        edges = [round(float(e), 2) for e in np.quantile(sides, [1 / 3, 2 / 3])]
+        return edges if 0 < edges[0] < edges[1] else None
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)

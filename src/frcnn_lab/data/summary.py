@@ -8,7 +8,10 @@ while reading the source, counted by reason, with the first examples of each rea
 them (``frcnn_lab.model.anchor_fit``). ``object_size_mismatch`` compares the median box side of train
 and val after the resize: a ratio above ``SIZE_MISMATCH_RATIO`` warns, as the model would be asked for
 objects at a size it rarely saw in training (``data.resize=fixed_scale`` keeps photos of one ground
-resolution at one object size).
+resolution at one object size). ``images_per_class`` counts the images holding each class; ``class_imbalance``
+warns when the rarest class is in fewer than ``IMBALANCE_RATIO`` times the train images of the most frequent
+(``data.sampler=repeat_factor`` is the usual answer; ``repeat_factors`` gives its factors per class when it
+is on). ``size_bins_px``: the side ranges of the evaluation's size bins, the tertiles of the train boxes.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_lab.data.samplers import repeat_factors
 from frcnn_lab.model.anchor_fit import WARN_SHARE, fit_report
 from frcnn_lab.model.backbones import feature_levels
 
 log = logging.getLogger(__name__)
 EXAMPLES_PER_REASON = 5
 SIZE_MISMATCH_RATIO = 1.5  # train / val median box side (either way round) above which the run warns
+IMBALANCE_RATIO = 0.1  # rarest / most frequent class's train images under which the run warns
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float] | None:
@@ -37,13 +42,14 @@ def _quantiles(values: np.ndarray) -> dict[str, float] | None:
 
 def split_statistics(annotations, classes: list[str]) -> dict[str, Any]:
     """Counts and box distributions of one split (``DetectionDataModule.input_annotations``)."""
-    per_class = np.zeros(len(classes) + 1, np.int64)
+    per_class, images_with = np.zeros(len(classes) + 1, np.int64), np.zeros(len(classes) + 1, np.int64)
     sides, shapes, empty, difficult, portrait = [], [], 0, 0, 0
     for (height, width), boxes, labels, hard in annotations:
         empty += int(len(boxes) == 0)
         portrait += int(height > width)
         difficult += int(np.sum(hard))
         np.add.at(per_class, labels, 1)
+        images_with[np.unique(labels)] += 1
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         sides.append(np.sqrt(w * h))
         shapes.append(h / np.maximum(w, 1e-6))
@@ -55,6 +61,7 @@ def split_statistics(annotations, classes: list[str]) -> dict[str, Any]:
         "portrait_images": portrait,
         "boxes": int(per_class.sum()),
         "boxes_per_class": {name: int(per_class[i + 1]) for i, name in enumerate(classes)},
+        "images_per_class": {name: int(images_with[i + 1]) for i, name in enumerate(classes)},
         "difficult_boxes": difficult,
         "box_side_input_px": _quantiles(np.concatenate(sides) if sides else np.zeros(0)),
         "box_height_over_width": _quantiles(np.concatenate(shapes) if shapes else np.zeros(0)),
@@ -81,6 +88,41 @@ def mismatch_warning(mismatch: dict[str, Any] | None) -> str | None:
             "their objects at one size")
 
 
+def class_imbalance(train: dict[str, Any]) -> dict[str, Any] | None:
+    """The rarest and the most frequent class by train images, their ratio and whether it is under
+    ``IMBALANCE_RATIO``; None with fewer than two classes or no boxes."""
+    counts = train.get("images_per_class", {})
+    if len(counts) < 2 or not max(counts.values()):
+        return None
+    rarest, most = min(counts, key=counts.get), max(counts, key=counts.get)
+    ratio = counts[rarest] / counts[most]
+    return {"rarest": rarest, "rarest_images": counts[rarest], "most_frequent": most,
+            "most_frequent_images": counts[most], "ratio": round(ratio, 3), "warn": ratio < IMBALANCE_RATIO,
+            "rarest_share": round(counts[rarest] / max(train["images"], 1), 4)}
+
+
+def imbalance_warning(imbalance: dict[str, Any] | None, sampler: str) -> str | None:
+    if not imbalance or not imbalance["warn"]:
+        return None
+    share = imbalance["rarest_share"]
+    advice = "" if sampler == "repeat_factor" else "; data.sampler=repeat_factor repeats the images of rare classes"
+    return (f"class {imbalance['rarest']} is in {imbalance['rarest_images']} train images, under "
+            f"{IMBALANCE_RATIO:g} times the {imbalance['most_frequent_images']} of {imbalance['most_frequent']}"
+            f"{advice} (a class is repeated when data.repeat_threshold is above the share of images holding it, "
+            f"{share:g} for {imbalance['rarest']}: LVIS's 0.001 suits a thousand classes, not a few)")
+
+
+def repeat_summary(datamodule) -> dict[str, Any] | None:
+    """With ``data.sampler=repeat_factor``: the threshold, r_c per class and the train images an epoch draws."""
+    if datamodule.sampler != "repeat_factor":
+        return None
+    labels = [labels for _, _, labels, _ in datamodule.input_annotations("train")]
+    factors, per_class = repeat_factors(labels, datamodule.repeat_threshold)
+    return {"threshold": datamodule.repeat_threshold,
+            "per_class": {datamodule.classes[c - 1]: round(r, 3) for c, r in per_class.items()},
+            "images": len(labels), "images_per_epoch": int(round(float(factors.sum())))}
+
+
 def summarize(datamodule, anchors: dict[str, Any] | None = None) -> dict[str, Any]:
     """The summary of a set-up DetectionDataModule as a JSON-ready dict (with the anchor-fit report)."""
     issues = datamodule.issues
@@ -101,6 +143,9 @@ def summarize(datamodule, anchors: dict[str, Any] | None = None) -> dict[str, An
         "scale": datamodule.resize.scale,
         "splits": splits,
         "object_size_mismatch": size_mismatch(splits),
+        "class_imbalance": class_imbalance(splits.get("train", {})),
+        "repeat_factors": repeat_summary(datamodule),
+        "size_bins_px": size_bins(datamodule.size_bin_edges()),
         "tiling": datamodule.tiling(),
         "anchors": anchors,
         "skipped_or_changed": issues.counts(),
@@ -109,14 +154,27 @@ def summarize(datamodule, anchors: dict[str, Any] | None = None) -> dict[str, An
     }
 
 
+def size_bins(edges: list[float] | None) -> list[list[float | None]] | None:
+    """Tertile edges [e1, e2] -> the bins' side ranges [[0, e1], [e1, e2], [e2, None]]."""
+    return None if edges is None else [[0.0, edges[0]], [edges[0], edges[1]], [edges[1], None]]
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"=== data: {summary['source']}, classes {summary['classes']} ==="]
     for split, stats in summary["splits"].items():
         per_class = ", ".join(f"{k} {v}" for k, v in stats["boxes_per_class"].items())
+        images = ", ".join(f"{k} {v}" for k, v in stats["images_per_class"].items())
         side = stats["box_side_input_px"]
         spread = f"box side px median {side['median']} (p10 {side['p10']}, p90 {side['p90']})" if side else "no boxes"
         lines.append(f"{split:>9}: {stats['images']} images ({stats['images_without_boxes']} without boxes), "
-                     f"boxes: {per_class}; {spread}")
+                     f"boxes: {per_class}; images with: {images}; {spread}")
+    if bins := summary["size_bins_px"]:
+        lines.append("size bins of the evaluation (train box side tertiles, input px): "
+                     + ", ".join(f"{lo:g}-{hi:g}" if hi is not None else f">= {lo:g}" for lo, hi in bins))
+    if repeat := summary["repeat_factors"]:
+        lines.append(f"repeat-factor sampling (t = {repeat['threshold']:g}): r per class "
+                     + ", ".join(f"{k} {v:g}" for k, v in repeat["per_class"].items())
+                     + f"; {repeat['images_per_epoch']} draws per epoch from {repeat['images']} train images")
     if tiling := summary["tiling"]:
         lines.append(f"    tiles: train is {tiling['tiles']} tiles of {tiling['photos']} photos "
                      f"({tiling['tiles_with_boxes']} with boxes, {tiling['empty_tiles_kept']} without kept, "
@@ -170,7 +228,8 @@ def write_summary(datamodule, output_dir: Path, anchors: dict[str, Any] | None =
     """Log the summary and write it as JSON (a new file name if one exists already); returns the path."""
     summary = summarize(datamodule, anchors)
     log.info("\n%s", format_summary(summary))
-    for warning in (mismatch_warning(summary["object_size_mismatch"]), anchors and anchor_warning(anchors)):
+    for warning in (mismatch_warning(summary["object_size_mismatch"]), anchors and anchor_warning(anchors),
+                    imbalance_warning(summary["class_imbalance"], datamodule.sampler)):
         if warning:
             log.warning(warning)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,9 @@ A ``stream`` other than 0 draws item ``i`` from ``default_rng([seed, i, stream])
 instead: a second, independent set of scenes for the same seed. The negatives
 set uses stream 1 with ``empty_fraction=1`` and ``min_distractors=1``: scenes
 with look-alikes and nothing to detect.
+
+``class_weights`` (one per class) draws each target's class with those odds
+instead of equal ones: an imbalanced set (``data.source.train_class_weights``).
 """
 
 from __future__ import annotations
@@ -303,6 +306,24 @@ def _add_sensor_noise(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarra
     return np.clip(pixels.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
+def class_odds(class_weights) -> np.ndarray | None:
+    """Relative weights per label 1..K -> probabilities, or None (equal odds); checked."""
+    if class_weights is None:
+        return None
+    weights = np.asarray(class_weights, dtype=np.float64)
+    if weights.shape != (len(CLASSES),) or not np.all(np.isfinite(weights)) or (weights < 0).any() or not weights.sum():
+        raise ValueError(f"class_weights must be {len(CLASSES)} numbers >= 0 (one per class of {list(CLASSES)}), "
+                         f"not all 0; got {class_weights!r}")
+    return weights / weights.sum()
+
+
+def draw_label(rng: np.random.Generator, odds: np.ndarray | None) -> int:
+    """A target's label 1..K: equal odds by the draw the default scenes were made with, else ``odds``."""
+    if odds is None:
+        return int(rng.integers(1, len(CLASSES) + 1))
+    return int(rng.choice(len(CLASSES), p=odds)) + 1
+
+
 def item_position(index: int, num_images: int) -> int:
     """``index`` as a position in ``[0, num_images)``, negative indices counting from the end."""
     position = operator.index(index)
@@ -338,7 +359,7 @@ class SyntheticScenes:
                  max_objects: int = 3, object_size: tuple[int, int] = (40, 120),
                  distractors: bool = True,
                  image_sizes: tuple[tuple[int, int], ...] = ((320, 320), (240, 320), (320, 240)),
-                 min_distractors: int = 0, stream: int = 0):
+                 min_distractors: int = 0, stream: int = 0, class_weights=None):
         if not isinstance(num_images, (int, np.integer)) or num_images < 0:
             raise ValueError(f"num_images must be a non-negative integer, got {num_images!r}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -361,6 +382,7 @@ class SyntheticScenes:
             raise ValueError(f"stream must be a non-negative integer, got {stream!r}")
         self.image_sizes = tuple((int(h), int(w)) for h, w in image_sizes)
         self.min_distractors, self.stream = int(min_distractors), int(stream)
+        self.odds = class_odds(class_weights)  # None: equal odds
 
     def _rng(self, position: int) -> np.random.Generator:
         # Stream 0 keeps the original key [seed, i]; other streams never share a key with it.
@@ -392,7 +414,7 @@ class SyntheticScenes:
         # Targets are placed first so the first one always fits: a non-empty image never ends up empty.
         target_shapes = []
         for _ in range(target_count):
-            label = int(rng.integers(1, len(CLASSES) + 1))
+            label = draw_label(rng, self.odds)
             target_shapes.append((label, *TARGET_SHAPES[label]))
         targets = self._place_shapes(rng, target_shapes, height, width, placed)
         distractor_shapes = [(0, *DISTRACTOR_SHAPES[int(rng.integers(len(DISTRACTOR_SHAPES)))])

@@ -32,12 +32,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from frcnn_lab.data.synthetic import (
-    CLASSES,
     DISTRACTOR_SHAPES,
     TARGET_SHAPES,
     Box,
     _draw_background,
     _iou,
+    class_odds,
+    draw_label,
     item_position,
 )
 
@@ -127,7 +128,7 @@ class ClutteredScenes:
                  small_size: tuple[int, int] = (10, 40), large_size: tuple[int, int] = (40, 150),
                  small_fraction: float = 0.6, distractors: tuple[int, int] = (8, 24), max_occlusion: float = 0.4,
                  image_sizes: tuple[tuple[int, int], ...] = ((600, 600), (600, 720), (720, 600)),
-                 stream: int = 0):
+                 stream: int = 0, class_weights=None):
         if not isinstance(num_images, (int, np.integer)) or num_images < 0:
             raise ValueError(f"num_images must be a non-negative integer, got {num_images!r}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -152,6 +153,7 @@ class ClutteredScenes:
         self.small_fraction, self.distractors = float(small_fraction), tuple(int(d) for d in distractors)
         self.max_occlusion = float(max_occlusion)
         self.image_sizes = tuple((int(h), int(w)) for h, w in image_sizes)
+        self.odds = class_odds(class_weights)  # None: equal odds
 
     def _rng(self, position: int) -> np.random.Generator:
         # A key that never equals an easy scene's, so the two generators never share pixels.
@@ -188,7 +190,7 @@ class ClutteredScenes:
         targets: list[tuple[int, Box]] = []
         count = 0 if rng.random() < self.empty_fraction else int(rng.integers(1, self.max_objects + 1))
         for _ in range(count):
-            label = int(rng.integers(1, len(CLASSES) + 1))
+            label = draw_label(rng, self.odds)
             aspect = TARGET_SHAPES[label][0](rng)
             for _ in range(PLACEMENT_ATTEMPTS):
                 box = self._box(rng, aspect, height, width)

@@ -20,7 +20,7 @@ from frcnn_lab.engine.optim import OptimConfig, warmup_then_decay
 from frcnn_lab.inference.slicing import Slicing, detect_images
 from frcnn_lab.metrics import DetectionEvaluation, timed_forward
 from frcnn_lab.model.backbones import BackboneConfig
-from frcnn_lab.model.detector import ModelConfig, build_detector
+from frcnn_lab.model.detector import ModelConfig, build_detector, loss_path
 from frcnn_lab.model.losses import LossConfig, weighted_total
 from frcnn_lab.model.roi_head import RoIHeadConfig
 from frcnn_lab.model.rpn import RPNConfig
@@ -34,11 +34,13 @@ class EvalConfig:
 
     score_threshold: float = 0.9  # detections at or above it count for fn_rate / fp_image_rate (the thesis's 0.9)
     val_images: int = 4  # val images drawn with predicted and GT boxes each evaluation (run dir and W&B)
+    losses: bool = False  # also the four loss parts on the val set (val/loss_<part>): a second forward per batch
 
     def __post_init__(self) -> None:
         check = Checks("eval")
         check.fraction("score_threshold", self.score_threshold)
         check.integer("val_images", self.val_images, 0)
+        check.choice("losses", self.losses, (False, True))
         check.done()
 
 
@@ -51,8 +53,16 @@ class DetectionModule(L.LightningModule):
     ``val/fn_rate``, ``val/fp_image_rate``, ``val/detections_per_image`` (the rates at ``score_threshold``),
     ``val/ms_per_image`` (median over the val batches after the first of forward time / images); with
     ``voc07`` also ``val/voc07_map`` and ``val/voc07_ap_<class>`` (VOC07 11-point AP); ``val/tide_<type>``: the
-    mAP@0.5 lost to each TIDE error type (``frcnn_lab.metrics.tide``). The figures are
-    ``DetectionEvaluation``'s, as in ``frcnn_lab.evaluate``; a class absent from the val set logs NaN.
+    mAP@0.5 lost to each TIDE error type (``frcnn_lab.metrics.tide``); ``val/map_<area>`` / ``val/mar_<area>``
+    (COCO's small / medium / large AP@[.5:.95] and AR@100) and, when the datamodule gives size bins (the tertiles
+    of the train boxes' side, ``size_edges``), ``val/map_tertile<i>`` / ``val/map_50_tertile<i>``
+    (``frcnn_lab.metrics.sizes``). The figures are ``DetectionEvaluation``'s, as in ``frcnn_lab.evaluate``; a
+    class absent from the val set logs NaN. The confusion matrix is in ``val_figures`` for the callbacks
+    (``ConfusionMatrixRecorder``). With ``val_losses`` (``eval.losses``) also ``val/loss_<part>`` and
+    ``val/loss`` (weighted total): the training losses on the val batches, computed under
+    ``frcnn_lab.model.detector.loss_path`` (no gradient, running statistics untouched, the sampling seeded per
+    batch so every epoch draws the same and the training's random stream is left as it was), on whole images
+    even with slicing, difficult boxes left out as training leaves them out.
 
     ``test_step`` evaluates each test dataloader with its own ``DetectionEvaluation``: after ``trainer.test``,
     ``test_results[i]`` holds loader i's figures and ``test_outputs[i]`` its (prediction, target) pairs.
@@ -76,7 +86,7 @@ class DetectionModule(L.LightningModule):
         image_size: int | None = DataConfig.image_size, max_size: int | None = DataConfig.max_size,
         normalization: dict[str, list[float]] | None = None, pretrained_backbone: bool = True,
         resize: str = DataConfig.resize, scale: float = DataConfig.scale, slicing: dict[str, Any] | None = None,
-        channels_last: bool = ModelConfig.channels_last,
+        channels_last: bool = ModelConfig.channels_last, val_losses: bool = EvalConfig.losses,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained_backbone"])
@@ -102,9 +112,11 @@ class DetectionModule(L.LightningModule):
             self.detector.image_std.copy_(torch.tensor(normalization["std"]).view(3, 1, 1))
         self.hparams.update(classes=self.classes, category_ids=self.category_ids, normalization=normalization)
         self.loss_weights, self.optim = parts["loss"].weights, parts["optim"]
-        self.score_threshold, self.voc07 = score_threshold, voc07
+        self.score_threshold, self.voc07, self.val_losses = score_threshold, voc07, val_losses
         self.slicing = Slicing.from_config(slicing)
+        self.size_edges: list[float] | None = None  # size bins of the train boxes, from the datamodule at setup
         self.val_metrics = DetectionEvaluation(self.classes, score_threshold, voc07)
+        self.val_figures: dict[str, Any] = {}
         self.test_metrics = nn.ModuleList()
         self.test_results: list[dict[str, Any]] = []
         self.test_outputs: list[list[tuple[dict[str, torch.Tensor], dict[str, Any]]]] = []
@@ -129,6 +141,9 @@ class DetectionModule(L.LightningModule):
             # The dataset's own category ids (e.g. COCO's), known once the data is read, go into the checkpoint.
             self.category_ids = [int(i) for i in datamodule.category_ids]
             self.hparams.update(category_ids=self.category_ids)
+        if datamodule is not None and hasattr(datamodule, "size_bin_edges"):
+            self.size_edges = datamodule.size_bin_edges()
+            self.val_metrics.set_size_edges(self.size_edges)
 
     def forward(self, images: list[torch.Tensor], original_sizes: list[tuple[int, int]] | None = None,
                 proposals_per_image: int | None = None) -> list[dict[str, torch.Tensor]]:
@@ -175,11 +190,30 @@ class DetectionModule(L.LightningModule):
         return preds
 
     def validation_step(self, batch: Batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
-        return self.evaluation_step(batch, self.val_metrics)
+        preds = self.evaluation_step(batch, self.val_metrics)
+        if self.val_losses:
+            losses = self.losses_without_training(batch, VAL_LOSS_SEED + batch_idx)
+            size = len(batch[0])
+            self.log_dict({f"val/loss_{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=size,
+                          sync_dist=True)
+            self.log("val/loss", weighted_total(losses, self.loss_weights), on_epoch=True, batch_size=size,
+                     sync_dist=True)
+        return preds
+
+    def losses_without_training(self, batch: Batch, seed: int) -> dict[str, torch.Tensor]:
+        """The detector's loss parts on ``batch`` (``loss_path``: nothing a training step reads is changed)."""
+        images, targets = batch
+        kept = [~t["difficult"].bool() if "difficult" in t else torch.ones_like(t["labels"], dtype=torch.bool)
+                for t in targets]
+        targets = [{"boxes": t["boxes"][keep], "labels": t["labels"][keep]} for t, keep in zip(targets, kept,
+                                                                                                strict=True)]
+        with loss_path(self.detector, seed):
+            return self.detector(images, targets).losses
 
     def on_validation_epoch_end(self) -> None:
         figures = self.val_metrics.compute()
         self.val_metrics.reset()
+        self.val_figures = figures
         self.log_dict(validation_logs(figures, self.classes), prog_bar=False)
         self.log("val/map_50", nan_for_none(figures["map_50"]), prog_bar=True)
         map_50 = nan_for_none(figures["map_50"])
@@ -192,7 +226,7 @@ class DetectionModule(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, torch.Tensor]]:
         while len(self.test_metrics) <= dataloader_idx:
-            metrics = DetectionEvaluation(self.classes, self.score_threshold, self.voc07)
+            metrics = DetectionEvaluation(self.classes, self.score_threshold, self.voc07, self.size_edges)
             self.test_metrics.append(metrics.to(self.device))
             self.test_outputs.append([])
         preds = self.evaluation_step(batch, self.test_metrics[dataloader_idx])
@@ -212,6 +246,9 @@ class DetectionModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+VAL_LOSS_SEED = 0  # the val losses' sampling draws from seed + batch index
+
+
 def on_cpu(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v.cpu() if torch.is_tensor(v) else v for k, v in values.items()}
 
@@ -228,6 +265,10 @@ def validation_logs(figures: dict[str, Any], classes: list[str]) -> dict[str, fl
     logs.update({f"val/ap_{name}": figures["ap_per_class"][name] for name in classes})
     logs.update({f"val/ap50_{name}": figures["ap_50_per_class"][name] for name in classes})
     logs.update({f"val/tide_{key}": value for key, value in figures["error_analysis"]["delta_ap"].items()})
+    for area, found in figures["ap_by_area"].items():
+        logs.update({f"val/map_{area}": found["map"], f"val/mar_{area}": found["mar"]})
+    for index, found in enumerate((figures["ap_by_size"] or {}).get("bins", ()), start=1):
+        logs.update({f"val/map_tertile{index}": found["map"], f"val/map_50_tertile{index}": found["map_50"]})
     if figures["voc07"] is not None:
         logs["val/voc07_map"] = figures["voc07"]["map"]
         logs.update({f"val/voc07_ap_{name}": figures["voc07"]["ap_per_class"][name] for name in classes})

@@ -2,8 +2,10 @@
 
 ``DetectionEvaluation`` holds torchmetrics states for COCO mAP@[.5:.95] (per class too), per-class AP@0.5,
 the detection rates, the inference time per image, the TIDE error breakdown (``error_analysis``,
-``frcnn_lab.metrics.tide``) and, for VOC, the VOC07 11-point AP. Its states stay on
-the device of the inputs (the module's): under DDP, torchmetrics gathers every state with
+``frcnn_lab.metrics.tide``), AP by object size (``ap_by_area``: COCO's areas; ``ap_by_size``: bins of the train
+boxes' sides when ``size_edges`` is given; ``frcnn_lab.metrics.sizes``), the confusion matrix at IoU 0.5 and
+the score threshold (``confusion``, ``frcnn_lab.metrics.confusion``) and, for VOC, the VOC07 11-point AP.
+Its states stay on the device of the inputs (the module's): under DDP, torchmetrics gathers every state with
 ``torch.distributed.all_gather``, and the NCCL backend gathers CUDA tensors only.
 
 ``compute()`` -> figures with one rule for missing values: a class absent from the evaluated images, and
@@ -22,7 +24,9 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from frcnn_lab.metrics.confusion import ConfusionMatrix
 from frcnn_lab.metrics.rates import DetectionRates, mean_average_precision, metric_target
+from frcnn_lab.metrics.sizes import COCO_AREAS, SizeBinAP
 from frcnn_lab.metrics.tide import TideErrors
 from frcnn_lab.metrics.voc import VOC07AveragePrecision
 
@@ -93,9 +97,11 @@ class DetectionEvaluation(nn.Module):
 
     preds: per image "boxes" (D, 4) xyxy, "scores" (D,), "labels" (D,) in 1..K; targets: "boxes" (G, 4),
     "labels" (G,) and optional "difficult" (G,), ignored by every AP (torchmetrics' "iscrowd"), as VOC asks.
+    ``size_edges``: box sides (px at the model's input) between the size bins of ``ap_by_size`` (None: no bins).
     """
 
-    def __init__(self, classes: Sequence[str], score_threshold: float, voc07: bool = False) -> None:
+    def __init__(self, classes: Sequence[str], score_threshold: float, voc07: bool = False,
+                 size_edges: Sequence[float] | None = None) -> None:
         super().__init__()
         self.classes = list(classes)
         self.coco = mean_average_precision()
@@ -105,10 +111,17 @@ class DetectionEvaluation(nn.Module):
         self.time = InferenceTime()
         self.voc07 = VOC07AveragePrecision(len(self.classes)) if voc07 else None
         self.tide = TideErrors(len(self.classes))
+        self.sizes = SizeBinAP(len(self.classes), size_edges)
+        self.confusion = ConfusionMatrix(self.classes, score_threshold)
+
+    def set_size_edges(self, edges: Sequence[float] | None) -> None:
+        """The size bins' edges (px), before the first update; None: no bins."""
+        self.sizes.edges = None if edges is None else [float(e) for e in edges]
 
     def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Any]], ms_per_image: float) -> None:
         targets = [metric_target(t) for t in targets]
-        metrics = (self.coco, self.at_50, self.rates, self.tide) + ((self.voc07,) if self.voc07 is not None else ())
+        metrics = (self.coco, self.at_50, self.rates, self.tide, self.sizes, self.confusion) + \
+            ((self.voc07,) if self.voc07 is not None else ())
         for metric in metrics:
             metric.update(preds, targets)
         self.time.update(ms_per_image)
@@ -131,6 +144,10 @@ class DetectionEvaluation(nn.Module):
             **{name: finite(value) for name, value in rates.items()},
             "ms_per_image_median": finite(self.time.compute()),
             "error_analysis": self.tide.compute(),
+            "ap_by_area": {area: {"map": finite(coco[f"map_{area}"]), "mar": finite(coco[f"mar_{area}"])}
+                           for area in COCO_AREAS},
+            "ap_by_size": self.sizes.compute(),
+            "confusion": self.confusion.compute(),
         }
 
     def reset(self) -> None:

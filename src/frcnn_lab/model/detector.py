@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -147,3 +148,33 @@ def build_detector(
     )
     box_head = RoIHead(pooler, parts.tail, parts.representation_size, num_classes + 1, roi_head, rpn.num_rois, loss)
     return FasterRCNN(parts, region_proposals, box_head)
+
+
+@contextmanager
+def loss_path(detector: nn.Module, seed: int) -> Iterator[None]:
+    """Inside: ``detector`` computes its training losses without changing anything a training step reads.
+
+    The detector is in training mode (anchor and RoI sampling, losses) but every normalisation layer and dropout
+    in eval mode: BatchNorm normalises with its running statistics and does not update them (the backbones'
+    frozen BatchNorm has none to update; ``backbone.weights=none`` or ``frozen_bn=false`` trains real ones), and
+    nothing is dropped. The sampling draws from the CPU's and the detector's CUDA device's generators reseeded
+    with ``seed``, inside ``torch.random.fork_rng``: the same draws every time, and the training's random
+    stream as it was. Gradients are off; every module's mode is put back after.
+    """
+    modes = {module: module.training for module in detector.modules()}
+    device = next(detector.parameters()).device
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        detector.train()
+        for module in detector.modules():
+            if isinstance(module, (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)):
+                module.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes.items():
+                module.training = training

@@ -19,12 +19,14 @@ from frcnn_lab.report.runs import Run  # noqa: E402
 from frcnn_lab.report.statistics import Estimate  # noqa: E402
 from frcnn_lab.report.tables import LEARNING_SPEED  # noqa: E402
 
-CURVES = (  # (title, [(CSV column, legend)]): the thesis's figures 12-17
+CURVES = (  # (title, [(CSV column, legend)]): the thesis's figures 12-17, with the val losses where logged
     ("mean overlapping proposals (IoU >= 0.5)", [("diag/rpn_overlapping_proposals_epoch", "")]),
     ("classifier accuracy", [("diag/cls_accuracy_epoch", "all"), ("diag/cls_accuracy_fg_epoch", "fg")]),
-    ("RPN losses", [("train/rpn_cls_epoch", "cls"), ("train/rpn_reg_epoch", "reg")]),
-    ("head losses", [("train/roi_cls_epoch", "cls"), ("train/roi_reg_epoch", "reg")]),
-    ("total loss", [("train/loss_epoch", "")]),
+    ("RPN losses", [("train/rpn_cls_epoch", "cls"), ("train/rpn_reg_epoch", "reg"),
+                    ("val/loss_rpn_cls", "val cls"), ("val/loss_rpn_reg", "val reg")]),
+    ("head losses", [("train/roi_cls_epoch", "cls"), ("train/roi_reg_epoch", "reg"),
+                     ("val/loss_roi_cls", "val cls"), ("val/loss_roi_reg", "val reg")]),
+    ("total loss", [("train/loss_epoch", "train"), ("val/loss", "val")]),
     ("epoch time (s)", [("train/epoch_time_s", "")]),
 )
 

@@ -1,4 +1,4 @@
-"""Training runs read from their folders: config, status, per-epoch metrics, evaluation, TIDE figures.
+"""Training runs read from their folders: config, status, per-epoch metrics, evaluation, TIDE and size figures.
 
 A run is a folder with ``.hydra/config.yaml`` (with a ``trainer`` section), ``status.json`` (written by
 ``frcnn_lab.train``), ``csv/metrics.csv`` (Lightning's CSVLogger) and, when ``frcnn_lab.evaluate`` ran on
@@ -21,11 +21,16 @@ import yaml
 from omegaconf import OmegaConf
 
 from frcnn_lab.metrics.coco_json import GROUND_TRUTH_FILE, PREDICTIONS_FILE
+from frcnn_lab.metrics.sizes import COCO_AREAS
 from frcnn_lab.metrics.tide import ERROR_TYPES as TIDE_ERROR_TYPES
 from frcnn_lab.metrics.tide import SPECIAL_TYPES as TIDE_SPECIAL_TYPES
 from frcnn_lab.runs.tracking import flat_config
 
 TIDE_TYPES = (*TIDE_ERROR_TYPES, *TIDE_SPECIAL_TYPES)
+TERTILES = (1, 2, 3)
+SIZE_COLUMNS = {**{f"COCO {area}": f"val/map_{area}" for area in COCO_AREAS},
+                **{f"train tertile {i}": f"val/map_tertile{i}" for i in TERTILES}}
+"""The report's size columns (AP@[.5:.95]) -> the logged name they are read from."""
 IGNORED_KEYS = ("seed", "tags", "ckpt_path", "task_name")
 IGNORED_PREFIXES = ("paths.", "logger.", "callbacks.progress_bar.", "hydra.", "trainer.default_root_dir")
 INERT_WHEN_OFF = {"data.tiles.": "data.tiles.size", "inference.slicing.": "inference.slicing.size"}
@@ -290,3 +295,41 @@ def finite_mean(values: list[float | None]) -> float | None:
     return statistics.mean(present) if present else None
 
 
+
+
+def size_figures(run: Run) -> tuple[dict[str, float | None], str] | None:
+    """A run's AP@[.5:.95] per size bin ({SIZE_COLUMNS name: AP}) and their source: its latest evaluation's
+    ``ap_by_area`` / ``ap_by_size``, else the best epoch's logged ``val/map_<area>`` / ``val/map_tertile<i>``;
+    None when neither has them."""
+    evaluation = run.evaluation or {}
+    if evaluation.get("ap_by_area"):
+        values = {f"COCO {area}": evaluation["ap_by_area"][area]["map"] for area in COCO_AREAS}
+        bins = (evaluation.get("ap_by_size") or {}).get("bins", [])
+        values.update({f"train tertile {i}": found["map"] for i, found in enumerate(bins, start=1)})
+        return values, "evaluate"
+    values = {name: run.at_best(column) for name, column in SIZE_COLUMNS.items()}
+    return (values, "val") if any(v is not None for v in values.values()) else None
+
+
+def class_figures(run: Run, classes: list[str]) -> tuple[dict[str, float | None], str] | None:
+    """A run's AP@0.5 per class: its latest evaluation's ``ap_50_per_class``, else the best epoch's
+    ``val/ap50_<class>``; None when neither has them."""
+    evaluation = run.evaluation or {}
+    if evaluation.get("ap_50_per_class"):
+        return {name: evaluation["ap_50_per_class"].get(name) for name in classes}, "evaluate"
+    values = {name: run.at_best(f"val/ap50_{name}") for name in classes}
+    return (values, "val") if any(v is not None for v in values.values()) else None
+
+
+def figure_means(groups: dict[str, list[Run]], figures) -> dict[str, tuple[dict[str, list[float]], str]]:
+    """Configuration -> ({column: the values of its runs}, sources) of ``figures(run)`` (``size_figures``,
+    ``class_figures``...); configurations without figures left out."""
+    found_by_label = {}
+    for label, runs in groups.items():
+        found = [f for f in (figures(r) for r in runs) if f is not None]
+        if found:
+            columns = list(dict.fromkeys(key for values, _ in found for key in values))
+            found_by_label[label] = ({key: [v for values, _ in found if (v := values.get(key)) is not None
+                                            and not math.isnan(v)] for key in columns},
+                                     " + ".join(sorted({source for _, source in found})))
+    return found_by_label

@@ -160,3 +160,11 @@ def tide_table(means: dict[str, tuple[dict[str, float | None], str]]) -> str:
     rows = [[f"`{label}`", *("–" if values[k] is None else f"{values[k]:.3f}" for k in TIDE_TYPES), source]
             for label, (values, source) in means.items()]
     return table(["configuration", *(f"{key} ({TIDE_DESCRIPTIONS[key]})" for key in TIDE_TYPES), "source"], rows)
+
+
+def spread_table(values: dict[str, tuple[dict[str, list[float]], str]], first: str) -> str:
+    """One row per configuration, one column per figure: mean ± std over its runs (``runs.figure_means``)."""
+    columns = list(dict.fromkeys(key for found, _ in values.values() for key in found))
+    rows = [[f"`{label}`", *(mean_std(found.get(key, [])) for key in columns), source]
+            for label, (found, source) in values.items()]
+    return table([first, *columns, "source"], rows)

@@ -21,13 +21,16 @@ from frcnn_lab.report.plots import (
 )
 from frcnn_lab.report.runs import (
     Run,
+    class_figures,
     configuration_scores,
     expected_jobs,
+    figure_means,
     find_runs,
     finite_mean,
     group_runs,
     natural_key,
     run_figures,
+    size_figures,
     tide_means,
 )
 from frcnn_lab.report.sections import (
@@ -66,6 +69,7 @@ from frcnn_lab.report.tables import (
     main_effects_table,
     pareto_table,
     runs_table,
+    spread_table,
     tide_table,
 )
 from frcnn_lab.report.validation_set import OverImages, over_images
@@ -170,6 +174,7 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += [f"- `{label}`: [{p.name}]({p.name})" for label, p in zip(groups, curves, strict=True)]
     lines += tide_section(groups, output)
+    lines += class_and_size_section(groups, runs)
     path = output / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -317,3 +322,24 @@ def tide_section(groups: dict[str, list[Run]], output: Path) -> list[str]:
         "", f"![{plot.stem}]({plot.name})",
     ]
 
+
+
+def class_and_size_section(groups: dict[str, list[Run]], runs: list[Run]) -> list[str]:
+    """AP@0.5 per class and AP@[.5:.95] per object size, mean ± std over each configuration's runs; nothing when
+    no run has them."""
+    classes = list(dict.fromkeys(name for run in runs for name in (run.config.get("data.classes") or [])))
+    per_class = figure_means(groups, lambda run: class_figures(run, classes))
+    per_size = figure_means(groups, size_figures)
+    if not per_class and not per_size:
+        return []
+    lines = ["", "## AP by class and object size", ""]
+    if per_class:
+        lines += ["AP@0.5 per class, mean ± std over the runs (a rare class's AP shows what sampling did for it).",
+                  "", spread_table(per_class, "configuration"), ""]
+    if per_size:
+        lines += ["AP@[.5:.95] per object size, mean ± std over the runs: COCO's areas (box side < 32, 32-96, "
+                  ">= 96 px) and the tertiles of the train boxes' side (each run's own edges, in its data summary "
+                  "`size_bins_px`), all measured at the model's input.", "", spread_table(per_size, "configuration"),
+                  ""]
+    lines.append("Source `evaluate`: the run's latest `frcnn_lab.evaluate`; `val`: the best epoch's validation.")
+    return lines

@@ -1,8 +1,9 @@
 """What each validation shows beside its metrics: pictures of the first val images with their predictions (run
-folder and W&B) and one console line."""
+folder and W&B), the confusion matrix (run folder and W&B) and one console line."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from frcnn_lab.inference.drawing import draw_detections, fresh_folder, pad_to_common_size, save_png, wandb_boxes
+from frcnn_lab.metrics.confusion import confusion_png
 from frcnn_lab.metrics.matching import match_counts
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,42 @@ def log_to_wandb(wandb_loggers: Sequence[WandbLogger], pixels: list[np.ndarray],
     for logger in wandb_loggers:
         logger.log_image(key="val/images", images=panel, step=step, boxes=boxes, caption=captions)
         logger.log_table("val/predictions", columns=PREDICTION_COLUMNS, data=table, step=step)
+
+
+class ConfusionMatrixRecorder(L.Callback):
+    """The confusion matrix of each validation (the module's ``val_figures["confusion"]``, rows ground truth,
+    columns prediction: ``frcnn_lab.metrics.confusion``) as ``<dirpath>/epoch_<NNN>/confusion.json`` and
+    ``confusion.png`` (1-based epoch; an existing folder gets a numbered sibling; ``dirpath=None``: no files), and
+    for every W&B logger the table ``val/confusion`` (a row per ground-truth label: its counts per predicted
+    label) and the picture ``val/confusion_matrix``. Rank 0 only (the counts cover every process); sanity checks
+    record nothing."""
+
+    def __init__(self, dirpath: str | Path | None) -> None:
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        confusion = getattr(pl_module, "val_figures", {}).get("confusion")
+        if trainer.sanity_checking or not trainer.is_global_zero or confusion is None:
+            return
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if self.dirpath is None and not wandb_loggers:
+            return
+        figure = confusion_png(confusion)
+        if self.dirpath is not None:
+            folder = fresh_folder(self.dirpath / f"epoch_{trainer.current_epoch + 1:03d}")
+            (folder / "confusion.json").write_text(json.dumps(confusion, indent=1))
+            figure.savefig(folder / "confusion.png", dpi=80)
+        if wandb_loggers:
+            figure.canvas.draw()
+            pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+            rows = [[label, *counts] for label, counts in zip(confusion["labels"], confusion["counts"], strict=True)]
+            for logger in wandb_loggers:
+                logger.log_table("val/confusion", columns=["ground truth \\ predicted", *confusion["labels"]],
+                                 data=rows, step=trainer.global_step)
+                logger.log_image(key="val/confusion_matrix", images=[pixels], step=trainer.global_step)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
 
 
 class ValidationSummary(L.Callback):
