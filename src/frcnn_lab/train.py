@@ -42,7 +42,8 @@ def build_module(cfg: DictConfig) -> DetectionModule:
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "rpn", "roi_head", "loss", "optim")}
     return DetectionModule(
         **groups, classes=list(cfg.data.classes), mode=cfg.model.mode,
-        channels_last=cfg.model.channels_last, score_threshold=cfg.eval.score_threshold,
+        channels_last=cfg.model.channels_last, weights=cfg.model.weights, init_classes=cfg.model.init_classes,
+        score_threshold=cfg.eval.score_threshold,
         voc07=cfg.data.name == "voc", image_size=cfg.data.image_size, max_size=cfg.data.max_size,
         resize=cfg.data.get("resize", "shortest_side"), scale=cfg.data.get("scale", 1.0),
         slicing=OmegaConf.to_container(cfg.inference.slicing) if "inference" in cfg else None,

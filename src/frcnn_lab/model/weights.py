@@ -68,22 +68,28 @@ def seed_cache_from_package(weights: WeightsEnum) -> bool:
     return True
 
 
-def load_state_dict(weights: WeightsEnum) -> dict[str, torch.Tensor]:
-    """State dict of ``weights``: from the cache, the offline package, or a download, in that order."""
+IMAGENET_ALTERNATIVE = "or train from scratch with backbone.weights=none"
+
+
+def load_state_dict(weights: WeightsEnum, kind: str = "ImageNet",
+                    alternative: str = IMAGENET_ALTERNATIVE) -> dict[str, torch.Tensor]:
+    """State dict of ``weights``: from the cache, the offline package, or a download, in that order. ``kind`` and
+    ``alternative`` word the error when the file is missing (what the weights are, what to do instead)."""
     path = cache_path(weights)
     if not path.is_file():
         seed_cache_from_package(weights)
     if not path.is_file() and os.environ.get(OFFLINE_ENV) == "1":
-        raise WeightsUnavailableError(missing_message(weights, path, f"{OFFLINE_ENV}=1 forbids downloading"))
+        raise WeightsUnavailableError(
+            missing_message(weights, path, f"{OFFLINE_ENV}=1 forbids downloading", kind, alternative))
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except OSError as error:  # URLError, timeouts and unreachable hosts are all OSErrors
-        raise WeightsUnavailableError(missing_message(weights, path, str(error))) from error
+        raise WeightsUnavailableError(missing_message(weights, path, str(error), kind, alternative)) from error
 
 
-def missing_message(weights: WeightsEnum, path: Path, reason: str) -> str:
+def missing_message(weights: WeightsEnum, path: Path, reason: str, kind: str = "ImageNet",
+                    alternative: str = IMAGENET_ALTERNATIVE) -> str:
     return (
-        f"ImageNet weights {weights} are not available: {path} is missing and cannot be downloaded "
-        f"from {weights.url} ({reason}). Put that file at {path} (TORCH_HOME moves the cache), "
-        "or train from scratch with backbone.weights=none."
+        f"{kind} weights {weights} are not available: {path} is missing and cannot be downloaded "
+        f"from {weights.url} ({reason}). Put that file at {path} (TORCH_HOME moves the cache), {alternative}."
     )
