@@ -31,7 +31,7 @@ class ModelConfig:
     # none | coco (torchvision's COCO detector of the backbone's layout) | <path>: a torchvision detection state dict
     # or a frcnn_lab checkpoint; trunk, FPN, RPN and box head start from it (frcnn_lab/model/detection_weights.py)
     weights: str = "none"
-    init_classes: str = "new"  # new: the class predictor starts anew | by_name: a class named as a source's takes its rows
+    init_classes: str = "new"  # new: the predictor starts anew | by_name: a class named as a source's takes its rows
 
     def __post_init__(self) -> None:
         check = Checks("model")
