@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the layout of the source: fasterrcnn_<backbone> in torchvision")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the config tree, after torchvision's "
                                                      "settings (e.g. rpn.post_nms_top_n_test=300)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may follow --backbone
 
 
 def converted_config(backbone: str, overrides: list[str]) -> DictConfig:
