@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import compose_config
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 
@@ -28,6 +27,7 @@ from frcnn_lab.model.detection_weights import (
 )
 from frcnn_lab.model.weights import OFFLINE_ENV, WeightsUnavailableError
 from frcnn_lab.train import build_module
+from support import compose_config
 
 LAYOUTS = list(TORCHVISION_DETECTORS)
 CELL_PHONE, PERSON = 77, 1  # COCO category ids, torchvision's labels
