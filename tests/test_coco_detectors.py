@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,8 @@ from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from frcnn_lab.convert import convert, converted_config
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.engine.checkpoints import load_module
+from frcnn_lab.model.anchor_fit import fit_report
+from frcnn_lab.model.backbones import feature_levels
 from frcnn_lab.model.detection_weights import (
     TORCHVISION_DETECTORS,
     coco_classes,
@@ -211,3 +214,13 @@ def test_convert_keeps_overrides_and_refuses_coco_for_a_layout_without_it():
     assert cfg.rpn.post_nms_top_n_test == 300 and cfg.data.image_size == 800 and cfg.rpn.pre_nms_top_n_test == 1000
     with pytest.raises(ValueError, match="torchvision has COCO weights for backbone=resnet50_fpn"):
         read_detection_weights("coco", "mobilenet_v2_fpn")
+
+
+def test_the_anchor_report_takes_sizes_per_level():
+    """The MobileNetV3 options give a list of sizes per level; the training's anchor report reads them as such."""
+    layout = "mobilenet_v3_large_320_fpn"
+    sizes = torchvision_settings(layout)["rpn"]["anchor_sizes"]
+    widths, heights = np.array([40.0, 100.0, 300.0]), np.array([40.0, 90.0, 280.0])
+    report = fit_report(widths, heights, sizes, [0.5, 1.0, 2.0], 0.7, list(feature_levels(layout)))
+    assert report["used"]["anchor_sizes"] == sizes
+    assert report["fit"]["share_best_iou_at_least"]["0.5"] == 1.0
