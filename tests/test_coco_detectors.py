@@ -18,8 +18,10 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 
 from frcnn_lab.convert import convert, converted_config
+from frcnn_lab.convert import main as convert_main
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.engine.checkpoints import load_module
+from frcnn_lab.errors import USER_ERROR_EXIT_CODE
 from frcnn_lab.model.anchor_fit import fit_report
 from frcnn_lab.model.backbones import feature_levels
 from frcnn_lab.model.detection_weights import (
@@ -198,7 +200,7 @@ def test_a_state_dict_of_another_layout_is_refused_naming_both(saved):
     assert "has the resnet50_fpn layout" in message and "backbone=mobilenet_v3_large_fpn has the" in message
 
 
-def test_coco_weights_offline_name_the_file_and_the_cache_folder(tmp_path, monkeypatch):
+def test_coco_weights_offline_name_the_file_and_the_cache_folder(tmp_path, monkeypatch, capsys):
     """model.weights=coco without the file and without a network: one line naming the file and torchvision's cache."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv(OFFLINE_ENV, "1")
@@ -206,7 +208,14 @@ def test_coco_weights_offline_name_the_file_and_the_cache_folder(tmp_path, monke
         read_detection_weights("coco", "mobilenet_v3_large_320_fpn")
     message = str(missing.value)
     assert "\n" not in message
-    assert str(tmp_path / "hub" / "checkpoints" / "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth") in message
+    expected = tmp_path / "hub" / "checkpoints" / "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth"
+    assert str(expected) in message
+    with pytest.raises(SystemExit) as exit_:
+        convert_main(["coco", str(tmp_path / "coco.ckpt"), "--backbone", "mobilenet_v3_large_320_fpn"])
+    assert exit_.value.code == USER_ERROR_EXIT_CODE
+    printed = capsys.readouterr().err
+    assert printed.count("\n") == 1 and printed.startswith("error: ") and str(expected) in printed
+    assert not (tmp_path / "coco.ckpt").exists()
 
 
 def test_convert_keeps_overrides_and_refuses_coco_for_a_layout_without_it():

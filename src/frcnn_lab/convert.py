@@ -27,9 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from frcnn_lab.config import CONFIG_DIR, validate
 from frcnn_lab.engine.module import DetectionModule
-from frcnn_lab.errors import ConfigError
+from frcnn_lab.errors import USER_ERROR_EXIT_CODE, UserError
 from frcnn_lab.model.detection_weights import TORCHVISION_DETECTORS, coco_classes, torchvision_settings
-from frcnn_lab.model.weights import WeightsUnavailableError
 
 MODEL_GROUPS = ["backbone", "rpn", "roi_head", "loss", "optim", "data", "model"]
 
@@ -87,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         module = convert(args.source, args.output, args.backbone, args.overrides)
-    except (ConfigError, FileExistsError, FileNotFoundError, ValueError, WeightsUnavailableError) as error:
-        sys.exit(f"convert: {error}")
+    except (UserError, FileExistsError, ValueError) as error:  # what the user can fix: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
     hparams = module.hparams
     print(f"{args.output}: {args.backbone}, {len(module.classes)} COCO classes, input {hparams['image_size']} / "
           f"{hparams['max_size']} px")

