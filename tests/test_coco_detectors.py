@@ -233,3 +233,17 @@ def test_the_anchor_report_takes_sizes_per_level():
     report = fit_report(widths, heights, sizes, [0.5, 1.0, 2.0], 0.7, list(feature_levels(layout)))
     assert report["used"]["anchor_sizes"] == sizes
     assert report["fit"]["share_best_iou_at_least"]["0.5"] == 1.0
+
+
+def test_a_frcnn_lab_checkpoint_is_a_start_too(saved, tmp_path):
+    """model.weights=<converted checkpoint>: its trunk, and with by_name its ``cell phone`` rows for ``phone``."""
+    layout = "mobilenet_v3_large_320_fpn"
+    theirs = saved.model(layout)
+    checkpoint = tmp_path / "coco.ckpt"
+    convert(str(saved.path(layout)), checkpoint, layout)
+    module = fine_tuning_module(checkpoint, layout, ["phone", "camera"], "by_name")
+    assert module.init_classes_from == {"phone": "cell phone"}
+    ours = module.detector
+    torch.testing.assert_close(ours.trunk.fpn.layer_blocks[0][0].weight, theirs.backbone.fpn.layer_blocks[0][0].weight)
+    torch.testing.assert_close(ours.roi_head.predictor.cls_score.weight[1],
+                               theirs.roi_heads.box_predictor.cls_score.weight[CELL_PHONE])

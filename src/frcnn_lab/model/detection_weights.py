@@ -102,7 +102,7 @@ def from_torchvision(state: dict[str, Tensor], source: str) -> DetectionWeights:
                 renamed[ours + key[len(theirs):]] = value
                 break
         else:
-            raise ValueError(f"{source}: {key!r} is no key of a torchvision Faster R-CNN state dict")
+            raise ConfigError(f"{source}: {key!r} is no key of a torchvision Faster R-CNN state dict")
     return DetectionWeights(renamed, coco_classes()[0], source)
 
 
@@ -112,7 +112,7 @@ def read_detection_weights(weights: str, backbone: str) -> DetectionWeights:
     if weights == "coco":
         if backbone not in TORCHVISION_DETECTORS:
             raise ConfigError(f"model.weights=coco: torchvision has COCO weights for backbone="
-                             f"{' | '.join(TORCHVISION_DETECTORS)}, not {backbone}")
+                              f"{' | '.join(TORCHVISION_DETECTORS)}, not {backbone}")
         enum = TORCHVISION_DETECTORS[backbone][1]
         state = load_state_dict(enum, "COCO detection", "or start from a file with model.weights=<path>")
         return from_torchvision(state, f"model.weights=coco ({enum})")
