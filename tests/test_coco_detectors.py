@@ -9,6 +9,7 @@ detectors get the photo at its final size: torchvision's transform is set not to
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn_lab.convert import convert, converted_config
 from frcnn_lab.convert import main as convert_main
@@ -31,8 +33,8 @@ from frcnn_lab.model.detection_weights import (
     torchvision_settings,
 )
 from frcnn_lab.model.weights import OFFLINE_ENV, WeightsUnavailableError
-from frcnn_lab.train import build_module
-from support import compose_config
+from frcnn_lab.train import build_module, train
+from support import compose_config, tiny_run
 
 LAYOUTS = list(TORCHVISION_DETECTORS)
 CELL_PHONE, PERSON = 77, 1  # COCO category ids, torchvision's labels
@@ -247,3 +249,20 @@ def test_a_frcnn_lab_checkpoint_is_a_start_too(saved, tmp_path):
     torch.testing.assert_close(ours.trunk.fpn.layer_blocks[0][0].weight, theirs.backbone.fpn.layer_blocks[0][0].weight)
     torch.testing.assert_close(ours.roi_head.predictor.cls_score.weight[1],
                                theirs.roi_heads.box_predictor.cls_score.weight[CELL_PHONE])
+
+
+def test_a_run_from_a_file_trains_and_its_checkpoint_stands_alone(saved, make_config, tmp_path):
+    """``train model.weights=<file>`` end to end on a tiny run: the data summary, fit and checkpoint; the checkpoint
+    loads after the file is gone (its BatchNorm frozen as it trained)."""
+    layout = "mobilenet_v3_large_320_fpn"
+    saved.model(layout)
+    start = tmp_path / "start.pt"
+    shutil.copyfile(saved.path(layout), start)
+    cfg = make_config(tiny_run(f"backbone={layout}", f"model.weights={start}", "model.init_classes=by_name",
+                               "data.source.num_train=4", "data.source.num_val=2", "data.source.num_test=2",
+                               "data.batch_size=2", "data.num_negatives=0"))
+    summary = train(cfg)
+    start.unlink()
+    module = load_module(summary["checkpoint"])
+    assert module.hparams["weights"] == str(start) and module.classes == ["camera", "phone"]
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in module.detector.trunk.modules())
