@@ -9,6 +9,7 @@ inline code span that starts with ``python -m frcnn_lab.``. Checking it without 
   working directory; files a block writes with a heredoc (``cat > f <<'YAML'``) are written there first.
 - ``frcnn_lab.report``: run for real into a temporary folder; a placeholder folder becomes a committed study.
 - ``frcnn_lab.data.openimages``: its argument parser reads the arguments (nothing is downloaded).
+- ``frcnn_lab.convert``: its argument parser reads the arguments and the config it would write is composed.
 """
 
 from __future__ import annotations
@@ -236,6 +237,17 @@ def check(command: Command, workdir: Path) -> tuple[bool, str]:
                 parse_args(list(args))
             except SystemExit as exit_:
                 return exit_.code in (0, None), out.getvalue()
+        return True, out.getvalue()
+    if command.module == "frcnn_lab.convert":
+        from frcnn_lab.convert import converted_config, parse_args
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                parsed = parse_args(list(args))
+            except SystemExit as exit_:
+                return exit_.code in (0, None), out.getvalue()
+        converted_config(parsed.backbone, parsed.overrides)  # the config it would write, composed and checked
         return True, out.getvalue()
     return False, f"{command.module}: not an entry point these tests know"
 

@@ -49,7 +49,8 @@ def test_the_documented_usage_sets_backbone_and_num_rois(make_config):
         (
             "backbone.name=alexnet",
             "backbone.name='alexnet' is unknown; choose one of "
-            "['mobilenet_v2', 'mobilenet_v2_fpn', 'resnet50', 'resnet50_fpn', 'vgg16']",
+            "['mobilenet_v2', 'mobilenet_v2_fpn', 'mobilenet_v3_large_320_fpn', 'mobilenet_v3_large_fpn', 'resnet50', "
+            "'resnet50_fpn', 'vgg16']",
         ),
         ("model.mode=two_stage", "model.mode='two_stage' is unknown"),
         ("data.name=imagenet", "data.name='imagenet' is unknown"),

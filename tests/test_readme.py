@@ -35,7 +35,7 @@ BUDGET = ["data.source.num_train=24", "data.source.num_val=8", "data.source.num_
           "data.batch_size=4", "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"]
 """Added to each training command of the walkthrough (keys it sets itself win): seconds, not minutes."""
 CONSOLE_SCRIPTS = ("frcnn-train", "frcnn-evaluate", "frcnn-predict", "frcnn-report", "frcnn-export", "frcnn-serve",
-                   "frcnn-browse")
+                   "frcnn-browse", "frcnn-convert")
 """Beside ``python -m frcnn_lab.<entry>`` (frcnn-browse: ``frcnn_lab.browse``), with the same arguments."""
 
 

@@ -138,7 +138,9 @@ def browse(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"n={cfg.n} must be >= 1")
     anchors = train_anchor_report(datamodule, OmegaConf.to_container(cfg.rpn, resolve=True), cfg.backbone.name)
     summary_path = datamodule.write_summary(output, anchors)
-    plots = plot_summary(datamodule, summary_path.with_suffix(".png"), anchors["used"]["anchor_sizes"])
+    used = anchors["used"]["anchor_sizes"]  # flat, or one list per level: each size drawn once
+    sizes = sorted({size for level in used for size in (level if isinstance(level, list) else [level])})
+    plots = plot_summary(datamodule, summary_path.with_suffix(".png"), sizes)
     dataset = datamodule.datasets[cfg.split]
     if not len(dataset):
         raise ValueError(f"split={cfg.split!r} has no images; see {summary_path}")

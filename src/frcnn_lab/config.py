@@ -31,6 +31,7 @@ from frcnn_lab.engine.trainer import TrainerConfig
 from frcnn_lab.errors import ConfigError
 from frcnn_lab.inference.slicing import Slicing
 from frcnn_lab.model.backbones import BackboneConfig, feature_levels, pool_size_problem
+from frcnn_lab.model.detection_weights import TORCHVISION_DETECTORS as COCO_LAYOUTS
 from frcnn_lab.model.detector import ModelConfig
 from frcnn_lab.model.losses import LossConfig
 from frcnn_lab.model.roi_head import RoIHeadConfig
@@ -103,8 +104,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def cross_part_problems(parts: dict[str, Any]) -> list[str]:
-    """The checks that involve two parts: the box head's RoI size, the anchor sizes per level of the backbone, a
-    weights file that must exist."""
+    """The checks that involve two parts: the box head's RoI size, the anchor sizes per level of the backbone, weights
+    files that must exist, COCO weights for a layout that has them."""
     problems = []
     backbone, rpn, roi_head = parts.get("backbone"), parts.get("rpn"), parts.get("roi_head")
     pool_problem = backbone and roi_head and pool_size_problem(backbone.name, backbone.box_head, roi_head.pool_size)
@@ -117,6 +118,12 @@ def cross_part_problems(parts: dict[str, Any]) -> list[str]:
             problems.append(f"{error} (backbone={backbone.name})")
     if backbone is not None and backbone.weights not in ("imagenet", "none") and not Path(backbone.weights).is_file():
         problems.append(f"backbone.weights={backbone.weights!r} must be imagenet, none or the path of an existing file")
+    model = parts.get("model")
+    if model is not None and model.weights not in ("coco", "none") and not Path(model.weights).is_file():
+        problems.append(f"model.weights={model.weights!r} must be coco, none or the path of an existing file")
+    if model is not None and backbone is not None and model.weights == "coco" and backbone.name not in COCO_LAYOUTS:
+        problems.append(f"model.weights=coco: torchvision has COCO weights for backbone={' | '.join(COCO_LAYOUTS)}, "
+                        f"not {backbone.name}")
     return problems
 # Strategies whose ranks Lightning starts by re-running the command line (``sys.argv``, ``-m`` included).
 _SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")

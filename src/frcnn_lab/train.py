@@ -24,6 +24,7 @@ from frcnn_lab.engine.callbacks.nonfinite import NonFiniteGuard
 from frcnn_lab.engine.callbacks.slurm import SaveLastOnExit
 from frcnn_lab.engine.callbacks.step_limit import ValidateAtStepLimit
 from frcnn_lab.engine.module import DetectionModule
+from frcnn_lab.errors import UserError
 from frcnn_lab.runs.folders import claim_output_dir, reserve_output_dir
 from frcnn_lab.runs.tracking import (
     finish_wandb_runs,
@@ -42,7 +43,8 @@ def build_module(cfg: DictConfig) -> DetectionModule:
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "rpn", "roi_head", "loss", "optim")}
     return DetectionModule(
         **groups, classes=list(cfg.data.classes), mode=cfg.model.mode,
-        channels_last=cfg.model.channels_last, score_threshold=cfg.eval.score_threshold, val_losses=cfg.eval.losses,
+        channels_last=cfg.model.channels_last, weights=cfg.model.weights, init_classes=cfg.model.init_classes,
+        score_threshold=cfg.eval.score_threshold, val_losses=cfg.eval.losses,
         voc07=cfg.data.name == "voc", image_size=cfg.data.image_size, max_size=cfg.data.max_size,
         resize=cfg.data.get("resize", "shortest_side"), scale=cfg.data.get("scale", 1.0),
         slicing=OmegaConf.to_container(cfg.inference.slicing) if "inference" in cfg else None,
@@ -165,7 +167,7 @@ def main(cfg: DictConfig) -> float | None:
         write_status(output_dir, "failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
                      duration_s=time.perf_counter() - start)
         if not hydra_run_identity().get("multirun"):
-            if isinstance(error, ConfigError):
+            if isinstance(error, UserError):  # a bad config, a weights file missing offline, a layout mismatch
                 raise SystemExit(f"error: {error}") from None  # the message says it all: no traceback
             raise
         log.exception("this job failed (%s); the sweep goes on with the next one", output_dir)

@@ -9,6 +9,7 @@ A checkpoint's ``hyper_parameters`` hold the module's arguments. Older layouts l
 - no ``resize`` / ``scale``: every model resized the shortest side; no ``slicing``: whole images;
 - no ``category_ids``, ``normalization``, ``channels_last``: 1..K, the backbone's mean / std, NHWC weights (the same
   figures either way);
+- no ``weights`` / ``init_classes`` (``model.weights``): none / new, the model started from its backbone's weights;
 - ``on_nonfinite`` / ``val_images`` among the module's arguments: training settings, not the model's; left out.
 
 Config groups missing a key take today's default for it (every such key was added with the value older code used).

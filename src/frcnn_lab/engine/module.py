@@ -20,6 +20,7 @@ from frcnn_lab.engine.optim import OptimConfig, warmup_then_decay
 from frcnn_lab.inference.slicing import Slicing, detect_images
 from frcnn_lab.metrics import DetectionEvaluation, timed_forward
 from frcnn_lab.model.backbones import BackboneConfig
+from frcnn_lab.model.detection_weights import load_detection_weights, read_detection_weights
 from frcnn_lab.model.detector import ModelConfig, build_detector, loss_path
 from frcnn_lab.model.losses import LossConfig, weighted_total
 from frcnn_lab.model.roi_head import RoIHeadConfig
@@ -71,7 +72,10 @@ class DetectionModule(L.LightningModule):
     ``category_ids`` (the training datamodule's, else as given, else 1..K), ``image_size`` / ``max_size``,
     the ``resize`` policy and its ``scale`` (``data.resize`` / ``data.scale``) and ``normalization`` (the
     backbone's mean / std unless given) and the ``slicing`` validation ran with (``inference.slicing``; None:
-    whole images). ``channels_last`` (``model.channels_last``) keeps the convolution weights in NHWC layout, which
+    whole images). ``weights`` / ``init_classes`` (``model.weights`` / ``model.init_classes``): a trained detector the
+    model starts from (``frcnn_lab.model.detection_weights``); read only with ``pretrained_backbone``, and
+    ``init_classes_from`` then names the source class each class started from. ``channels_last``
+    (``model.channels_last``) keeps the convolution weights in NHWC layout, which
     changes the kernels, not the figures. ``pretrained_backbone=False`` builds the backbone without reading
     pretrained weights, for a state dict that replaces them; ``load_from_checkpoint`` always does so.
 
@@ -86,7 +90,8 @@ class DetectionModule(L.LightningModule):
         image_size: int | None = DataConfig.image_size, max_size: int | None = DataConfig.max_size,
         normalization: dict[str, list[float]] | None = None, pretrained_backbone: bool = True,
         resize: str = DataConfig.resize, scale: float = DataConfig.scale, slicing: dict[str, Any] | None = None,
-        channels_last: bool = ModelConfig.channels_last, val_losses: bool = EvalConfig.losses,
+        channels_last: bool = ModelConfig.channels_last, weights: str = ModelConfig.weights,
+        init_classes: str = ModelConfig.init_classes, val_losses: bool = EvalConfig.losses,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained_backbone"])
@@ -100,7 +105,13 @@ class DetectionModule(L.LightningModule):
         if len(self.category_ids) != len(self.classes):
             raise ValueError(f"category_ids={self.category_ids} must give one id per class of {self.classes}")
         self.detector = build_detector(parts["backbone"], parts["rpn"], parts["roi_head"], parts["loss"],
-                                       len(self.classes), mode, pretrained=pretrained_backbone)
+                                       len(self.classes), mode, pretrained=pretrained_backbone,
+                                       detection_weights=weights != "none")
+        self.init_classes_from: dict[str, str] = {}
+        if pretrained_backbone and weights != "none":
+            name = parts["backbone"].name
+            self.init_classes_from = load_detection_weights(
+                self.detector, read_detection_weights(weights, name), name, self.classes, init_classes)
         if channels_last:
             # oneDNN and cuDNN pick faster kernels for NHWC weights; the inputs follow the weights' layout.
             self.detector.to(memory_format=torch.channels_last)

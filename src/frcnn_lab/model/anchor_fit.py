@@ -138,11 +138,14 @@ def fit_report(
         suggested_fit = anchor_fit(widths, heights, _per_level(suggested["anchor_sizes"], levels),
                                    suggested["aspect_ratios"], fg_iou)
         suggested["share_best_iou_at_least_0.5"] = suggested_fit["share_best_iou_at_least"][str(WARN_IOU)]
-    used = {"anchor_sizes": suggested["anchor_sizes"] if auto["anchor_sizes"] else [float(s) for s in anchor_sizes],
+    # sizes as configured: flat, or one list per level (the MobileNetV3-FPN layouts)
+    configured = [[float(s) for s in level] if isinstance(level, (list, tuple)) else float(level)
+                  for level in anchor_sizes] if not auto["anchor_sizes"] else None
+    used = {"anchor_sizes": suggested["anchor_sizes"] if auto["anchor_sizes"] else configured,
             "aspect_ratios": suggested["aspect_ratios"] if auto["aspect_ratios"] else [float(r) for r in aspect_ratios]}
     fit = anchor_fit(widths, heights, _per_level(used["anchor_sizes"], levels), used["aspect_ratios"], fg_iou)
     return {"used": used, "auto": auto, "fit": fit, "suggested": suggested}
 
 
-def _per_level(sizes: list[float], levels: Sequence[str]) -> dict[str, list[float]]:
+def _per_level(sizes: list, levels: Sequence[str]) -> dict[str, list[float]]:
     return dict(zip(levels, anchor_sizes_per_level(sizes, list(levels)), strict=True))

@@ -20,8 +20,14 @@ for the extra "pool" level at twice the last stride) and a two-layer MLP box hea
 | mobilenet_v2 | c4 (16): blocks 0 .. 13 | 96 | 7 | blocks 14 .. 18 + average pool (1280) |
 | resnet50_fpn | 0-3 (4, 8, 16, 32) from stages 2-5, pool (64) | 256 | 7 | TwoMLPHead (1024) |
 | mobilenet_v2_fpn | 0-2 (8, 16, 32) from blocks 6, 13, 17, pool (64) | 256 | 7 | TwoMLPHead (1024) |
+| mobilenet_v3_large_fpn | 0-1 (32, 32) from blocks 13, 16, pool (64) | 256 | 7 | TwoMLPHead (1024) |
+| mobilenet_v3_large_320_fpn | as mobilenet_v3_large_fpn | 256 | 7 | TwoMLPHead (1024) |
 
-``resnet50_fpn`` is the layout of torchvision's ``fasterrcnn_resnet50_fpn`` (same modules, same names).
+``resnet50_fpn``, ``mobilenet_v3_large_fpn`` and ``mobilenet_v3_large_320_fpn`` are the layouts of torchvision's
+``fasterrcnn_resnet50_fpn``, ``fasterrcnn_mobilenet_v3_large_fpn`` and ``fasterrcnn_mobilenet_v3_large_320_fpn``
+(same modules, same names), so their COCO weights load (``frcnn_lab.model.detection_weights``). The two MobileNetV3
+layouts differ only in their settings (input size, proposals), which their config options set. Both of their levels
+are at stride 32, as in torchvision, whose RoI Align then reads level 0 only.
 """
 
 from __future__ import annotations
@@ -104,7 +110,7 @@ class SingleLevel(nn.Sequential):
 
 
 def build_backbone(config: BackboneConfig | None = None, pool_size: int | None = None,
-                   pretrained: bool = True) -> Backbone:
+                   pretrained: bool = True, detection_weights: bool = False) -> Backbone:
     """The backbone ``config`` describes (default: ``BackboneConfig()``).
 
     ``weights``: ``imagenet`` (torchvision's IMAGENET1K_V1), ``none`` (random init), or the path of a
@@ -113,14 +119,17 @@ def build_backbone(config: BackboneConfig | None = None, pool_size: int | None =
     ``weights=none``), computed inside the convolutions before them (``frcnn_lab.model.folding``).
     ``pool_size``: the RoI size P the box head takes (None: the backbone's).
     ``pretrained=False`` builds the same layout without reading ``weights`` (a checkpoint fills them in).
+    ``detection_weights``: a detector's weights (``model.weights``) will fill the trunk in, statistics included, so
+    ``weights`` is not read and BatchNorm is frozen as with pretrained weights.
     """
     config = config or BackboneConfig()
     constructor, enum, split = BUILDERS[config.name]
     weights = config.weights
     # Random statistics are not worth freezing: without pretrained weights BatchNorm trains.
-    frozen = config.frozen_bn and weights != "none" and config.name != "vgg16"
+    frozen = config.frozen_bn and (weights != "none" or detection_weights) and config.name != "vgg16"
     kwargs = {"norm_layer": FrozenBatchNorm2d} if frozen else {}
     network = constructor(weights=None, **kwargs)
+    pretrained = pretrained and not detection_weights
     if pretrained and weights == "imagenet":
         network.load_state_dict(load_state_dict(enum.IMAGENET1K_V1))
     elif pretrained and weights != "none":
@@ -189,16 +198,16 @@ def split_mobilenet_v2(network: models.MobileNetV2, pool_size: int | None, box_h
 
 def with_fpn(
     network: nn.Module, return_layers: dict[str, str], in_channels: list[int], strides: list[int],
-    stages: list[nn.Module], pool_size: int | None, box_head: str,
+    stages: list[nn.Module], pool_size: int | None, box_head: str, pooled: int | None = None,
 ) -> Backbone:
     """torchvision's FPN on the ``return_layers`` of ``network`` (levels "0", "1", ... and "pool"), with a
-    two-layer MLP box head."""
+    two-layer MLP box head. RoIs are pooled from the first ``pooled`` levels (None: all but "pool")."""
     trunk = BackboneWithFPN(network, return_layers, in_channels, FPN_CHANNELS, extra_blocks=LastLevelMaxPool())
     pool_size = pool_size or 7
     levels = {str(i): stride for i, stride in enumerate(strides)}
     return Backbone(
         trunk, TwoMLPHead(FPN_CHANNELS * pool_size**2, MLP_HEAD_SIZE), MLP_HEAD_SIZE, pool_size,
-        {**levels, "pool": 2 * strides[-1]}, tuple(levels), stages, "mlp",
+        {**levels, "pool": 2 * strides[-1]}, tuple(levels)[:pooled], stages, "mlp",
     )
 
 
@@ -218,11 +227,25 @@ def split_mobilenet_v2_fpn(network: models.MobileNetV2, pool_size: int | None, b
     )
 
 
+def split_mobilenet_v3_large_fpn(network: models.MobileNetV3, pool_size: int | None, box_head: str) -> Backbone:
+    """torchvision's ``_mobilenet_extractor(fpn=True)``: the last two stages (blocks 13 and 16, both at stride 32)."""
+    f = network.features  # stages start at the strided blocks 2, 4, 7, 13, as torchvision counts them
+    # Two levels of one stride: torchvision's MultiScaleRoIAlign maps every box to the first.
+    return with_fpn(
+        f, {"13": "0", "16": "1"}, [160, 960], [32, 32],
+        [f[0:2], f[2:4], f[4:7], f[7:13], f[13:16], f[16:]], pool_size, box_head, pooled=1,
+    )
+
+
 BUILDERS = {
     "vgg16": (models.vgg16, models.VGG16_Weights, split_vgg16),
     "resnet50": (models.resnet50, models.ResNet50_Weights, split_resnet50),
     "mobilenet_v2": (models.mobilenet_v2, models.MobileNet_V2_Weights, split_mobilenet_v2),
     "resnet50_fpn": (models.resnet50, models.ResNet50_Weights, split_resnet50_fpn),
     "mobilenet_v2_fpn": (models.mobilenet_v2, models.MobileNet_V2_Weights, split_mobilenet_v2_fpn),
+    "mobilenet_v3_large_fpn": (models.mobilenet_v3_large, models.MobileNet_V3_Large_Weights,
+                               split_mobilenet_v3_large_fpn),
+    "mobilenet_v3_large_320_fpn": (models.mobilenet_v3_large, models.MobileNet_V3_Large_Weights,
+                                   split_mobilenet_v3_large_fpn),
 }
 """name -> (torchvision constructor, its weights enum, the function that cuts it into a Backbone)."""

