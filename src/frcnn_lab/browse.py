@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import matplotlib
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torchvision.utils import draw_bounding_boxes
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.cli import hydra_main
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.summary import train_anchor_report
 from frcnn_lab.inference.drawing import CLASS_COLORS, class_name, save_png
@@ -162,7 +161,7 @@ def browse(cfg: DictConfig) -> dict[str, Any]:
     return {"pictures": pictures, "contact_sheet": sheet, "summary": summary_path, "plots": plots}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="browse")
+@hydra_main("browse")
 def main(cfg: DictConfig) -> None:
     written = browse(cfg)
     print(f"{len(written['pictures'])} pictures in {written['pictures'][0].parent}; contact sheet "

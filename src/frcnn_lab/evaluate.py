@@ -22,11 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.cli import hydra_main
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.engine.checkpoints import device_name, input_sizes, load_module, resolve_device
 from frcnn_lab.engine.photos import trained_resize
@@ -165,7 +164,7 @@ def write_results(results: dict[str, Any], output_dir: str | Path) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@hydra_main("evaluate")
 def main(cfg: DictConfig) -> None:
     results = evaluate(cfg, coco_dir=cfg.paths.output_dir)
     path = write_results(results, cfg.paths.output_dir)

@@ -28,12 +28,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.cli import hydra_main
 from frcnn_lab.engine.checkpoints import input_sizes, load_module
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.engine.photos import trained_resize
@@ -126,7 +125,7 @@ def export(cfg: DictConfig) -> Path:
     return export_torchscript(module, path, metadata)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@hydra_main("export")
 def main(cfg: DictConfig) -> None:
     path = export(cfg)
     print(f"exported {cfg.ckpt_path} -> {path} ({cfg.format}; input: float32 (3, H, W) RGB in [0, 1] resized to "

@@ -22,11 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.cli import hydra_main
 from frcnn_lab.data.images import ImageError, load
 from frcnn_lab.engine.photos import configured_photo_detector
 from frcnn_lab.inference.drawing import draw_detections, save_png
@@ -117,7 +116,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@hydra_main("predict")
 def main(cfg: DictConfig) -> None:
     summary = predict(cfg)
     print(f"{summary['detections']} detections in {len(summary['pictures'])} of {summary['images']} images "

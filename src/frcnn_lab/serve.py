@@ -19,14 +19,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-import hydra
 import numpy as np
 from fastapi import FastAPI, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse, Response
 from omegaconf import DictConfig
 from PIL import Image
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.cli import hydra_main
 from frcnn_lab.data.images import ImageError, load, probe
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.engine.photos import PhotoDetector, configured_photo_detector
@@ -117,7 +116,7 @@ def create_app(detector: PhotoDetector, examples: dict[str, bytes], max_upload_m
     return app
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")
+@hydra_main("serve")
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
