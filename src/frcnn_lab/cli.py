@@ -60,10 +60,10 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callab
                                       hint="set " + " ".join(f"{key}=..." for key in missing) + " on the command line")
                 return task(cfg)
             except UserError as error:
-                if full_error():
-                    raise
                 if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
                     remove_refused_run_dir(HydraConfig.get().runtime.output_dir)
+                if full_error():
+                    raise
                 exit_for_user_error(error)
 
         hydra_task = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(

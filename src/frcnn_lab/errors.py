@@ -37,8 +37,9 @@ class MissingInputError(UserError, FileNotFoundError):
     """A file or folder the command names (a checkpoint, input images, an annotation file) does not exist."""
 
 
-class UnreadableInputError(UserError, ValueError):
-    """A file the command names exists but is not what it must be (a checkpoint that does not load, ...)."""
+class BadInputError(UserError, ValueError):
+    """An input the command names exists but cannot be used: a checkpoint that does not load, images whose names
+    collide, ..."""
 
 
 class OutputExistsError(UserError, FileExistsError):

@@ -27,12 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from frcnn_lab.cli import hydra_main
 from frcnn_lab.data.datamodule import DetectionDataModule
+from frcnn_lab.data.records import DataError
 from frcnn_lab.engine.checkpoints import device_name, input_sizes, load_module, resolve_device
 from frcnn_lab.engine.photos import trained_resize
+from frcnn_lab.errors import ConfigError, OutputExistsError
 from frcnn_lab.inference.slicing import Slicing
 from frcnn_lab.metrics.coco_json import write_coco_files
 from frcnn_lab.metrics.tide import format_tide
-from frcnn_lab.runs.folders import run_data_config
+from frcnn_lab.runs.folders import EVALUATION_FILE, run_data_config
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
@@ -44,7 +46,7 @@ def data_config(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(cfg.data, resolve=True)
     data = run_data_config(cfg.ckpt_path)
     if data is None:
-        raise ValueError(
+        raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} is not inside a training run (<run>/checkpoints/ beside "
             "<run>/.hydra/config.yaml): name the data, e.g. data=synthetic"
         )
@@ -55,14 +57,14 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
     """Run the checkpoint on ``cfg.split`` (and the negatives set) -> the figures, as written to JSON.
     With ``coco_dir``, the scored predictions and ground truth are written there as COCO JSON."""
     if cfg.split not in SPLITS:
-        raise ValueError(f"split={cfg.split!r} is unknown; choose one of {list(SPLITS)}")
+        raise ConfigError(f"split={cfg.split!r} is unknown; choose one of {list(SPLITS)}")
     device = resolve_device(cfg.device)
     slicing = Slicing.from_config(cfg.inference.slicing)
     module = load_module(cfg.ckpt_path, device)
     module.slicing = slicing
     data = data_config(cfg)
     if list(data["classes"]) != module.classes:
-        raise ValueError(f"data.classes={list(data['classes'])} differ from the checkpoint's classes {module.classes}")
+        raise ConfigError(f"data.classes={list(data['classes'])} differ from the checkpoint's classes {module.classes}")
     # The input size the detector was trained at unless image_size / max_size say otherwise; one image per
     # batch (the thesis's test protocol).
     data["image_size"], data["max_size"] = input_sizes(module, cfg.image_size, cfg.max_size)
@@ -77,7 +79,7 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
     if negatives_loader is not None:
         loaders.append(negatives_loader)
     if not len(loaders[0].dataset):
-        raise ValueError(f"data={data['name']} split={cfg.split} has no images to evaluate")
+        raise DataError(f"data={data['name']} split={cfg.split} has no images to evaluate")
 
     trainer = L.Trainer(
         accelerator=device.type, devices=[device.index] if device.index is not None else 1, logger=False,
@@ -156,9 +158,9 @@ def format_table(results: dict[str, Any]) -> str:
 
 def write_results(results: dict[str, Any], output_dir: str | Path) -> Path:
     """``<output_dir>/evaluation.json``; an existing file is never replaced."""
-    path = Path(output_dir) / "evaluation.json"
+    path = Path(output_dir) / EVALUATION_FILE
     if path.exists():
-        raise FileExistsError(f"{path} exists already; evaluate writes each result to a new folder")
+        raise OutputExistsError(f"{path} exists already; evaluate writes each result to a new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     return path

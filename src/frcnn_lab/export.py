@@ -36,6 +36,7 @@ from frcnn_lab.cli import hydra_main
 from frcnn_lab.engine.checkpoints import input_sizes, load_module
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.engine.photos import trained_resize
+from frcnn_lab.errors import ConfigError, OutputExistsError
 from frcnn_lab.model.detector import FasterRCNN
 
 log = logging.getLogger(__name__)
@@ -105,15 +106,15 @@ def output_path(cfg: DictConfig) -> Path:
     """``output``, else the checkpoint's path with the format's suffix; an existing file is refused."""
     path = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_suffix(FORMATS[cfg.format])
     if path.exists():
-        raise FileExistsError(f"{path} exists already; choose another output= (nothing was written)")
+        raise OutputExistsError(f"{path} exists already; choose another output= (nothing was written)")
     return path
 
 
 def export(cfg: DictConfig) -> Path:
     if cfg.format not in FORMATS:
-        raise ValueError(f"format={cfg.format!r} is unknown; choose one of {list(FORMATS)}")
+        raise ConfigError(f"format={cfg.format!r} is unknown; choose one of {list(FORMATS)}")
     if cfg.inference.slicing.size is not None:
-        raise ValueError(f"inference.slicing.size={cfg.inference.slicing.size}: the exported graph takes whole "
+        raise ConfigError(f"inference.slicing.size={cfg.inference.slicing.size}: the exported graph takes whole "
                          "inputs; slice when running it: python -m frcnn_lab.predict model=<file>.onnx "
                          "inference.slicing.size=...")
     path = output_path(cfg)

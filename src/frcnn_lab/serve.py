@@ -29,6 +29,7 @@ from frcnn_lab.cli import hydra_main
 from frcnn_lab.data.images import ImageError, load, probe
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.engine.photos import PhotoDetector, configured_photo_detector
+from frcnn_lab.errors import MissingInputError
 from frcnn_lab.inference.drawing import CLASS_COLORS
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,11 @@ def example_images(folder: str | None, count: int = 3) -> dict[str, bytes]:
             Image.fromarray(scenes[i]["image"]).save(buffer, format="PNG")
             examples[f"scene{i}.png"] = buffer.getvalue()
         return examples
+    if not Path(folder).is_dir():
+        raise MissingInputError(f"examples={folder}: no such folder")
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"examples={folder}: no images ({', '.join(EXAMPLE_SUFFIXES)})")
+        raise MissingInputError(f"examples={folder}: no images ({', '.join(EXAMPLE_SUFFIXES)})")
     return {p.name: p.read_bytes() for p in files}
 
 

@@ -64,7 +64,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     if cfg.ckpt_path:
         check_checkpoint(cfg.ckpt_path)  # before the data and W&B: a wrong path stops with nothing started
     claim_output_dir(cfg.paths.output_dir, cfg.ckpt_path)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # Lightning's notice goes to stderr, ours to the log
+    log.info("seed %d (torch, numpy, python, data loader workers)", cfg.seed)
     datamodule = DetectionDataModule(cfg.data)
     anchors = train_anchor_report(datamodule, OmegaConf.to_container(cfg.rpn, resolve=True), cfg.backbone.name)
     with open_dict(cfg):

@@ -44,6 +44,7 @@ from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
 from frcnn_lab.data.tiles import TiledImages
 from frcnn_lab.data.transforms import Resize, apply_transforms, build_transforms
+from frcnn_lab.errors import ConfigError
 
 SCENE_GENERATORS = {"easy": SyntheticScenes, "hard": ClutteredScenes}
 SPLITS = ("train", "val", "test")
@@ -243,7 +244,7 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _synthetic(self) -> dict[str, SceneRange]:
         if self.classes != list(SYNTHETIC_CLASSES):
-            raise ValueError(f"data.classes={self.classes} must be {list(SYNTHETIC_CLASSES)} for the synthetic source")
+            raise ConfigError(f"data.classes={self.classes} must be {list(SYNTHETIC_CLASSES)} for the synthetic source")
         return synthetic_splits(**self.source_args, num_negatives=self.num_negatives or 0)
 
     def _id_list(self, paths: str | Sequence[str] | None) -> set[str] | None:

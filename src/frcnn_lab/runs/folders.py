@@ -25,7 +25,10 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from frcnn_lab.errors import MissingInputError, UserError, exit_for_user_error
+from frcnn_lab.errors import MissingInputError, OutputExistsError, UserError, exit_for_user_error
+
+EVALUATION_FILE = "evaluation.json"
+"""An evaluation's figures, in its run folder (``<run>/evaluate/<time>/``)."""
 
 CLAIM_FILE = ".frcnn_lab_run"
 """Created exclusively (O_EXCL) by the run that owns the directory; holds its pid, host and start time."""
@@ -253,12 +256,17 @@ def evaluation_dir(ckpt_path: str, log_dir: str) -> str:
 
 class EvaluationRunDir(Callback):
     """Hydra callback of ``conf/evaluate.yaml``: puts the run folder under ``evaluation_dir`` (beside the
-    checkpoint's training run, where ``frcnn_lab.report`` looks) before Hydra creates it."""
+    checkpoint's training run, where ``frcnn_lab.report`` looks) before Hydra creates it; a folder given on the
+    command line that holds an evaluation already is refused before Hydra writes there."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if OmegaConf.is_missing(config, "ckpt_path") or any(
-                o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
-            return  # the task names the missing key; a folder given on the command line is kept
-        parent = evaluation_dir(str(config.ckpt_path), str(config.paths.log_dir))
-        with read_write(config.hydra.run):
-            config.hydra.run.dir = f"{parent}/{Path(config.hydra.run.dir).name}"
+        given = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
+        if not given and not OmegaConf.is_missing(config, "ckpt_path"):  # else the task names the missing key
+            parent = evaluation_dir(str(config.ckpt_path), str(config.paths.log_dir))
+            with read_write(config.hydra.run):
+                config.hydra.run.dir = f"{parent}/{Path(config.hydra.run.dir).name}"
+        results = Path(config.hydra.run.dir) / EVALUATION_FILE
+        if results.exists():
+            exit_for_user_error(OutputExistsError(
+                f"{results} exists already; evaluate writes each result to a new folder (leave hydra.run.dir out, "
+                "or name an unused folder)"))
