@@ -26,7 +26,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from frcnn_lab.cli import hydra_main
-from frcnn_lab.data.datamodule import DetectionDataModule
+from frcnn_lab.data.datamodule import DetectionDataModule, source_label
 from frcnn_lab.data.records import DataError
 from frcnn_lab.engine.checkpoints import device_name, input_sizes, load_module, resolve_device
 from frcnn_lab.engine.photos import trained_resize
@@ -98,7 +98,7 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
                      "fp_image_rate": module.test_results[1]["fp_image_rate"]}
     return {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "data": data["name"],
+        "data": source_label(data["name"], data["source"]),
         "split": cfg.split,
         "images": figures["images"],
         "classes": module.classes,

@@ -116,8 +116,10 @@ def run_summary(trainer: L.Trainer, module: DetectionModule) -> dict[str, Any]:
         "train_time_s": timer.time_elapsed("train") if timer else None,
         "checkpoint": checkpoint.best_model_path if checkpoint else None,
         "metrics_csv": str(Path(csv.log_dir) / "metrics.csv") if csv else None,
-        "wandb_dir": wandb.experiment.dir if wandb else None,
+        # The W&B run's own folder (what `wandb sync` uploads; its metrics are in the binary .wandb file there).
+        "wandb_run_dir": str(Path(wandb.experiment.dir).parent) if wandb else None,
         "wandb_mode": wandb.experiment.settings.mode if wandb else None,
+        "wandb_url": wandb.experiment.url if wandb else None,
     }
 
 
@@ -139,11 +141,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"training time:    {summary['train_time_s']:.0f} s (validations included, summed over resumes)")
     lines.append(f"anchor fit:       {summary['anchor_fit']}")
     lines.append(f"best checkpoint:  {summary['checkpoint'] or '-'}")
-    lines.append(f"metrics CSV:      {summary['metrics_csv'] or '-'}")
-    if summary["wandb_dir"]:
-        lines.append(f"W&B run ({summary['wandb_mode']}): {summary['wandb_dir']}")
-        if summary["wandb_mode"] == "offline":
-            lines.append(f"  upload later with: wandb sync {Path(summary['wandb_dir']).parent}")
+    if summary["metrics_csv"]:
+        lines.append(f"metrics CSV:      {summary['metrics_csv']} (every logged figure, by step and epoch)")
+    if summary["wandb_mode"] == "online" and summary["wandb_url"]:
+        lines.append(f"W&B dashboard:    {summary['wandb_url']}")
+    elif summary["wandb_mode"] == "offline" and summary["wandb_run_dir"]:
+        lines.append(f"W&B (offline):    wandb sync {summary['wandb_run_dir']}   (uploads it to the dashboard)")
     return "\n".join(lines)
 
 
