@@ -98,7 +98,7 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
                      "fp_image_rate": module.test_results[1]["fp_image_rate"]}
     return {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "data": source_label(data["name"], data["source"]),
+        "data": source_label(data["name"], data.get("source") or {}),
         "split": cfg.split,
         "images": figures["images"],
         "classes": module.classes,
