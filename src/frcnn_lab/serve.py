@@ -7,7 +7,7 @@
 - ``POST /predict[?score_threshold=T]`` (multipart field ``file``): ``{"width", "height", "classes",
   "score_threshold", "detections": [{"box": [x1, y1, x2, y2] (pixels), "label": 1..K, "class", "score"}]}``,
   best first: the detections scoring at least ``T`` (0 to 1; else the ``score_threshold`` key); with neither,
-  every detection the model keeps (its own cut-off, ``roi_head.score_threshold``), and ``"score_threshold": null``.
+  every detection the model keeps (its own cut-off, ``roi_head.score_thresh``), and ``"score_threshold": null``.
   Bad uploads get a 4xx answer whose ``detail`` says what is wrong: 400 empty or not a readable image,
   413 larger than ``max_upload_mb`` or with more than ``max_upload_megapixels``; 422 a threshold outside [0, 1].
 - ``GET /examples``: the example names; ``GET /examples/<name>``: the example as PNG. Examples are the images

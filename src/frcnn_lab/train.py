@@ -141,12 +141,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"training time:    {summary['train_time_s']:.0f} s (validations included, summed over resumes)")
     lines.append(f"anchor fit:       {summary['anchor_fit']}")
     lines.append(f"best checkpoint:  {summary['checkpoint'] or '-'}")
-    if summary["metrics_csv"]:
-        lines.append(f"metrics CSV:      {summary['metrics_csv']} (every logged figure, by step and epoch)")
+    lines.append(f"metrics CSV:      {summary['metrics_csv'] or '-'}")  # every logged figure, by step and epoch
     if summary["wandb_mode"] == "online" and summary["wandb_url"]:
-        lines.append(f"W&B dashboard:    {summary['wandb_url']}")
+        lines.append(f"W&B run (online): {summary['wandb_url']}")
     elif summary["wandb_mode"] == "offline" and summary["wandb_run_dir"]:
-        lines.append(f"W&B (offline):    wandb sync {summary['wandb_run_dir']}   (uploads it to the dashboard)")
+        lines.append(f"W&B run (offline): {summary['wandb_run_dir']}")
+        lines.append(f"  upload later with: wandb sync {summary['wandb_run_dir']}")
     return "\n".join(lines)
 
 
