@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn_lab.data.datamodule import DetectionDataModule, synthetic_splits
+from frcnn_lab.config import group_option
+from frcnn_lab.data.datamodule import DetectionDataModule, source_label, synthetic_splits
 from frcnn_lab.data.records import DataError
 from frcnn_lab.data.samplers import GroupedBatchSampler
 from frcnn_lab.data.summary import summarize
@@ -211,6 +212,36 @@ def test_synthetic_negatives_are_distractor_scenes_apart_from_the_splits():
                                   "augment": AUGMENT, "num_negatives": 6})
     again.setup()
     np.testing.assert_array_equal(again.datasets["negatives"].source[2]["image"], items[2]["image"])
+
+
+def test_limit_caps_each_synthetic_split_at_its_first_scenes():
+    """data.limit on the synthetic data: each split keeps its first scenes, the same as without the limit (the val
+    scenes do not move with the train split's size), and the summary's notes say so."""
+    source = {"num_train": 6, "num_val": 3, "num_test": 2, "seed": 3}
+    whole = DetectionDataModule({"source": source, "image_size": 96, "max_size": 160, "num_negatives": 2})
+    limited = DetectionDataModule({"source": source, "image_size": 96, "max_size": 160, "num_negatives": 2,
+                                   "limit": 2})
+    whole.setup()
+    limited.setup()
+    assert {split: len(limited.datasets[split]) for split in limited.datasets} == {
+        "train": 2, "val": 2, "test": 2, "negatives": 2}
+    for split in ("train", "val"):
+        assert [limited.datasets[split].source[i]["image_id"] for i in range(2)] == \
+            [whole.datasets[split].source[i]["image_id"] for i in range(2)]
+    assert limited.notes == ["train: 2 of 6 images used (limit)", "val: 2 of 3 images used (limit)"]
+    assert summarize(limited)["splits"]["train"]["images"] == 2
+
+
+@pytest.mark.parametrize("option,label", [
+    ("synthetic", "synthetic"),
+    ("synthetic_hard", "synthetic (hard)"),
+    ("synthetic_large", "synthetic (hard, canvases up to 2000 x 1500)"),
+    ("csv", "csv"),
+])
+def test_the_data_options_are_named_by_their_variant(option, label):
+    """What the data summary and evaluate's table call each data= option: all synthetic ones are name: synthetic."""
+    data = group_option("data", option)
+    assert source_label(data["name"], data["source"]) == label
 
 
 def count_draws(monkeypatch) -> list[int]:

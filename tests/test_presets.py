@@ -9,8 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from frcnn_lab.config import validate
-from frcnn_lab.train import CONFIG_DIR
+from frcnn_lab.config import CONFIG_DIR, validate
 from support import compose_config as compose_at
 
 

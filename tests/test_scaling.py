@@ -15,9 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from frcnn_lab.config import ConfigError, group_option, processes_per_node, refuse_local_ddp_in_multirun
+from frcnn_lab.config import CONFIG_DIR, ConfigError, group_option, processes_per_node, refuse_local_ddp_in_multirun
 from frcnn_lab.model.detector import build_detector
-from frcnn_lab.train import CONFIG_DIR, train
+from frcnn_lab.train import train
 from support import TINY_RUN, cli_env, require_modules, run_module
 
 SMALL = ["backbone.weights=none", "data.image_size=128", "data.max_size=128"]

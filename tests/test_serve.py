@@ -61,6 +61,38 @@ def test_predict_answers_the_checkpoints_detections(server, initialised_checkpoi
         assert got["score"] == pytest.approx(score, abs=1e-4) and np.allclose(got["box"], box, atol=0.006)
 
 
+def test_the_score_threshold_filters_predict_and_starts_the_slider(initialised_checkpoint):
+    """``POST /predict?score_threshold=T`` keeps the detections scoring at least T (the serve key as its default;
+    neither: everything the model keeps); ``GET /?score_threshold=T`` starts the page's slider at T."""
+    from fastapi.testclient import TestClient
+
+    from frcnn_lab.serve import create_app
+
+    module = load_module(initialised_checkpoint, torch.device("cpu"))
+    detector = PhotoDetector(module, *input_sizes(module))
+    png = example_images(None)["scene0.png"]
+    upload = {"file": ("scene0.png", png, "image/png")}
+    client = TestClient(create_app(detector, {}))
+    everything = client.post("/predict", files=upload).json()
+    scores = [d["score"] for d in everything["detections"]]
+    assert everything["score_threshold"] is None and len(scores) > 2 and scores == sorted(scores, reverse=True)
+    # In the widest gap between two scores (the answer's are rounded to 4 decimals): the best k detections pass.
+    k = max(range(1, len(scores)), key=lambda k: scores[k - 1] - scores[k])
+    assert scores[k - 1] - scores[k] > 2e-4, scores
+    threshold = (scores[k - 1] + scores[k]) / 2
+    expected = everything["detections"][:k]
+    asked = client.post(f"/predict?score_threshold={threshold}", files=upload).json()
+    assert asked["detections"] == expected and asked["score_threshold"] == threshold
+    assert client.post("/predict?score_threshold=1.5", files=upload).status_code == 422
+    assert 'value="0.00"' in client.get("/").text and 'value="0.30"' in client.get("/?score_threshold=0.3").text
+
+    configured = TestClient(create_app(detector, {}, score_threshold=threshold))
+    assert configured.post("/predict", files=upload).json()["detections"] == expected
+    assert configured.post("/predict?score_threshold=0", files=upload).json()["detections"] == \
+        everything["detections"]  # what the page asks for: every detection, filtered by its slider
+    assert f'value="{threshold:.2f}"' in configured.get("/").text
+
+
 def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server):
     png = httpx.get(server + "examples/scene0.png", timeout=10).content
     bad = [

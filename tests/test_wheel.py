@@ -5,6 +5,7 @@ provides frcnn_lab."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -13,8 +14,13 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import tomllib
 
+from frcnn_lab.errors import USER_ERROR_EXIT_CODE
 from support import REPO_ROOT, cli_env, run_ok
+
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+SCRIPTS = PYPROJECT["project"]["scripts"]
 
 USER_PRESET = """\
 # @package _global_
@@ -79,6 +85,44 @@ def user_env() -> dict[str, str]:
     return env
 
 
+def test_every_entry_point_has_its_console_script():
+    """frcnn-<name> for each entry point of the layers contract (python -m frcnn_lab.<name>), and frcnn-report."""
+    (contract,) = PYPROJECT["tool"]["importlinter"]["contracts"]
+    entry_points = [module.strip().removeprefix("frcnn_lab.") for module in contract["layers"][0].split("|")]
+    expected = {f"frcnn-{name}": f"frcnn_lab.{name}:main" for name in entry_points}
+    assert {**expected, "frcnn-report": "frcnn_lab.report.cli:main"} == SCRIPTS
+    for target in SCRIPTS.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
+
+
+def console_script(folder: Path, name: str) -> Path:
+    """The launcher pip writes for ``[project.scripts]`` entry ``name``: it calls the function and exits with what
+    it returns, with ``sys.argv[0]`` the script's own path (not a module of frcnn_lab)."""
+    module, function = SCRIPTS[name].split(":")
+    script = folder / name
+    script.write_text(f"import sys\nfrom {module} import {function}\n\n"
+                      f"if __name__ == '__main__':\n    sys.exit({function}())\n")
+    return script
+
+
+def test_a_console_script_finds_its_configs_and_reports_errors_in_one_line(tmp_path):
+    def run(name: str, *arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(console_script(tmp_path, name)), *arguments], cwd=tmp_path,
+                              env=cli_env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+    job = run("frcnn-train", "--cfg", "job", "rpn.num_rois=8")
+    assert job.returncode == 0 and "num_rois: 8" in job.stdout and "task_name: train" in job.stdout, job.stderr
+    assert run("frcnn-predict", "--help").stdout.startswith("predict is powered by Hydra.")
+    refused = run("frcnn-evaluate", "ckpt_path=gone.ckpt")
+    assert refused.returncode == USER_ERROR_EXIT_CODE
+    assert refused.stderr.splitlines()[0] == "error: ckpt_path=gone.ckpt: no such checkpoint file"
+    report = run("frcnn-report", "missing_folder")
+    assert report.returncode == USER_ERROR_EXIT_CODE and report.stderr.startswith("error: missing_folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["frcnn-train", "frcnn-predict", "frcnn-evaluate",
+                                                                 "frcnn-report"])  # no run folder
+
+
 @pytest.mark.slow
 def test_the_wheel_installed_without_editable_runs_every_entry_point_from_an_empty_folder(tmp_path):
     python = str(venv_with_wheel(tmp_path, build_wheel(tmp_path)))
@@ -95,6 +139,12 @@ def test_the_wheel_installed_without_editable_runs_every_entry_point_from_an_emp
 
     job = run("frcnn_lab.train", "--cfg", "job")
     assert "rpn:" in job and "num_rois: 64" in job and "name: mobilenet_v2" in job
+    scripts = Path(python).parent
+    for name in SCRIPTS:  # pip installed each console script beside the venv's python
+        assert (scripts / name).is_file(), name
+    script_job = subprocess.run([str(scripts / "frcnn-train"), "--cfg", "job"], cwd=folder, env=env,
+                                capture_output=True, text=True, timeout=300)
+    assert script_job.returncode == 0 and script_job.stdout == job, script_job.stderr
 
     presets = tmp_path / "my_presets"
     (presets / "experiment").mkdir(parents=True)

@@ -38,8 +38,9 @@ def measure(num_images: int) -> dict[str, float]:
     import torch
     from hydra import compose, initialize_config_dir
 
+    from frcnn_lab.config import CONFIG_DIR
     from frcnn_lab.data.datamodule import DetectionDataModule
-    from frcnn_lab.train import CONFIG_DIR, build_module
+    from frcnn_lab.train import build_module
 
     torch.set_num_threads(1)
     overrides = [

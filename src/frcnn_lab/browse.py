@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import matplotlib
 import numpy as np
 import torch
@@ -27,9 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torchvision.utils import draw_bounding_boxes
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.cli import hydra_main
 from frcnn_lab.data.datamodule import DetectionDataModule
+from frcnn_lab.data.records import DataError
 from frcnn_lab.data.summary import train_anchor_report
+from frcnn_lab.errors import ConfigError
 from frcnn_lab.inference.drawing import CLASS_COLORS, class_name, save_png
 from frcnn_lab.runs.folders import claim_output_dir
 
@@ -133,9 +134,9 @@ def browse(cfg: DictConfig) -> dict[str, Any]:
     datamodule = DetectionDataModule(cfg.data)
     datamodule.setup()
     if cfg.split not in datamodule.datasets:
-        raise ValueError(f"split={cfg.split!r} is unknown; choose one of {list(datamodule.datasets)}")
+        raise ConfigError(f"split={cfg.split!r} is unknown; choose one of {list(datamodule.datasets)}")
     if cfg.n < 1:
-        raise ValueError(f"n={cfg.n} must be >= 1")
+        raise ConfigError(f"n={cfg.n} must be >= 1")
     anchors = train_anchor_report(datamodule, OmegaConf.to_container(cfg.rpn, resolve=True), cfg.backbone.name)
     summary_path = datamodule.write_summary(output, anchors)
     used = anchors["used"]["anchor_sizes"]  # flat, or one list per level: each size drawn once
@@ -143,7 +144,7 @@ def browse(cfg: DictConfig) -> dict[str, Any]:
     plots = plot_summary(datamodule, summary_path.with_suffix(".png"), sizes)
     dataset = datamodule.datasets[cfg.split]
     if not len(dataset):
-        raise ValueError(f"split={cfg.split!r} has no images; see {summary_path}")
+        raise DataError(f"split={cfg.split!r} has no images; see {summary_path}")
     torch.manual_seed(cfg.seed)  # the augmentation drawn (DetectionDataset seeds albumentations from torch)
     chosen = sorted(np.random.default_rng(cfg.seed).permutation(len(dataset))[:cfg.n].tolist())
     folder = output / "images"
@@ -164,7 +165,7 @@ def browse(cfg: DictConfig) -> dict[str, Any]:
     return {"pictures": pictures, "contact_sheet": sheet, "summary": summary_path, "plots": plots}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="browse")
+@hydra_main("browse")
 def main(cfg: DictConfig) -> None:
     written = browse(cfg)
     print(f"{len(written['pictures'])} pictures in {written['pictures'][0].parent}; contact sheet "

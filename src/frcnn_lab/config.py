@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from frcnn_lab.checks import free_form_fields
+from frcnn_lab.checks import free_form_fields, typed
 from frcnn_lab.data.config import DataConfig
 from frcnn_lab.engine.callbacks.nonfinite import TrainConfig
 from frcnn_lab.engine.module import EvalConfig
@@ -91,7 +91,8 @@ def validate(cfg: DictConfig) -> None:
         if node is None:
             continue
         try:
-            parts[key] = OmegaConf.to_object(node) if OmegaConf.get_type(node) is cls else cls(**node)
+            # As a plain mapping: merged into the part's defaults, a key added with + is refused too.
+            parts[key] = typed(cls, OmegaConf.to_container(node, resolve=True), key)
         except ConfigError as error:
             problems += error.problems
     if not problems:

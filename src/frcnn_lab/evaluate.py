@@ -27,20 +27,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn_lab.config import CONFIG_DIR
-from frcnn_lab.data.datamodule import DetectionDataModule
+from frcnn_lab.cli import hydra_main
+from frcnn_lab.data.datamodule import DetectionDataModule, source_label
+from frcnn_lab.data.records import DataError
 from frcnn_lab.engine.checkpoints import device_name, input_sizes, load_module, resolve_device
 from frcnn_lab.engine.photos import trained_resize
+from frcnn_lab.errors import ConfigError, OutputExistsError
 from frcnn_lab.inference.slicing import Slicing
 from frcnn_lab.metrics.coco_json import write_coco_files
 from frcnn_lab.metrics.confusion import confusion_png, format_confusion
 from frcnn_lab.metrics.sizes import format_sizes
 from frcnn_lab.metrics.tide import format_tide
-from frcnn_lab.runs.folders import run_data_config
+from frcnn_lab.runs.folders import EVALUATION_FILE, run_data_config
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
@@ -52,7 +53,7 @@ def data_config(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(cfg.data, resolve=True)
     data = run_data_config(cfg.ckpt_path)
     if data is None:
-        raise ValueError(
+        raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} is not inside a training run (<run>/checkpoints/ beside "
             "<run>/.hydra/config.yaml): name the data, e.g. data=synthetic"
         )
@@ -63,14 +64,14 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
     """Run the checkpoint on ``cfg.split`` (and the negatives set) -> the figures, as written to JSON.
     With ``coco_dir``, the scored predictions and ground truth are written there as COCO JSON."""
     if cfg.split not in SPLITS:
-        raise ValueError(f"split={cfg.split!r} is unknown; choose one of {list(SPLITS)}")
+        raise ConfigError(f"split={cfg.split!r} is unknown; choose one of {list(SPLITS)}")
     device = resolve_device(cfg.device)
     slicing = Slicing.from_config(cfg.inference.slicing)
     module = load_module(cfg.ckpt_path, device)
     module.slicing = slicing
     data = data_config(cfg)
     if list(data["classes"]) != module.classes:
-        raise ValueError(f"data.classes={list(data['classes'])} differ from the checkpoint's classes {module.classes}")
+        raise ConfigError(f"data.classes={list(data['classes'])} differ from the checkpoint's classes {module.classes}")
     # The input size the detector was trained at unless image_size / max_size say otherwise; one image per
     # batch (the thesis's test protocol).
     data["image_size"], data["max_size"] = input_sizes(module, cfg.image_size, cfg.max_size)
@@ -86,7 +87,7 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
     if negatives_loader is not None:
         loaders.append(negatives_loader)
     if not len(loaders[0].dataset):
-        raise ValueError(f"data={data['name']} split={cfg.split} has no images to evaluate")
+        raise DataError(f"data={data['name']} split={cfg.split} has no images to evaluate")
 
     trainer = L.Trainer(
         accelerator=device.type, devices=[device.index] if device.index is not None else 1, logger=False,
@@ -105,7 +106,7 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
                      "fp_image_rate": module.test_results[1]["fp_image_rate"]}
     return {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "data": data["name"],
+        "data": source_label(data["name"], data.get("source") or {}),
         "split": cfg.split,
         "images": figures["images"],
         "classes": module.classes,
@@ -166,9 +167,9 @@ def format_table(results: dict[str, Any]) -> str:
 def write_results(results: dict[str, Any], output_dir: str | Path) -> Path:
     """``<output_dir>/evaluation.json``, with the confusion matrix beside it as ``confusion.json`` and
     ``confusion.png``; an existing ``evaluation.json`` is never replaced."""
-    path = Path(output_dir) / "evaluation.json"
+    path = Path(output_dir) / EVALUATION_FILE
     if path.exists():
-        raise FileExistsError(f"{path} exists already; evaluate writes each result to a new folder")
+        raise OutputExistsError(f"{path} exists already; evaluate writes each result to a new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     (path.parent / "confusion.json").write_text(json.dumps(results["confusion"], indent=2))
@@ -176,7 +177,7 @@ def write_results(results: dict[str, Any], output_dir: str | Path) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@hydra_main("evaluate")
 def main(cfg: DictConfig) -> None:
     results = evaluate(cfg, coco_dir=cfg.paths.output_dir)
     path = write_results(results, cfg.paths.output_dir)

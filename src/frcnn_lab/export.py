@@ -28,15 +28,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.cli import hydra_main
 from frcnn_lab.engine.checkpoints import input_sizes, load_module
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.engine.photos import trained_resize
+from frcnn_lab.errors import ConfigError, OutputExistsError
 from frcnn_lab.model.detector import FasterRCNN
 
 log = logging.getLogger(__name__)
@@ -106,15 +106,15 @@ def output_path(cfg: DictConfig) -> Path:
     """``output``, else the checkpoint's path with the format's suffix; an existing file is refused."""
     path = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_suffix(FORMATS[cfg.format])
     if path.exists():
-        raise FileExistsError(f"{path} exists already; choose another output= (nothing was written)")
+        raise OutputExistsError(f"{path} exists already; choose another output= (nothing was written)")
     return path
 
 
 def export(cfg: DictConfig) -> Path:
     if cfg.format not in FORMATS:
-        raise ValueError(f"format={cfg.format!r} is unknown; choose one of {list(FORMATS)}")
+        raise ConfigError(f"format={cfg.format!r} is unknown; choose one of {list(FORMATS)}")
     if cfg.inference.slicing.size is not None:
-        raise ValueError(f"inference.slicing.size={cfg.inference.slicing.size}: the exported graph takes whole "
+        raise ConfigError(f"inference.slicing.size={cfg.inference.slicing.size}: the exported graph takes whole "
                          "inputs; slice when running it: python -m frcnn_lab.predict model=<file>.onnx "
                          "inference.slicing.size=...")
     path = output_path(cfg)
@@ -126,7 +126,7 @@ def export(cfg: DictConfig) -> Path:
     return export_torchscript(module, path, metadata)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@hydra_main("export")
 def main(cfg: DictConfig) -> None:
     path = export(cfg)
     print(f"exported {cfg.ckpt_path} -> {path} ({cfg.format}; input: float32 (3, H, W) RGB in [0, 1] resized to "

@@ -22,13 +22,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from frcnn_lab.config import CONFIG_DIR
+from frcnn_lab.cli import hydra_main
 from frcnn_lab.data.images import ImageError, load
 from frcnn_lab.engine.photos import configured_photo_detector
+from frcnn_lab.errors import BadInputError, ConfigError, MissingInputError, OutputExistsError
 from frcnn_lab.inference.drawing import draw_detections, save_png
 from frcnn_lab.metrics import coco_json
 
@@ -46,12 +46,12 @@ def find_images(spec: str) -> list[Path]:
     elif glob.has_magic(spec):
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
     else:
-        raise FileNotFoundError(f"input={spec}: no such file or folder")
+        raise MissingInputError(f"input={spec}: no such file or folder")
     if not files:
-        raise FileNotFoundError(f"input={spec}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise MissingInputError(f"input={spec}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     stems = [p.stem for p in files]
     if duplicates := sorted({s for s in stems if stems.count(s) > 1}):
-        raise ValueError(f"input={spec}: several images share a name, their pictures would collide: {duplicates}")
+        raise BadInputError(f"input={spec}: several images share a name, their pictures would collide: {duplicates}")
     return files
 
 
@@ -61,7 +61,7 @@ def class_filter(classes: list[str], names: list[str] | None) -> set[int]:
         return set(range(1, len(classes) + 1))
     unknown = [n for n in names if n not in classes]
     if unknown:
-        raise ValueError(f"classes={list(names)}: {unknown} not among the detector's classes {classes}")
+        raise ConfigError(f"classes={list(names)}: {unknown} not among the detector's classes {classes}")
     return {classes.index(n) + 1 for n in names}
 
 
@@ -82,12 +82,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     planned = [output / f"{p.stem}.png" for p in files] + [
         output / name for name in ("detections.json", "categories.json", "predict_summary.json")]
     if existing := [str(p) for p in planned if p.exists()]:
-        raise FileExistsError(f"output={output} already holds {existing[:5]}{' ...' if len(existing) > 5 else ''}; "
+        raise OutputExistsError(f"output={output} already holds {existing[:5]}{' ...' if len(existing) > 5 else ''}; "
                               "choose another output folder")
     detector = configured_photo_detector(cfg)
     keep_labels = class_filter(detector.classes, cfg.classes)
-    output.mkdir(parents=True, exist_ok=True)
-    results, skipped, written = [], [], []
+    results, skipped, written = [], [], []  # the output folder is made by the first picture written
     for image_id, path in enumerate(files):
         try:
             pixels = load(path)
@@ -103,6 +102,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                                  detection["labels"], detection["scores"])
         written.append(str(save_png(canvas, output / f"{path.stem}.png")))
         results += coco_results(image_id, path, detection, detector.classes, detector.category_ids)
+    if not written:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise BadInputError(f"input={cfg.input}: none of the {len(files)} images could be read: "
+                            f"{skipped[0]['error']}{more}")
     (output / "detections.json").write_text(json.dumps(results, indent=1))
     categories = coco_json.categories(detector.classes, detector.category_ids)
     (output / "categories.json").write_text(json.dumps(categories, indent=1))
@@ -117,7 +120,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@hydra_main("predict")
 def main(cfg: DictConfig) -> None:
     summary = predict(cfg)
     print(f"{summary['detections']} detections in {len(summary['pictures'])} of {summary['images']} images "

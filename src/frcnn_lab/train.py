@@ -9,22 +9,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from frcnn_lab.config import CONFIG_DIR, ConfigError, refuse_local_ddp_in_multirun, validate
+from frcnn_lab.cli import hydra_main
+from frcnn_lab.config import refuse_local_ddp_in_multirun, validate
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.summary import train_anchor_report
 from frcnn_lab.engine.callbacks.checkpoint_io import AtomicCheckpointIO
 from frcnn_lab.engine.callbacks.nonfinite import NonFiniteGuard
 from frcnn_lab.engine.callbacks.slurm import SaveLastOnExit
 from frcnn_lab.engine.callbacks.step_limit import ValidateAtStepLimit
+from frcnn_lab.engine.checkpoints import check_checkpoint
 from frcnn_lab.engine.module import DetectionModule
-from frcnn_lab.errors import UserError
 from frcnn_lab.runs.folders import claim_output_dir, reserve_output_dir
 from frcnn_lab.runs.tracking import (
     finish_wandb_runs,
@@ -62,8 +62,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     """Fit on the train split, validate every epoch, and return a summary of the run; ``extra_callbacks`` go
     after the configured ones (e.g. a measurement)."""
     validate(cfg)
+    if cfg.ckpt_path:
+        check_checkpoint(cfg.ckpt_path)  # before the data and W&B: a wrong path stops with nothing started
     claim_output_dir(cfg.paths.output_dir, cfg.ckpt_path)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # Lightning's notice goes to stderr, ours to the log
+    log.info("seed %d (torch, numpy, python, data loader workers)", cfg.seed)
     datamodule = DetectionDataModule(cfg.data)
     anchors = train_anchor_report(datamodule, OmegaConf.to_container(cfg.rpn, resolve=True), cfg.backbone.name)
     with open_dict(cfg):
@@ -114,8 +117,10 @@ def run_summary(trainer: L.Trainer, module: DetectionModule) -> dict[str, Any]:
         "train_time_s": timer.time_elapsed("train") if timer else None,
         "checkpoint": checkpoint.best_model_path if checkpoint else None,
         "metrics_csv": str(Path(csv.log_dir) / "metrics.csv") if csv else None,
-        "wandb_dir": wandb.experiment.dir if wandb else None,
+        # The W&B run's own folder (what `wandb sync` uploads; its metrics are in the binary .wandb file there).
+        "wandb_run_dir": str(Path(wandb.experiment.dir).parent) if wandb else None,
         "wandb_mode": wandb.experiment.settings.mode if wandb else None,
+        "wandb_url": wandb.experiment.url if wandb else None,
     }
 
 
@@ -137,26 +142,24 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"training time:    {summary['train_time_s']:.0f} s (validations included, summed over resumes)")
     lines.append(f"anchor fit:       {summary['anchor_fit']}")
     lines.append(f"best checkpoint:  {summary['checkpoint'] or '-'}")
-    lines.append(f"metrics CSV:      {summary['metrics_csv'] or '-'}")
-    if summary["wandb_dir"]:
-        lines.append(f"W&B run ({summary['wandb_mode']}): {summary['wandb_dir']}")
-        if summary["wandb_mode"] == "offline":
-            lines.append(f"  upload later with: wandb sync {Path(summary['wandb_dir']).parent}")
+    lines.append(f"metrics CSV:      {summary['metrics_csv'] or '-'}")  # every logged figure, by step and epoch
+    if summary["wandb_mode"] == "online" and summary["wandb_url"]:
+        lines.append(f"W&B run (online): {summary['wandb_url']}")
+    elif summary["wandb_mode"] == "offline" and summary["wandb_run_dir"]:
+        lines.append(f"W&B run (offline): {summary['wandb_run_dir']}")
+        lines.append(f"  upload later with: wandb sync {summary['wandb_run_dir']}")
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra_main("config")
 def main(cfg: DictConfig) -> float | None:
     """One run, or one job of a sweep; ``<run dir>/status.json`` says running, completed or failed.
 
     A failing job of a multirun is recorded (status.json with the error, W&B run finished as failed) and
-    logged, and the sweep goes on with the next job; a single run re-raises (a bad config exits with its
-    message alone).
+    logged, and the sweep goes on with the next job; a single run re-raises: a UserError (a bad config, a missing
+    checkpoint, bad data) is one line and removes the run folder it was refused in (frcnn_lab.cli).
     """
-    try:
-        refuse_local_ddp_in_multirun(cfg)
-    except ConfigError as error:
-        raise SystemExit(f"error: {error}") from None  # ends the whole sweep: every job would hit it
+    refuse_local_ddp_in_multirun(cfg)  # ends the whole sweep: every job would hit it
     output_dir, start = cfg.paths.output_dir, time.perf_counter()
     # Before status.json: a used directory is refused with nothing overwritten (unless resumed in place).
     reserve_output_dir(output_dir, cfg.ckpt_path)
@@ -167,8 +170,6 @@ def main(cfg: DictConfig) -> float | None:
         write_status(output_dir, "failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
                      duration_s=time.perf_counter() - start)
         if not hydra_run_identity().get("multirun"):
-            if isinstance(error, UserError):  # a bad config, a weights file missing offline, a layout mismatch
-                raise SystemExit(f"error: {error}") from None  # the message says it all: no traceback
             raise
         log.exception("this job failed (%s); the sweep goes on with the next one", output_dir)
         return None

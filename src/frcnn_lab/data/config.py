@@ -84,7 +84,7 @@ class DataConfig:
     split: str = "official"  # official (the source's splits) | random (split_fractions of its train set)
     split_fractions: Any = field(default_factory=lambda: [0.8, 0.2, 0.0])
     split_seed: int = 0
-    limit: int | None = None  # at most this many images per split (a seeded choice)
+    limit: int | None = None  # at most this many images per split (file sources: a seeded choice; synthetic: the first)
     include: Any = None  # curation: file(s) of image ids to keep (file sources)
     exclude: Any = None  # curation: file(s) of image ids to leave out (file sources)
     use_difficult: bool = False  # train on difficult / crowd boxes

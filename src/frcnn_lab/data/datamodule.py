@@ -51,6 +51,7 @@ from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
 from frcnn_lab.data.tiles import TiledImages
 from frcnn_lab.data.transforms import Resize, apply_transforms, build_transforms
+from frcnn_lab.errors import ConfigError
 
 SCENE_GENERATORS = {"easy": SyntheticScenes, "hard": ClutteredScenes}
 SPLITS = ("train", "val", "test")
@@ -209,6 +210,19 @@ def synthetic_splits(num_train: int, num_val: int, num_test: int, seed: int, num
     return splits
 
 
+def source_label(name: str, source: Mapping[str, Any]) -> str:
+    """The data as summaries and tables name it: a file source's name, or the synthetic variant from its source keys,
+    e.g. ``synthetic (hard)`` (data=synthetic_hard), ``synthetic (hard, canvases up to 2000 x 1500)``
+    (data=synthetic_large)."""
+    if name != "synthetic":
+        return name
+    variant = [] if source.get("difficulty", "easy") == "easy" else [str(source["difficulty"])]
+    if source.get("image_sizes"):
+        height, width = max(source["image_sizes"], key=lambda size: size[0] * size[1])
+        variant.append(f"canvases up to {width} x {height}")
+    return f"synthetic ({', '.join(variant)})" if variant else "synthetic"
+
+
 class DetectionDataModule(L.LightningDataModule):
     """The data of ``config`` (a ``DataConfig``, or a mapping of its keys such as ``cfg.data``; None: the
     embedded synthetic data, as the CLI's default).
@@ -219,8 +233,9 @@ class DetectionDataModule(L.LightningDataModule):
     side) or ``fixed_scale`` (every image times ``scale``), see ``transforms.Resize``. ``tiles``: the train split
     as overlapping tiles of its photos (``frcnn_lab.data.tiles``). ``split``: ``official`` (the source's splits)
     or ``random`` (``split_fractions`` of the source's train set, seeded by ``split_seed``). ``limit``: at most
-    this many images per split (a seeded choice). ``include`` / ``exclude``: curation files of image ids.
-    ``num_negatives``: size of the negatives set (synthetic) or its cap. ``augment``: train only.
+    this many images per split (a file source's: a seeded choice; a synthetic split's: its first scenes).
+    ``include`` / ``exclude``: curation files of image ids. ``num_negatives``: size of the negatives set
+    (synthetic) or its cap. ``augment``: train only.
 
     ``category_ids``: the id of each class in ``classes`` order for results files: 1..K, or for data=coco
     (after ``setup``) the source's own category ids; a class that merges several categories takes the id
@@ -263,8 +278,15 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _synthetic(self) -> dict[str, SceneRange]:
         if self.classes != list(SYNTHETIC_CLASSES):
-            raise ValueError(f"data.classes={self.classes} must be {list(SYNTHETIC_CLASSES)} for the synthetic source")
-        return synthetic_splits(**self.source_args, num_negatives=self.num_negatives or 0)
+            raise ConfigError(f"data.classes={self.classes} must be {list(SYNTHETIC_CLASSES)} for the synthetic source")
+        splits = synthetic_splits(**self.source_args, num_negatives=self.num_negatives or 0)
+        for split in SPLITS:
+            scenes = splits[split]
+            if self.limit is not None and len(scenes) > self.limit:
+                # The first scenes of the split's own range: the same ones whatever the other splits' sizes.
+                self.notes.append(f"{split}: {self.limit} of {len(scenes)} images used (limit)")
+                splits[split] = SceneRange(scenes.scenes, scenes.start, scenes.start + self.limit, scenes.drawn)
+        return splits
 
     def _id_list(self, paths: str | Sequence[str] | None) -> set[str] | None:
         if paths is None:

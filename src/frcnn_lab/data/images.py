@@ -16,12 +16,14 @@ from typing import NamedTuple
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from frcnn_lab.errors import UserError
+
 # EXIF orientations 5..8 turn the picture by 90 degrees: width and height swap.
 SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image file that is missing, empty, unreadable, corrupt, truncated or too large."""
 
 

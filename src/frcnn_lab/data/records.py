@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from frcnn_lab.data.images import ImageError, Probe, exif_transpose_boxes, probe
+from frcnn_lab.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Malformed annotations or a data config that cannot be satisfied; the message names file and entry."""
 
 

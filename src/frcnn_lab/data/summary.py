@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_lab.data.datamodule import source_label
 from frcnn_lab.data.samplers import repeat_factors
 from frcnn_lab.model.anchor_fit import WARN_SHARE, fit_report
 from frcnn_lab.model.backbones import feature_levels
@@ -134,7 +135,7 @@ def summarize(datamodule, anchors: dict[str, Any] | None = None) -> dict[str, An
         if len(shown) < EXAMPLES_PER_REASON:
             shown.append(f"[{entry['split']}] {entry['where']}")
     return {
-        "source": datamodule.name,
+        "source": source_label(datamodule.name, datamodule.source_args),
         "classes": datamodule.classes,
         "class_map": datamodule.class_map,
         "image_size": datamodule.image_size,

@@ -7,11 +7,13 @@ network without any pretrained weights before its own state dict fills it in.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
 
 from frcnn_lab.engine.module import DetectionModule
+from frcnn_lab.errors import BadInputError, ConfigError, MissingInputError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,11 +29,30 @@ def device_name(device: torch.device) -> str:
     return str(device)
 
 
+def check_checkpoint(ckpt_path: str | Path) -> None:
+    """Raise a UserError naming ``ckpt_path`` unless it is a checkpoint file that torch reads (its tensors are
+    mapped, not loaded: cheap enough to check before anything else starts)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise MissingInputError(f"ckpt_path={ckpt_path}: no such checkpoint file",
+                                hint="training writes <run dir>/checkpoints/best.ckpt and last.ckpt")
+    if not zipfile.is_zipfile(path):
+        raise BadInputError(f"ckpt_path={ckpt_path}: not a checkpoint, or a damaged one (not a complete zip archive, "
+                            "which torch.save writes)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch's error for a damaged file varies (RuntimeError, UnpicklingError, ...)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BadInputError(f"ckpt_path={ckpt_path}: the checkpoint cannot be read ({reason})") from error
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(checkpoint):
+        raise BadInputError(f"ckpt_path={ckpt_path}: not a checkpoint written by frcnn_lab.train (it lacks "
+                                   "state_dict or hyper_parameters)")
+
+
 def load_module(ckpt_path: str | Path, device: torch.device | str = "cpu") -> DetectionModule:
     """The trained DetectionModule in eval mode on ``device``, built from the checkpoint alone (no pretrained
-    weights read or downloaded); a missing file is named."""
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    weights read or downloaded); a missing or unreadable file is a UserError naming it."""
+    check_checkpoint(ckpt_path)
     module = DetectionModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True)
     return module.eval().to(device)
 
@@ -42,8 +63,8 @@ def input_sizes(module: DetectionModule, image_size: int | None = None,
     trained at. Raises ValueError when a size is needed and the checkpoint does not know it."""
     trained = module.hparams.get("image_size"), module.hparams.get("max_size")
     if None in trained and (image_size is None or max_size is None):
-        raise ValueError("the checkpoint records no input size and is not inside its training run: set image_size and "
-                         "max_size")
+        raise ConfigError("the checkpoint records no input size and is not inside its training run: set image_size "
+                          "and max_size")
     return requested_input_size(None if None in trained else trained, image_size, max_size)
 
 
@@ -57,7 +78,7 @@ def requested_input_size(trained: tuple[int, int] | None, image_size: int | None
     if image_size is not None and max_size is not None:
         return int(image_size), int(max_size)
     if trained is None:
-        raise ValueError(f"image_size={image_size}, max_size={max_size}: without a trained size, give both")
+        raise ConfigError(f"image_size={image_size}, max_size={max_size}: without a trained size, give both")
     if image_size is None:
         return int(trained[0]), int(max_size if max_size is not None else trained[1])
     return int(image_size), max(int(image_size), round(trained[1] * image_size / trained[0]))

@@ -14,6 +14,7 @@ from torch import Tensor
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.engine.checkpoints import input_sizes, load_module, requested_input_size, resolve_device
 from frcnn_lab.engine.module import DetectionModule
+from frcnn_lab.errors import ConfigError
 from frcnn_lab.inference.onnx_detector import OnnxDetector
 from frcnn_lab.inference.slicing import Slicing, detect_images
 
@@ -58,13 +59,13 @@ def load_photo_detector(ckpt_path: str | Path | None = None, model: str | Path |
     and ``model`` (an exported ``.onnx``, run by onnxruntime on the CPU), fed at ``image_size`` / ``max_size``,
     else at the size it was trained at (``checkpoints.requested_input_size``), whole or by ``slicing``."""
     if model is not None and ckpt_path is not None:
-        raise ValueError(f"ckpt_path={ckpt_path} and model={model}: name one of them")
+        raise ConfigError(f"ckpt_path={ckpt_path} and model={model}: name one of them")
     if model is not None:
         exported = OnnxDetector(model)
         trained = exported.image_size, exported.max_size
         return PhotoDetector(exported, *requested_input_size(trained, image_size, max_size), slicing)
     if ckpt_path is None:
-        raise ValueError("name the detector: ckpt_path=<file>.ckpt or model=<file>.onnx")
+        raise ConfigError("name the detector: ckpt_path=<file>.ckpt or model=<file>.onnx")
     module = load_module(ckpt_path, resolve_device(device))
     return PhotoDetector(module, *input_sizes(module, image_size, max_size), slicing)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from frcnn_lab.errors import BadInputError, MissingInputError
 from frcnn_lab.model.detector import rescale_boxes
 
 
@@ -26,7 +27,7 @@ class OnnxDetector:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"model={path}: no such ONNX file")
+            raise MissingInputError(f"model={path}: no such ONNX file")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only: the exporter's unused-initialiser notices are no news
@@ -35,7 +36,7 @@ class OnnxDetector:
         missing = [k for k in ("classes", "category_ids", "image_size", "max_size", "resize", "scale")
                    if k not in metadata]
         if missing:
-            raise ValueError(f"model={path} lacks the metadata {missing}: export it with python -m frcnn_lab.export")
+            raise BadInputError(f"model={path} lacks the metadata {missing}: export it with python -m frcnn_lab.export")
         self.path = path
         self.classes: list[str] = json.loads(metadata["classes"])
         self.image_size: int = json.loads(metadata["image_size"])

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
+from frcnn_lab.errors import OutputExistsError
+
 PREDICTIONS_FILE = "predictions_coco.json"
 GROUND_TRUTH_FILE = "ground_truth_coco.json"
 
@@ -95,7 +97,7 @@ def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` to ``path``; an existing file is never replaced."""
     path = Path(path)
     if path.exists():
-        raise FileExistsError(f"{path} exists already; choose another output folder")
+        raise OutputExistsError(f"{path} exists already; choose another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
@@ -111,6 +113,6 @@ def write_coco_files(folder: str | Path, preds: Sequence[dict[str, Tensor]], tar
     ids = [c["id"] for c in categories(classes, category_ids)]
     paths = folder / PREDICTIONS_FILE, folder / GROUND_TRUTH_FILE
     if existing := [str(p) for p in paths if p.exists()]:
-        raise FileExistsError(f"{existing} exist already; choose another output folder")
+        raise OutputExistsError(f"{existing} exist already; choose another output folder")
     gt = ground_truth(targets, classes, ids, image_sizes, file_names)
     return write_json(results(preds, ids), paths[0]), write_json(gt, paths[1])

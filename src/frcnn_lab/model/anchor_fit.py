@@ -26,6 +26,7 @@ import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import box_iou
 
+from frcnn_lab.errors import ConfigError
 from frcnn_lab.model.rpn import anchor_sizes_per_level
 
 AUTO = "auto"
@@ -96,7 +97,7 @@ def suggest_anchor_sizes(widths: np.ndarray, heights: np.ndarray, count: int) ->
     sqrt(w * h) at (i + 0.5) / count, so each size stands for an equal share of the boxes."""
     log_sides = np.log(np.sqrt(np.asarray(widths) * np.asarray(heights)))
     if not len(log_sides):
-        raise ValueError("rpn.anchor_sizes=auto needs boxes in the train split, and it has none")
+        raise ConfigError("rpn.anchor_sizes=auto needs boxes in the train split, and it has none")
     points = np.exp(np.quantile(log_sides, (np.arange(count) + 0.5) / count))
     sizes = np.maximum(np.round(points), 1.0)
     for i in range(1, count):
@@ -109,7 +110,7 @@ def suggest_aspect_ratios(widths: np.ndarray, heights: np.ndarray, count: int) -
     0.01 (repeats removed: square-ish boxes may give fewer)."""
     log_ratios = np.log(np.asarray(heights) / np.maximum(np.asarray(widths), 1e-6))
     if not len(log_ratios):
-        raise ValueError("rpn.aspect_ratios=auto needs boxes in the train split, and it has none")
+        raise ConfigError("rpn.aspect_ratios=auto needs boxes in the train split, and it has none")
     points = np.round(np.exp(np.quantile(log_ratios, (np.arange(count) + 0.5) / count)), 2)
     return [float(r) for r in dict.fromkeys(points.tolist())]
 

@@ -45,6 +45,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from frcnn_lab.checks import Checks
+from frcnn_lab.errors import MissingInputError
 from frcnn_lab.model.folding import fold_frozen_batchnorm
 from frcnn_lab.model.weights import load_state_dict
 
@@ -135,7 +136,7 @@ def build_backbone(config: BackboneConfig | None = None, pool_size: int | None =
     elif pretrained and weights != "none":
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"backbone.weights={weights!r}: no such file (or use imagenet | none)")
+            raise MissingInputError(f"backbone.weights={weights!r}: no such file (or use imagenet | none)")
         network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     if kwargs:
         fold_frozen_batchnorm(network)  # the same arithmetic in fewer passes over the activations

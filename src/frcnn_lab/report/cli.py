@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from frcnn_lab.errors import USER_ERROR_EXIT_CODE, one_line
 from frcnn_lab.report import convergence
 from frcnn_lab.report.budget import BUDGETS, STEPS
 from frcnn_lab.report.nonparametric import ROPE
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                             args.plateau_window, args.plateau_tolerance, args.target_difference, args.plateau_floor,
                             rope=args.rope, budget=args.budget, step_costs=args.step_costs,
                             cost_budget=args.cost_budget, reference=args.reference)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, FileExistsError, ValueError) as error:  # the folder, the output, an option's value
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
     text = path.read_text()
     print(text)
     if UNSETTLED_BANNER in text:

@@ -24,6 +24,7 @@ from frcnn_lab.metrics.coco_json import GROUND_TRUTH_FILE, PREDICTIONS_FILE
 from frcnn_lab.metrics.sizes import COCO_AREAS
 from frcnn_lab.metrics.tide import ERROR_TYPES as TIDE_ERROR_TYPES
 from frcnn_lab.metrics.tide import SPECIAL_TYPES as TIDE_SPECIAL_TYPES
+from frcnn_lab.runs.folders import EVALUATION_FILE
 from frcnn_lab.runs.tracking import flat_config
 
 TIDE_TYPES = (*TIDE_ERROR_TYPES, *TIDE_SPECIAL_TYPES)
@@ -148,7 +149,7 @@ def read_status(run: Path) -> tuple[str, str | None, float | None]:
 
 
 def latest_evaluation(run: Path) -> dict[str, Any] | None:
-    files = sorted((run / "evaluate").glob("*/evaluation.json"))
+    files = sorted((run / "evaluate").glob(f"*/{EVALUATION_FILE}"))
     return json.loads(files[-1].read_text()) if files else None
 
 

@@ -25,16 +25,65 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from frcnn_lab.errors import MissingInputError, OutputExistsError, UserError, exit_for_user_error
+
+EVALUATION_FILE = "evaluation.json"
+"""An evaluation's figures, in its run folder (``<run>/evaluate/<time>/``)."""
+
 CLAIM_FILE = ".frcnn_lab_run"
 """Created exclusively (O_EXCL) by the run that owns the directory; holds its pid, host and start time."""
 
 
-class OutputDirInUseError(RuntimeError):
+class OutputDirInUseError(UserError, RuntimeError):
     """The output directory already belongs to another run (earlier, or started in the same instant)."""
 
 
 _reserved: set[Path] = set()
 """Directories this process claimed ahead of the run that will use them (see reserve_output_dir)."""
+
+_created: dict[Path, list[Path]] = {}
+"""Run directory -> the directories this process created for it (itself and missing parents, deepest first)."""
+
+START_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", CLAIM_FILE, "status.json")
+"""What a run's directory holds before its work begins (besides Hydra's ``<task>.log``)."""
+
+
+def make_run_dir(output_dir: str | os.PathLike) -> Path:
+    """Create ``output_dir`` (and its missing parents), remembering what this process created, so that a start
+    refused for a user error can take it away again (remove_refused_run_dir)."""
+    directory = Path(output_dir).resolve()
+    missing = [path for path in (directory, *directory.parents) if not path.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    if missing and directory not in _created:
+        _created[directory] = missing
+    return directory
+
+
+def remove_refused_run_dir(output_dir: str | os.PathLike) -> bool:
+    """Remove the run directory of a start refused for a user error -> whether it was removed.
+
+    Only a directory this process created (make_run_dir) that holds nothing but what a start writes (START_FILES
+    and Hydra's log) goes, then the parents created with it that are empty; a directory that existed before, or
+    where the run began writing its results, is left as it is.
+    """
+    directory = Path(output_dir).resolve()
+    created = _created.get(directory)
+    if not created or not directory.is_dir():
+        return False
+    for path in directory.rglob("*"):
+        name = path.relative_to(directory).as_posix()
+        started = name in START_FILES or (path.parent == directory and path.suffix == ".log") or name == ".hydra"
+        if not started:
+            return False
+    shutil.rmtree(directory)
+    del _created[directory]
+    _reserved.discard(directory)
+    for parent in created[1:]:
+        try:
+            parent.rmdir()
+        except OSError:  # another run's directory is in it now
+            break
+    return True
 
 
 def claim_output_dir(output_dir: str | os.PathLike, resume_from: str | os.PathLike | None = None) -> Path:
@@ -46,8 +95,7 @@ def claim_output_dir(output_dir: str | os.PathLike, resume_from: str | os.PathLi
     interrupted run instead (see is_resume_in_place).
     Only the global rank 0 process claims: the other ranks of a multi-device run share rank 0's directory.
     """
-    directory = Path(output_dir).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_run_dir(output_dir)
     if rank_zero_only.rank != 0:
         return directory
     if directory in _reserved:
@@ -111,7 +159,7 @@ def _take_over_claim(directory: Path, ckpt_path: Path) -> Path:
             f"{directory} holds a completed run; to train it further, start a new run with ckpt_path={ckpt_path}."
         )
     if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: nothing to resume {directory} from")
+        raise MissingInputError(f"ckpt_path={ckpt_path} does not exist: nothing to resume {directory} from")
     hydra_files = directory / ".hydra"
     if hydra_files.is_dir():  # Hydra rewrites .hydra/ for the resumed run (a requeued job's already has): keep a copy
         shutil.copytree(hydra_files, directory / f".hydra.before_resume_{datetime.now():%Y%m%d-%H%M%S}")
@@ -158,20 +206,29 @@ class OutputDirGuard(Callback):
 
     Hydra saves the composed config into the output directory before the task starts; without this guard a
     run or sweep pointed at a used directory would overwrite the earlier one's ``.hydra/`` files first.
-    A refusal exits the process (SystemExit with the message): Hydra turns callback exceptions into warnings.
+    A refusal exits the process with the one-line error (Hydra turns callback exceptions into warnings).
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             reserve_output_dir(config.hydra.run.dir, config.get("ckpt_path"))
-        except OutputDirInUseError as error:
-            raise SystemExit(f"error: {error}") from None
+        except UserError as error:
+            exit_for_user_error(error)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             _create_claim(Path(config.hydra.sweep.dir).resolve())  # each job then claims its own subdirectory
-        except OutputDirInUseError as error:
-            raise SystemExit(f"error: {error}") from None
+        except UserError as error:
+            exit_for_user_error(error)
+
+
+class NewRunDir(Callback):
+    """Hydra callback of every entry point (``conf/hydra/default.yaml``): creates the run's directory before Hydra
+    writes ``.hydra/`` there, remembering whether this process created it (make_run_dir), so that a start refused
+    for a user error leaves no run folder behind."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        make_run_dir(config.hydra.run.dir)
 
 
 def training_run_dir(ckpt_path: str | Path) -> Path | None:
@@ -199,12 +256,17 @@ def evaluation_dir(ckpt_path: str, log_dir: str) -> str:
 
 class EvaluationRunDir(Callback):
     """Hydra callback of ``conf/evaluate.yaml``: puts the run folder under ``evaluation_dir`` (beside the
-    checkpoint's training run, where ``frcnn_lab.report`` looks) before Hydra creates it."""
+    checkpoint's training run, where ``frcnn_lab.report`` looks) before Hydra creates it; a folder given on the
+    command line that holds an evaluation already is refused before Hydra writes there."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if OmegaConf.is_missing(config, "ckpt_path") or any(
-                o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
-            return  # the task names the missing key; a folder given on the command line is kept
-        parent = evaluation_dir(str(config.ckpt_path), str(config.paths.log_dir))
-        with read_write(config.hydra.run):
-            config.hydra.run.dir = f"{parent}/{Path(config.hydra.run.dir).name}"
+        given = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
+        if not given and not OmegaConf.is_missing(config, "ckpt_path"):  # else the task names the missing key
+            parent = evaluation_dir(str(config.ckpt_path), str(config.paths.log_dir))
+            with read_write(config.hydra.run):
+                config.hydra.run.dir = f"{parent}/{Path(config.hydra.run.dir).name}"
+        results = Path(config.hydra.run.dir) / EVALUATION_FILE
+        if results.exists():
+            exit_for_user_error(OutputExistsError(
+                f"{results} exists already; evaluate writes each result to a new folder (leave hydra.run.dir out, "
+                "or name an unused folder)"))
