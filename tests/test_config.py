@@ -183,7 +183,8 @@ def test_cli_unknown_backbone_lists_the_choices(tmp_path):
     result = run_module("frcnn_lab.train", "backbone=alexnet", cwd=tmp_path)
     assert result.returncode == USER_ERROR_EXIT_CODE
     assert result.stderr == ("error: could not find the option 'backbone/alexnet'; the options of backbone are "
-                             "mobilenet_v2, mobilenet_v2_fpn, resnet50, resnet50_fpn, vgg16\n")
+                             "mobilenet_v2, mobilenet_v2_fpn, mobilenet_v3_large_320_fpn, mobilenet_v3_large_fpn, "
+                             "resnet50, resnet50_fpn, vgg16\n")
 
 
 def test_cli_impossible_value_stops_before_building_anything(tmp_path):
