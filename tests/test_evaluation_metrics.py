@@ -29,7 +29,7 @@ def metric_states(evaluation: DetectionEvaluation) -> dict[str, list[torch.Tenso
 class FixedDetections(nn.Module):
     """A detector stand-in that returns the same detections, on the device of the images."""
 
-    def forward(self, images, targets=None, original_sizes=None) -> DetectorOutput:
+    def forward(self, images, targets=None, original_sizes=None, proposals_per_image=None) -> DetectorOutput:
         device = images[0].device
         detection = {"boxes": torch.tensor([[1.0, 1.0, 20.0, 20.0], [5.0, 5.0, 30.0, 40.0]], device=device),
                      "scores": torch.tensor([0.9, 0.3], device=device),

@@ -195,8 +195,9 @@ class DetectionModule(L.LightningModule):
         """Timed detections of a batch (whole images, or tile by tile with ``slicing``), added to ``metrics``;
         predictions and targets stay on the device."""
         images, targets = batch
-        preds, ms_per_image = timed_forward(
-            lambda inputs: detect_images(self, inputs, self.slicing, budget=self.proposals_per_image), images)
+        budget = self.proposals_per_image if self.slicing is not None else None  # shared out over the tiles
+        preds, ms_per_image = timed_forward(lambda inputs: detect_images(self, inputs, self.slicing, budget=budget),
+                                            images)
         metrics.update(preds, targets, ms_per_image)
         return preds
 
