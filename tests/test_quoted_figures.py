@@ -117,6 +117,19 @@ def test_converged_study_table():
         assert row[1:5] == [f"{v:.3f}" for v in values] + [mean_sd(values)], row
 
 
+FIVE_SEEDS = EXPERIMENTS / "findings" / "five_seeds" / "runs"
+
+
+def test_five_seed_table():
+    rows = table("experiments/findings/README.md", "| cell | seed 0 | seed 1 | seed 2 | seed 3 | seed 4 |")
+    assert sorted(row[0] for row in rows) == sorted(name for name, key in STUDY_CELLS.items()
+                                                     if key in ("rois64_px600", "rois16_px600", "bglo01"))
+    for row in rows:
+        values = [best(FIVE_SEEDS / f"{STUDY_CELLS[row[0]]}_s{seed}") for seed in range(5)]
+        failed = sum(value < 0.05 for value in values)
+        assert row[1:8] == [f"{v:.3f}" for v in values] + [mean_sd(values), f"{failed}/5"], row
+
+
 def test_learning_speed_grid_table():
     rows = table("experiments/findings/README.md", "| `rpn.num_rois` | 300 px | 600 px |")
     assert [row[0] for row in rows] == ["4", "16", "64 (default)", "256"]
