@@ -5,6 +5,9 @@
 #   fixed    data.resize=fixed_scale data.scale=1.0: the canvases' own pixels, whole canvases
 #   tiles    fixed scale, training on 400 px tiles, validation on whole canvases
 #   sliced   fixed scale, training on 400 px tiles, validation on 400 px slices (inference.slicing)
+#   tiles_equal  as tiles, at the cost of the whole-canvas cell's 1,500 steps: a whole-canvas step costs 5.24 tile
+#            steps (experiments/bench/small_objects_steps_cpu.json, ratio_to_tiles), so 7,860 steps, the schedule
+#            stretched over them (run it alone with ONLY='tiles_equal_s[0-2]')
 # x seeds 0, 1, 2; then the anchor fit of the train boxes before and after rpn.anchor_sizes=auto (browse, into
 # RUNS_DIR.anchor_fit/). Extra overrides go to every cell (and the data.* ones to browse), e.g. trainer.max_steps=20.
 # Usage: bash experiments/small_objects/run.sh RUNS_DIR [python] [override ...]
@@ -22,7 +25,8 @@ for seed in 0 1 2; do
   cells+=("resize_s$seed data.resize=shortest_side data.image_size=600 data.max_size=1000 seed=$seed"
           "fixed_s$seed data.resize=fixed_scale data.scale=1.0 seed=$seed"
           "tiles_s$seed $tiles seed=$seed"
-          "sliced_s$seed $tiles inference.slicing.size=400 inference.slicing.overlap=0.2 seed=$seed")
+          "sliced_s$seed $tiles inference.slicing.size=400 inference.slicing.overlap=0.2 seed=$seed"
+          "tiles_equal_s$seed $tiles trainer.max_steps=7860 seed=$seed")
 done
 
 source "$(dirname "${BASH_SOURCE[0]}")/../findings/run_cells.sh"
