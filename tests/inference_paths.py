@@ -35,7 +35,7 @@ def detections_by_path(ckpt: Path, photo: Path, workdir: Path) -> dict[str, list
     from omegaconf import OmegaConf
 
     from frcnn_lab.data.images import load
-    from frcnn_lab.engine.checkpoints import input_sizes, load_module
+    from frcnn_lab.engine.checkpoints import load_module
     from frcnn_lab.engine.photos import load_photo_detector
     from frcnn_lab.evaluate import evaluate
     from frcnn_lab.export import export_metadata, export_onnx
@@ -55,7 +55,7 @@ def detections_by_path(ckpt: Path, photo: Path, workdir: Path) -> dict[str, list
     paths["sliced"] = rows(sliced["boxes"], sliced["scores"], sliced["labels"])
 
     module = load_module(ckpt)
-    onnx_file = export_onnx(module, workdir / "model.onnx", export_metadata(module, *input_sizes(module)))
+    onnx_file = export_onnx(module, workdir / "model.onnx", export_metadata(module, module.preprocess))
     exported = load_photo_detector(model=onnx_file)(pixels)
     paths["onnx"] = rows(exported["boxes"], exported["scores"], exported["labels"])
 

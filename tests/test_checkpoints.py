@@ -4,6 +4,7 @@ weights anywhere, and with the input size it was trained at."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.evaluate import evaluate
+from frcnn_lab.model.preprocess import PreprocessConfig
 from frcnn_lab.model.weights import OFFLINE_ENV
 from frcnn_lab.predict import predict
 from frcnn_lab.train import train
@@ -63,10 +65,11 @@ def test_evaluate_and_predict_from_the_checkpoint_file_alone(backbone, tmp_path,
     assert DetectionModule.load_from_checkpoint(ckpt, weights_only=True).classes == module.classes  # Lightning's way
     trained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(module.state_dict()[k], v) for k, v in trained.items())
-    assert module.hparams.image_size == SIZE and module.hparams.max_size == SIZE
+    assert module.hparams.preprocess["image_size"] == SIZE and module.hparams.preprocess["max_size"] == SIZE
     assert module.classes == ["camera", "phone"] and module.category_ids == [1, 2]
-    assert module.hparams.normalization["mean"] == pytest.approx(backbones.IMAGENET_MEAN)
-    assert module.hparams.normalization["std"] == pytest.approx(backbones.IMAGENET_STD)
+    assert module.hparams.preprocess["image_mean"] == pytest.approx(backbones.IMAGENET_MEAN)
+    assert module.hparams.preprocess["image_std"] == pytest.approx(backbones.IMAGENET_STD)
+    assert module.preprocess == PreprocessConfig(**module.hparams.preprocess)
 
     results = evaluate(compose_config("evaluate", [f"ckpt_path={ckpt}", "data=synthetic", "data.source.num_test=2",
                                                    "data.num_negatives=0", "score_threshold=0.0"], alone / "eval"))
@@ -84,26 +87,26 @@ def test_evaluate_and_predict_from_the_checkpoint_file_alone(backbone, tmp_path,
 
 def test_a_given_image_size_keeps_the_trained_ratio_and_a_sizeless_checkpoint_asks_for_one(trained_run):
     """Older layouts without sizes: tests/test_migration.py."""
-    from frcnn_lab.engine.checkpoints import input_sizes
-
     module = load_module(trained_run / "checkpoints" / "best.ckpt")
-    image_size, max_size = module.hparams.image_size, module.hparams.max_size
-    assert input_sizes(module) == (image_size, max_size)
-    assert input_sizes(module, image_size=2 * image_size) == (2 * image_size, 2 * max_size)
-    assert input_sizes(module, image_size=100, max_size=150) == (100, 150)
-    module.hparams.image_size = module.hparams.max_size = None
+    trained = module.preprocess
+    assert module.preprocess.at() == trained
+    assert module.preprocess.at(image_size=2 * trained.image_size) == replace(
+        trained, image_size=2 * trained.image_size, max_size=2 * trained.max_size)
+    assert module.preprocess.at(image_size=100, max_size=150) == replace(trained, image_size=100, max_size=150)
+    sizeless = replace(trained, image_size=None, max_size=None)
     with pytest.raises(ValueError, match="set image_size and max_size"):
-        input_sizes(module, image_size=300)
+        sizeless.at(image_size=300)
+    assert sizeless.at(image_size=100, max_size=150) == replace(trained, image_size=100, max_size=150)
 
 
 def test_the_requested_input_size_rule():
-    from frcnn_lab.engine.checkpoints import requested_input_size
+    def sizes(config: PreprocessConfig) -> tuple[int, int]:
+        return config.image_size, config.max_size
 
-    assert requested_input_size((300, 500)) == (300, 500)
-    assert requested_input_size((300, 500), image_size=600) == (600, 1000)  # the trained ratio of the two
-    assert requested_input_size((300, 500), max_size=400) == (300, 400)
-    assert requested_input_size((300, 300), image_size=200) == (200, 200)
-    assert requested_input_size((600, 300), image_size=200) == (200, 200)  # never below image_size
-    assert requested_input_size(None, image_size=100, max_size=150) == (100, 150)
-    with pytest.raises(ValueError, match="without a trained size, give both"):
-        requested_input_size(None, image_size=100)
+    trained = PreprocessConfig(image_size=300, max_size=500)
+    assert sizes(trained.at()) == (300, 500)
+    assert sizes(trained.at(image_size=600)) == (600, 1000)  # the trained ratio of the two
+    assert sizes(trained.at(max_size=400)) == (300, 400)
+    assert sizes(PreprocessConfig(image_size=300, max_size=300).at(image_size=200)) == (200, 200)
+    assert sizes(PreprocessConfig(image_size=600, max_size=600).at(image_size=200)) == (200, 200)
+    assert trained.at(image_size=600).resize == "shortest_side" and trained.at().scale == 1.0

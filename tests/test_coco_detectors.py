@@ -114,8 +114,7 @@ def test_converted_checkpoint_detects_as_torchvision(saved, layout, tmp_path):
     convert(str(saved.path(layout)), checkpoint, layout)
     module = load_module(checkpoint)
     settings = torchvision_settings(layout)["data"]
-    assert (module.hparams["image_size"], module.hparams["max_size"]) == (settings["image_size"],
-                                                                       settings["max_size"])
+    assert (module.preprocess.image_size, module.preprocess.max_size) == (settings["image_size"], settings["max_size"])
     assert module.classes == coco_classes()[0] and module.category_ids == list(range(1, 91))
     assert module.classes[CELL_PHONE - 1] == "cell phone" and module.classes[11] == "unused_12"
     with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.export import export, export_metadata, export_onnx, export_torchscript
 from frcnn_lab.inference.onnx_detector import OnnxDetector
+from frcnn_lab.model.preprocess import PreprocessConfig
 from frcnn_lab.predict import predict
 from frcnn_lab.train import build_module
 from support import compose_config
@@ -24,7 +26,7 @@ CROPS = [(320, 320), (240, 320), (320, 200), (150, 320), (320, 97)]
 
 def resized_inputs(image_size: int, max_size: int) -> list[tuple[torch.Tensor, tuple[int, int]]]:
     scene = SyntheticScenes(1, seed=3, image_sizes=((320, 320),))[0]["image"]
-    transforms = build_transforms(image_size, max_size, train=False)
+    transforms = build_transforms(PreprocessConfig(image_size=image_size, max_size=max_size), train=False)
     inputs = []
     for height, width in CROPS:
         pixels = np.ascontiguousarray(scene[:height, :width])
@@ -54,9 +56,11 @@ def module(initialised_checkpoint):
 
 
 def test_onnx_matches_pytorch_at_several_sizes(module, tmp_path):
-    path = export_onnx(module, tmp_path / "model.onnx", export_metadata(module, 200, 400))
+    path = export_onnx(module, tmp_path / "model.onnx", export_metadata(module, module.preprocess.at(200, 400)))
     runner = OnnxDetector(path, threads=1)
-    assert (runner.classes, runner.image_size, runner.max_size) == (module.classes, 200, 400)
+    assert runner.classes == module.classes
+    # the resize as the metadata gives it; the normalisation is inside the graph
+    assert runner.preprocess == replace(module.preprocess.at(200, 400), image_mean=None, image_std=None)
     inputs = resized_inputs(200, 400)
     assert len({tuple(image.shape) for image, _ in inputs}) == len(CROPS)  # each a different input size
     for image, original in inputs:
@@ -68,7 +72,7 @@ def test_onnx_matches_pytorch_at_several_sizes(module, tmp_path):
 
 
 def test_torchscript_matches_pytorch(module, tmp_path):
-    path = export_torchscript(module, tmp_path / "model.pt", export_metadata(module, 200, 400))
+    path = export_torchscript(module, tmp_path / "model.pt", export_metadata(module, module.preprocess.at(200, 400)))
     extra = {"frcnn_lab.json": ""}
     traced = torch.jit.load(str(path), _extra_files=extra)
     assert json.loads(extra["frcnn_lab.json"])["classes"] == module.classes
@@ -146,7 +150,7 @@ def fpn_export(request, tmp_path_factory):
     detector.roi_head.score_thresh = 0.0
     rpn_head, predictor = detector.rpn.head, detector.roi_head.predictor
     with torch.no_grad():
-        batch = detector.batch_images([resized_inputs(*sizes)[0][0]])
+        batch = detector.preprocess([resized_inputs(*sizes)[0][0]])
         features = detector.trunk(batch.tensors)
         hidden = [torch.relu(rpn_head.conv(level)) for level in features.values()]
         spread_outputs(rpn_head.cls_logits, torch.cat([rpn_head.cls_logits(h).flatten() for h in hidden]), 1.0)
@@ -155,7 +159,8 @@ def fpn_export(request, tmp_path_factory):
         representation = detector.roi_head.tail(detector.roi_head.pooler(features, proposals))
         spread_outputs(predictor.cls_score, predictor.cls_score(representation), 2.0)
         spread_outputs(predictor.bbox_pred, predictor.bbox_pred(representation), 0.5)
-    path = export_onnx(module, tmp_path_factory.mktemp("fpn") / "model.onnx", export_metadata(module, *sizes))
+    metadata = export_metadata(module, module.preprocess.at(*sizes))
+    path = export_onnx(module, tmp_path_factory.mktemp("fpn") / "model.onnx", metadata)
     yield module, path, sizes
     torch.set_num_threads(threads)
 
@@ -171,7 +176,7 @@ def test_onnx_of_an_fpn_detector_matches_pytorch_at_several_sizes(fpn_export):
     for image, original in inputs:
         with torch.no_grad():
             (expected,) = module([image], original_sizes=[original])
-            batch = detector.batch_images([image])
+            batch = detector.preprocess([image])
             proposals, _, _, _ = detector.rpn(batch, detector.trunk(batch.tensors))
         pooled_levels.append(set(detector.roi_head.pooler.level_mapper(proposals).tolist()))
         (actual,) = runner([image], original_sizes=[original])
@@ -187,12 +192,12 @@ def test_cli_exports_an_fpn_checkpoint(fpn_export, tmp_path):
     """``frcnn_lab.export`` takes a checkpoint with several feature levels to a file that onnxruntime runs alike."""
     module, _, sizes = fpn_export
     ckpt = tmp_path / "fpn.ckpt"
-    hparams = {**module.hparams, "image_size": sizes[0], "max_size": sizes[1]}
+    hparams = {**module.hparams, "preprocess": asdict(module.preprocess.at(*sizes))}
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams,
                 "pytorch-lightning_version": "2.0.0"}, ckpt)
     path = export(compose_config("export", [f"ckpt_path={ckpt}"], tmp_path))
     runner = OnnxDetector(path, threads=1)
-    assert (runner.image_size, runner.max_size) == sizes  # the sizes the checkpoint records
+    assert (runner.preprocess.image_size, runner.preprocess.max_size) == sizes  # the sizes the checkpoint records
     image, original = resized_inputs(*sizes)[1]
     with torch.no_grad():
         (expected,) = load_module(ckpt)([image], original_sizes=[original])
@@ -220,4 +225,4 @@ def test_predict_and_serve_feed_an_onnx_model_given_only_image_size_alike(fpn_ex
     serve.main()
     half = (sizes[0] // 2, sizes[1] // 2)  # the file's ratio of the two
     assert (summary["image_size"], summary["max_size"]) == half
-    assert (served["detector"].image_size, served["detector"].max_size) == half
+    assert (served["detector"].preprocess.image_size, served["detector"].preprocess.max_size) == half

@@ -7,15 +7,17 @@ order, and no weights (loaded with ``strict=False``: a freshly built model of th
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
-from frcnn_lab.engine.checkpoints import input_sizes
 from frcnn_lab.engine.migration import read_hparams, upgrade_hparams
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.inference.slicing import Slicing
+from frcnn_lab.model.backbones import IMAGENET_MEAN, IMAGENET_STD
+from frcnn_lab.model.preprocess import PreprocessConfig
 
 LAYOUTS = Path(__file__).parent / "checkpoints"
 pytestmark = pytest.mark.filterwarnings("ignore:.*(state dict|checkpoint):UserWarning")
@@ -40,23 +42,32 @@ def test_every_layout_loads_with_its_own_settings(path):
         assert not isinstance(module.detector.roi_head.tail, TwoMLPHead)
     else:
         assert isinstance(module.detector.roi_head.tail, TwoMLPHead)
-    assert module.hparams.resize == saved.get("resize", "shortest_side")
-    assert module.hparams.scale == saved.get("scale", 1.0)
+    assert module.preprocess.resize == saved.get("resize", "shortest_side")
+    assert module.preprocess.scale == saved.get("scale", 1.0)
+    normalization = saved.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    assert (module.preprocess.image_mean, module.preprocess.image_std) == (normalization["mean"], normalization["std"])
+    assert module.hparams.preprocess == asdict(module.preprocess)
+    assert not {"image_size", "max_size", "resize", "scale", "normalization"} & set(module.hparams)
     assert module.slicing == Slicing.from_config(saved.get("slicing"))
     assert "on_nonfinite" not in module.hparams and "val_images" not in module.hparams
     if "image_size" in saved:
-        assert input_sizes(module) == (saved["image_size"], saved["max_size"])
+        assert sizes(module.preprocess) == (saved["image_size"], saved["max_size"])
     else:  # a loose checkpoint of the first layouts knows no input size: inference asks for one
         with pytest.raises(ValueError, match="set image_size and max_size"):
-            input_sizes(module)
-        assert input_sizes(module, 300, 500) == (300, 500)
+            module.preprocess.at()
+        assert sizes(module.preprocess.at(300, 500)) == (300, 500)
+
+
+def sizes(preprocess: PreprocessConfig) -> tuple[int | None, int | None]:
+    return preprocess.image_size, preprocess.max_size
 
 
 def test_a_checkpoint_in_its_run_folder_takes_the_sizes_of_its_run():
     module = load(LAYOUTS / "run_of_layout_1" / "checkpoints" / "best.ckpt")
-    assert input_sizes(module) == (320, 480)
+    assert sizes(module.preprocess.at()) == (320, 480)
 
 
 def test_todays_layout_is_left_as_it_is():
-    hparams = upgrade_hparams(read_hparams(LAYOUTS / "layout_6_box_head.ckpt"), LAYOUTS / "layout_6_box_head.ckpt")
-    assert upgrade_hparams(hparams, "elsewhere.ckpt") == hparams
+    module = load(LAYOUTS / "layout_7_flat_input_sizes.ckpt")
+    hparams = upgrade_hparams(dict(module.hparams), "elsewhere.ckpt")
+    assert upgrade_hparams(hparams, "elsewhere.ckpt") == hparams == dict(module.hparams)

@@ -84,7 +84,7 @@ def build_models(backbone: str) -> Models:
     ).eval()
     images = [scene(h, w, seed) for seed, (h, w) in enumerate(IMAGE_SIZES)]
 
-    features = estimate_batchnorm_statistics(ours.trunk, ours.batch_images(images).tensors)
+    features = estimate_batchnorm_statistics(ours.trunk, ours.preprocess(images).tensors)
     corners = torch.rand(64, 2) * 200
     boxes = torch.cat([corners, corners + 16 + torch.rand(64, 2) * 100], dim=1)
     estimate_batchnorm_statistics(ours.roi_head.tail, ours.roi_head.pooler(features, [boxes] * len(images)))
@@ -103,7 +103,7 @@ def build_models(backbone: str) -> Models:
     if backbone == "resnet50_fpn":
         theirs = torchvisions_resnet50_fpn(theirs)
     theirs.eval()
-    assert theirs.transform.size_divisible == ours.size_divisible == 32
+    assert theirs.transform.size_divisible == ours.preprocess.size_divisible == 32
     assert theirs.roi_heads.box_coder.weights == ours.roi_head.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
     assert theirs.rpn.box_coder.weights == ours.rpn.box_coder.weights
     assert ours.rpn.min_size == theirs.rpn.min_size and ours.roi_head.min_size == 1e-2  # torchvision's fixed values
@@ -144,7 +144,7 @@ def test_batched_images_match_torchvisions_transform(models, case):
     images = [models.images[i] for i in CASES[case]]
     with torch.no_grad():
         theirs, _ = without_resizing(models.theirs, images).transform(images)
-    ours = models.ours.batch_images(images)
+    ours = models.ours.preprocess(images)
     assert ours.image_sizes == theirs.image_sizes
     torch.testing.assert_close(ours.tensors, theirs.tensors, atol=1e-6, rtol=0)
 
@@ -157,7 +157,7 @@ def test_rpn_proposals_match_torchvision(models, case):
         theirs_model = without_resizing(models.theirs, images)
         image_list, _ = theirs_model.transform(images)
         theirs, _ = theirs_model.rpn(image_list, theirs_model.backbone(image_list.tensors))
-        batch = models.ours.batch_images(images)
+        batch = models.ours.preprocess(images)
         ours, scores, _, _ = models.ours.rpn(batch, models.ours.trunk(batch.tensors))
     for our_boxes, their_boxes, our_scores in zip(ours, theirs, scores, strict=True):
         assert len(our_boxes) == len(their_boxes) == RPN["post_nms_top_n_test"]

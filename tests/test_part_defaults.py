@@ -19,6 +19,7 @@ from frcnn_lab.inference.slicing import Slicing
 from frcnn_lab.model.backbones import BackboneConfig, build_backbone
 from frcnn_lab.model.detector import build_detector
 from frcnn_lab.model.losses import LossConfig
+from frcnn_lab.model.preprocess import PreprocessConfig
 from frcnn_lab.model.roi_head import RoIHead, RoIHeadConfig
 from frcnn_lab.model.roi_pooling import RoIPooler
 from frcnn_lab.model.rpn import RegionProposalNetwork, RPNConfig
@@ -62,14 +63,15 @@ def test_each_part_built_bare_is_the_default_configs_part(make_config):
     pooler = RoIPooler("roi_align", 7, {"c4": 16})
     assert describe(RoIHead(pooler, nn.Flatten(), 8, 3)) == describe(
         RoIHead(pooler, nn.Flatten(), 8, 3, part["roi_head"], part["rpn"].num_rois, part["loss"]))
+    assert part["data"].preprocess() == PreprocessConfig()
     assert describe(build_detector(pretrained=False)) == describe(build_detector(
-        part["backbone"], part["rpn"], part["roi_head"], part["loss"], len(part["data"].classes), pretrained=False))
+        part["backbone"], part["rpn"], part["roi_head"], part["loss"], len(part["data"].classes), pretrained=False,
+        preprocess=part["data"].preprocess()))
 
     bare, configured = DetectionModule(pretrained_backbone=False), DetectionModule(
         **{k: OmegaConf.to_container(cfg[k]) for k in ("backbone", "rpn", "roi_head", "loss", "optim")},
         classes=list(cfg.data.classes), mode=cfg.model.mode, channels_last=cfg.model.channels_last,
-        score_threshold=cfg.eval.score_threshold, image_size=cfg.data.image_size, max_size=cfg.data.max_size,
-        resize=cfg.data.resize, scale=cfg.data.scale, pretrained_backbone=False)
+        score_threshold=cfg.eval.score_threshold, preprocess=part["data"].preprocess(), pretrained_backbone=False)
     assert dict(bare.hparams) == dict(configured.hparams)
     assert DetectionDataModule().config == DetectionDataModule(cfg.data).config
     assert Slicing.from_config(None) is Slicing.from_config(cfg.inference.slicing) is None

@@ -17,6 +17,7 @@ from frcnn_lab.data.config import AugmentConfig
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.engine.photos import PhotoDetector
+from frcnn_lab.model.preprocess import PreprocessConfig
 from frcnn_lab.train import build_module
 from support import compose_config
 
@@ -52,8 +53,7 @@ def datamodule(train: Path, val: Path, **overrides) -> DetectionDataModule:
 
 def input_box_side(module: DetectionDataModule, split: str) -> tuple[float, float, tuple[int, int]]:
     dataset = module.datasets[split]
-    dataset.transforms = build_transforms(module.image_size, module.max_size, train=False,
-                                          resize=module.resize.policy, scale=module.resize.scale)  # no flips
+    dataset.transforms = build_transforms(module.preprocess, train=False)  # no flips
     image, target = dataset[0]
     (x1, y1, x2, y2), = target["boxes"].tolist()
     return x2 - x1, y2 - y1, tuple(image.shape[-2:])
@@ -99,7 +99,7 @@ def test_scale_jitter_rescales_image_and_boxes_within_its_range():
     image = np.zeros((100, 200, 3), np.uint8)
     sample = {"image": image, "boxes": np.array([[20, 10, 60, 50]], np.float32), "labels": np.array([1]),
               "image_id": "a"}
-    transforms = build_transforms(100, 1000, train=True, scale_jitter=[0.5, 2.0])
+    transforms = build_transforms(PreprocessConfig(image_size=100, max_size=1000), train=True, scale_jitter=[0.5, 2.0])
     factors = []
     for seed in range(20):
         transforms.set_random_seed(seed)
@@ -118,7 +118,7 @@ def test_a_read_only_image_at_scale_1_passes_without_a_warning(recwarn):
     image.flags.writeable = False  # as np.asarray(PIL image) gives it
     sample = {"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
               "image_id": "a"}
-    tensor, _ = apply_transforms(build_transforms(600, 1000, train=False, resize="fixed_scale"), sample)
+    tensor, _ = apply_transforms(build_transforms(PreprocessConfig(resize="fixed_scale"), train=False), sample)
     assert torch.equal(tensor, torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255)
     assert not [w for w in recwarn if "not writable" in str(w.message)]
 
@@ -126,8 +126,8 @@ def test_a_read_only_image_at_scale_1_passes_without_a_warning(recwarn):
 def test_the_checkpoint_carries_the_policy_to_inference():
     cfg = compose_config("config", ["backbone.weights=none", "data.resize=fixed_scale", "data.scale=0.5"])
     module = build_module(cfg)
-    assert (module.hparams.resize, module.hparams.scale) == ("fixed_scale", 0.5)
-    detector = PhotoDetector(module.eval(), 320, 320)
+    assert (module.preprocess.resize, module.preprocess.scale) == ("fixed_scale", 0.5)
+    detector = PhotoDetector(module.eval())
     sample = {"image": np.zeros((100, 240, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
               "labels": np.zeros(0, np.int64), "image_id": "photo"}
     tensor, _ = apply_transforms(detector.transforms, sample)

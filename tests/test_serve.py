@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn_lab.engine.checkpoints import input_sizes, load_module
+from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.engine.photos import PhotoDetector
 from frcnn_lab.inference.drawing import CLASS_COLORS
 from frcnn_lab.serve import example_images
@@ -52,7 +52,7 @@ def test_predict_answers_the_checkpoints_detections(server, initialised_checkpoi
     assert (body["height"], body["width"]) == pixels.shape[:2]
 
     module = load_module(initialised_checkpoint, torch.device("cpu"))
-    expected = PhotoDetector(module, *input_sizes(module))(pixels)
+    expected = PhotoDetector(module)(pixels)
     detections = body["detections"]
     assert len(detections) == len(expected["boxes"]) > 0
     for got, box, label, score in zip(detections, expected["boxes"].tolist(), expected["labels"].tolist(),
@@ -69,7 +69,7 @@ def test_the_score_threshold_filters_predict_and_starts_the_slider(initialised_c
     from frcnn_lab.serve import create_app
 
     module = load_module(initialised_checkpoint, torch.device("cpu"))
-    detector = PhotoDetector(module, *input_sizes(module))
+    detector = PhotoDetector(module)
     png = example_images(None)["scene0.png"]
     upload = {"file": ("scene0.png", png, "image/png")}
     client = TestClient(create_app(detector, {}))

@@ -21,7 +21,7 @@ from scipy import ndimage
 from torch import nn
 
 from frcnn_lab.config import ConfigError, validate
-from frcnn_lab.engine.checkpoints import input_sizes, load_module
+from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.engine.photos import PhotoDetector, configured_photo_detector
 from frcnn_lab.evaluate import evaluate
 from frcnn_lab.inference.slicing import Slicing, detect_images, detect_sliced, merge_detections
@@ -208,10 +208,9 @@ def test_one_tile_over_the_whole_photo_gives_the_unsliced_detections(initialised
     module = load_module(initialised_checkpoint, torch.device("cpu"))
     pixels = np.asarray(Image.new("RGB", (240, 180), (90, 140, 60)))
     pixels = (pixels + np.random.default_rng(0).integers(0, 60, pixels.shape)).astype(np.uint8)
-    sizes = input_sizes(module)
-    plain = PhotoDetector(module, *sizes)(pixels)
+    plain = PhotoDetector(module)(pixels)
     # nms at the head's own IoU changes nothing in the head's output: the same detections, from one tile
-    one_tile = PhotoDetector(module, *sizes, Slicing(size=4096, merge="nms", match_metric="iou"))(pixels)
+    one_tile = PhotoDetector(module, slicing=Slicing(size=4096, merge="nms", match_metric="iou"))(pixels)
     assert len(plain["boxes"]) > 0 and np.allclose(as_rows(one_tile), as_rows(plain), atol=1e-4)
 
 
@@ -228,8 +227,8 @@ def test_predict_and_serve_slice_with_the_option(initialised_checkpoint, tmp_pat
     slicing = Slicing(size=192, merge="nms", match_metric="iou")
     assert summary["slicing"] == {**slicing.__dict__}
     module = load_module(initialised_checkpoint, torch.device("cpu"))
-    expected = PhotoDetector(module, *input_sizes(module), slicing)(pixels)
-    unsliced = PhotoDetector(module, *input_sizes(module))(pixels)
+    expected = PhotoDetector(module, slicing=slicing)(pixels)
+    unsliced = PhotoDetector(module)(pixels)
     written = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert len(written) == len(expected["boxes"]) > 0 and as_rows(expected) != as_rows(unsliced)
     assert sorted(round(d["score"], 4) for d in written) == sorted(round(s, 4) for s in expected["scores"].tolist())

@@ -37,6 +37,7 @@ from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.export import export_metadata, export_onnx
 from frcnn_lab.inference.onnx_detector import OnnxDetector
+from frcnn_lab.model.preprocess import PreprocessConfig
 from frcnn_lab.train import build_module
 
 
@@ -49,10 +50,10 @@ def detector(ckpt: Path | None) -> DetectionModule:
     return build_module(cfg).eval()
 
 
-def images(image_size: int, count: int) -> list[torch.Tensor]:
+def images(preprocess: PreprocessConfig, count: int) -> list[torch.Tensor]:
     """Synthetic scenes (square, landscape, portrait) resized the training way."""
     scenes = SyntheticScenes(count, seed=11)
-    transforms = build_transforms(image_size, image_size * 2, train=False)
+    transforms = build_transforms(preprocess, train=False)
     empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "image_id": "bench"}
     return [apply_transforms(transforms, {**empty, "image": scenes[i]["image"]})[0] for i in range(count)]
 
@@ -60,10 +61,10 @@ def images(image_size: int, count: int) -> list[torch.Tensor]:
 def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(args.threads)
     module = detector(args.ckpt)
-    inputs = images(args.image_size, args.images)
+    preprocess = module.preprocess.at(args.image_size, args.image_size * 2)
+    inputs = images(preprocess, args.images)
     with tempfile.TemporaryDirectory() as folder:
-        path = export_onnx(module, Path(folder) / "model.onnx", export_metadata(module, args.image_size,
-                                                                              args.image_size * 2))
+        path = export_onnx(module, Path(folder) / "model.onnx", export_metadata(module, preprocess))
         runner = OnnxDetector(path, threads=args.threads)
 
     def with_torch(image: torch.Tensor) -> None:

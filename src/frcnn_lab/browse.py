@@ -112,7 +112,7 @@ def plot_summary(datamodule: DetectionDataModule, path: Path, anchor_sizes: Sequ
                            label="anchor sizes" if number == 0 else None)
         if len(sides) or len(anchor_sizes):
             row[1].legend(fontsize="small")
-        row[1].set_title(f"{split}: box side sqrt(w*h), input px (image_size {datamodule.image_size})")
+        row[1].set_title(f"{split}: box side sqrt(w*h), input px (image_size {datamodule.preprocess.image_size})")
         images_with = np.bincount(per_image)
         row[2].bar(range(len(images_with)), images_with, color="grey")
         row[2].set_xticks(range(len(images_with)))

@@ -7,7 +7,7 @@ one ConfigError listing every problem of that part, each naming the key, its val
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -85,6 +85,14 @@ class Checks:
     def box_weights(self, name: str, value: Any) -> bool:
         ok = is_sequence(value) and len(value) == 4 and positive_numbers(value)
         return self.require(name, value, ok, "4 numbers > 0 (dx, dy, dw, dh)")
+
+    def part(self, build: Callable[[], T]) -> T | None:
+        """``build()``: a part's config that checks itself (e.g. ``data``'s preprocessing); its problems join these."""
+        try:
+            return build()
+        except ConfigError as error:
+            self.problems += error.problems
+            return None
 
     def done(self) -> None:
         if self.problems:

@@ -25,7 +25,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from frcnn_lab.checks import typed
 from frcnn_lab.config import CONFIG_DIR, validate
+from frcnn_lab.data.config import DataConfig
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.errors import USER_ERROR_EXIT_CODE, UserError
 from frcnn_lab.model.detection_weights import TORCHVISION_DETECTORS, coco_classes, torchvision_settings
@@ -68,8 +70,8 @@ def convert(source: str, output: Path, backbone: str, overrides: list[str] = ())
     classes, category_ids = coco_classes()
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_GROUPS[:5]}
     module = DetectionModule(
-        **groups, classes=classes, category_ids=category_ids, image_size=cfg.data.image_size,
-        max_size=cfg.data.max_size, channels_last=cfg.model.channels_last, weights=source, init_classes="by_name",
+        **groups, classes=classes, category_ids=category_ids, channels_last=cfg.model.channels_last,
+        preprocess=typed(DataConfig, cfg.data, "data").preprocess(), weights=source, init_classes="by_name",
     )
     if len(module.init_classes_from) != len(classes):  # every COCO label keeps its own rows
         missing = sorted(set(classes) - set(module.init_classes_from))
@@ -89,9 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     except (UserError, FileExistsError, ValueError) as error:  # what the user can fix: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
-    hparams = module.hparams
-    print(f"{args.output}: {args.backbone}, {len(module.classes)} COCO classes, input {hparams['image_size']} / "
-          f"{hparams['max_size']} px")
+    print(f"{args.output}: {args.backbone}, {len(module.classes)} COCO classes, input {module.preprocess.image_size} / "
+          f"{module.preprocess.max_size} px")
 
 
 if __name__ == "__main__":

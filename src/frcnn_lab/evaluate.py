@@ -33,14 +33,14 @@ from omegaconf import DictConfig, OmegaConf
 from frcnn_lab.cli import hydra_main
 from frcnn_lab.data.datamodule import DetectionDataModule, source_label
 from frcnn_lab.data.records import DataError
-from frcnn_lab.engine.checkpoints import device_name, input_sizes, load_module, resolve_device
-from frcnn_lab.engine.photos import trained_resize
+from frcnn_lab.engine.checkpoints import device_name, load_module, resolve_device
 from frcnn_lab.errors import ConfigError, OutputExistsError
 from frcnn_lab.inference.slicing import Slicing
 from frcnn_lab.metrics.coco_json import write_coco_files
 from frcnn_lab.metrics.confusion import confusion_png, format_confusion
 from frcnn_lab.metrics.sizes import format_sizes
 from frcnn_lab.metrics.tide import format_tide
+from frcnn_lab.model.preprocess import RESIZE_KEYS
 from frcnn_lab.runs.folders import EVALUATION_FILE, run_data_config
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,10 @@ def evaluate(cfg: DictConfig, coco_dir: str | Path | None = None) -> dict[str, A
     data = data_config(cfg)
     if list(data["classes"]) != module.classes:
         raise ConfigError(f"data.classes={list(data['classes'])} differ from the checkpoint's classes {module.classes}")
-    # The input size the detector was trained at unless image_size / max_size say otherwise; one image per
-    # batch (the thesis's test protocol).
-    data["image_size"], data["max_size"] = input_sizes(module, cfg.image_size, cfg.max_size)
-    data.update(trained_resize(module))
-    data["batch_size"] = 1
+    # The detector's resize, at the input size it was trained at unless image_size / max_size say otherwise; one
+    # image per batch (the thesis's test protocol).
+    preprocess = module.preprocess.at(cfg.image_size, cfg.max_size)
+    data.update({key: getattr(preprocess, key) for key in RESIZE_KEYS}, batch_size=1)
     module.score_threshold = cfg.score_threshold if cfg.score_threshold is not None else module.score_threshold
     module.voc07 = data["name"] == "voc"
     datamodule = DetectionDataModule(data)

@@ -3,8 +3,8 @@
 
 The exported graph takes one image and holds the rest of inference:
 
-- input ``image``: float32 (3, H, W), RGB in [0, 1], already resized the training way (shortest side to
-  ``image_size``, long side at most ``max_size``); H and W are dynamic.
+- input ``image``: float32 (3, H, W), RGB in [0, 1], already resized the training way (the checkpoint's
+  ``preprocess``: e.g. shortest side to ``image_size``, long side at most ``max_size``); H and W are dynamic.
 - inside: the detector's own inference (``FasterRCNN`` in eval mode, the code that validation, ``predict``
   and ``serve`` run): normalisation with the backbone's mean / std, zero padding to multiples of 32, trunk
   (one level for C4 backbones, several for FPN), RPN with its per-level top-N / NMS proposal filtering, RoI
@@ -14,7 +14,8 @@ The exported graph takes one image and holds the rest of inference:
 
 Outside the graph, and done by ``frcnn_lab.inference.onnx_detector``: decoding the file, the resize, and scaling the
 boxes back to the original image. The file's metadata (ONNX ``metadata_props``; TorchScript extra file
-``frcnn_lab.json``) holds ``classes``, their ``category_ids``, ``image_size`` and ``max_size`` for that.
+``frcnn_lab.json``) holds ``classes``, their ``category_ids`` and the resize (``resize``, ``image_size``,
+``max_size``, ``scale``) for that.
 The ONNX graph comes from PyTorch's TorchScript-based exporter (``dynamo=False``), the one torchvision's
 detection tests use.
 An existing output file is never replaced.
@@ -33,11 +34,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from frcnn_lab.cli import hydra_main
-from frcnn_lab.engine.checkpoints import input_sizes, load_module
+from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.engine.module import DetectionModule
-from frcnn_lab.engine.photos import trained_resize
 from frcnn_lab.errors import ConfigError, OutputExistsError
 from frcnn_lab.model.detector import FasterRCNN
+from frcnn_lab.model.preprocess import RESIZE_KEYS, PreprocessConfig
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -61,12 +62,12 @@ def traceable(module: DetectionModule) -> SingleImageDetector:
     return SingleImageDetector(module.detector).cpu().eval()
 
 
-def export_metadata(module: DetectionModule, image_size: int, max_size: int) -> dict[str, Any]:
+def export_metadata(module: DetectionModule, preprocess: PreprocessConfig) -> dict[str, Any]:
     """What a runner needs beside the graph: class names (label i is ``classes[i - 1]``), their COCO category
-    ids and the resize."""
-    return {"classes": list(module.classes), "category_ids": list(module.category_ids),
-            "image_size": int(image_size), "max_size": int(max_size), "mode": module.hparams.mode,
-            **trained_resize(module)}
+    ids and the resize of ``preprocess`` (the module's, possibly at another input size; the normalisation is in
+    the graph)."""
+    return {"classes": list(module.classes), "category_ids": list(module.category_ids), "mode": module.hparams.mode,
+            **{key: getattr(preprocess, key) for key in RESIZE_KEYS}}
 
 
 def export_onnx(module: DetectionModule, path: Path, metadata: dict[str, Any], opset: int = 17) -> Path:
@@ -119,7 +120,7 @@ def export(cfg: DictConfig) -> Path:
                          "inference.slicing.size=...")
     path = output_path(cfg)
     module = load_module(cfg.ckpt_path, torch.device("cpu"))
-    metadata = export_metadata(module, *input_sizes(module, cfg.image_size, cfg.max_size))
+    metadata = export_metadata(module, module.preprocess.at(cfg.image_size, cfg.max_size))
     path.parent.mkdir(parents=True, exist_ok=True)
     if cfg.format == "onnx":
         return export_onnx(module, path, metadata, cfg.opset)

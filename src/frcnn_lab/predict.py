@@ -112,8 +112,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "checkpoint": str(Path(cfg.model or cfg.ckpt_path).resolve()), "input": cfg.input, "images": len(files),
         "pictures": written, "detections": len(results), "score_threshold": cfg.score_threshold,
-        "classes": [detector.classes[i - 1] for i in sorted(keep_labels)], "image_size": detector.image_size,
-        "max_size": detector.max_size, "slicing": asdict(detector.slicing) if detector.slicing else None,
+        "classes": [detector.classes[i - 1] for i in sorted(keep_labels)], "image_size": detector.preprocess.image_size,
+        "max_size": detector.preprocess.max_size, "slicing": asdict(detector.slicing) if detector.slicing else None,
         "skipped": skipped,
     }
     (output / "predict_summary.json").write_text(json.dumps(summary, indent=2))

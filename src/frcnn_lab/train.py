@@ -15,8 +15,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from frcnn_lab.checks import typed
 from frcnn_lab.cli import hydra_main
 from frcnn_lab.config import refuse_local_ddp_in_multirun, validate
+from frcnn_lab.data.config import DataConfig
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.data.summary import train_anchor_report
 from frcnn_lab.engine.callbacks.checkpoint_io import AtomicCheckpointIO
@@ -45,8 +47,7 @@ def build_module(cfg: DictConfig) -> DetectionModule:
         **groups, classes=list(cfg.data.classes), mode=cfg.model.mode,
         channels_last=cfg.model.channels_last, weights=cfg.model.weights, init_classes=cfg.model.init_classes,
         score_threshold=cfg.eval.score_threshold, val_losses=cfg.eval.losses,
-        voc07=cfg.data.name == "voc", image_size=cfg.data.image_size, max_size=cfg.data.max_size,
-        resize=cfg.data.get("resize", "shortest_side"), scale=cfg.data.get("scale", 1.0),
+        voc07=cfg.data.name == "voc", preprocess=typed(DataConfig, cfg.data, "data").preprocess(),
         slicing=OmegaConf.to_container(cfg.inference.slicing) if "inference" in cfg else None,
     )
 

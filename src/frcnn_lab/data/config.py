@@ -11,7 +11,7 @@ from typing import Any
 
 from frcnn_lab.checks import Checks, is_number, is_sequence
 from frcnn_lab.data.sources import FILE_SOURCES
-from frcnn_lab.data.transforms import RESIZE_POLICIES
+from frcnn_lab.model.preprocess import PreprocessConfig
 
 SOURCES = ("synthetic", *FILE_SOURCES)
 SPLIT_MODES = ("official", "random")
@@ -75,7 +75,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    """``data.*``: the source, the classes, the splits, the resize, batching and augmentation."""
+    """``data.*``: the source, the classes, the splits, the detector's resize, batching and augmentation."""
 
     name: str = "synthetic"  # the source: one of SOURCES
     classes: Any = field(default_factory=lambda: ["camera", "phone"])  # label 1..K in this order
@@ -90,10 +90,11 @@ class DataConfig:
     use_difficult: bool = False  # train on difficult / crowd boxes
     num_negatives: int | None = 50  # the negatives set for the false-positive figure: its size (synthetic) or cap
     verify_images: bool = True  # decode every image once at setup: corrupt files are reported, not hit mid-run
-    image_size: int = 320  # shortest_side: the shortest side after resizing (thesis: 300 and 600)
-    max_size: int = 320  # shortest_side: cap on the longest side
-    resize: str = "shortest_side"  # shortest_side | fixed_scale (every image times data.scale; docs/small_objects.md)
-    scale: float = 1.0  # fixed_scale: the factor (1.0 keeps the images' own scale)
+    # The detector's resize (frcnn_lab.model.preprocess.PreprocessConfig, whose defaults and checks these are)
+    resize: str = PreprocessConfig.resize
+    image_size: int = PreprocessConfig.image_size
+    max_size: int = PreprocessConfig.max_size
+    scale: float = PreprocessConfig.scale
     tiles: TilesConfig = field(default_factory=TilesConfig)
     batch_size: int = 4
     num_workers: int = 0
@@ -106,11 +107,8 @@ class DataConfig:
         check = Checks("data")
         check.choice("name", self.name, SOURCES)
         check.choice("split", self.split, SPLIT_MODES)
-        check.choice("resize", self.resize, RESIZE_POLICIES)
-        check.positive("scale", self.scale)
-        if check.integer("image_size", self.image_size, 1):
-            max_ok = isinstance(self.max_size, int) and self.max_size >= self.image_size
-            check.require("max_size", self.max_size, max_ok, f"an integer >= data.image_size ({self.image_size})")
+        check.require("image_size", self.image_size, self.image_size is not None, "an integer >= 1")
+        check.part(self.preprocess)
         check.integer("batch_size", self.batch_size, 1)
         check.integer("num_workers", self.num_workers, 0)
         check.choice("sampler", self.sampler, SAMPLERS)
@@ -124,3 +122,7 @@ class DataConfig:
                        "are cut at one scale for every photo")
         check.require("source", self.source, self.source is not None, f"the keys of the {self.name} source")
         check.done()
+
+    def preprocess(self) -> PreprocessConfig:
+        """The detector's resize these keys set (its normalisation is the backbone's)."""
+        return PreprocessConfig(self.resize, self.image_size, self.max_size, self.scale)

@@ -50,8 +50,9 @@ from frcnn_lab.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
 from frcnn_lab.data.tiles import TiledImages
-from frcnn_lab.data.transforms import Resize, apply_transforms, build_transforms
+from frcnn_lab.data.transforms import apply_transforms, build_transforms
 from frcnn_lab.errors import ConfigError
+from frcnn_lab.model.preprocess import PreprocessConfig
 
 SCENE_GENERATORS = {"easy": SyntheticScenes, "hard": ClutteredScenes}
 SPLITS = ("train", "val", "test")
@@ -65,8 +66,8 @@ Annotation = tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]
 class FileImages(Dataset):
     """Checked samples read from disk: item -> source item dict (see the module docstring)."""
 
-    def __init__(self, samples: Sequence[Sample], resize: Resize) -> None:
-        self.samples, self.resize = list(samples), resize
+    def __init__(self, samples: Sequence[Sample], preprocess: PreprocessConfig) -> None:
+        self.samples, self.preprocess = list(samples), preprocess
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -82,8 +83,9 @@ class FileImages(Dataset):
         sample = self.samples[index]
         # A reduced JPEG decode suits shortest_side, which resizes whatever is loaded to its sides;
         # fixed_scale multiplies the loaded size, so it needs the file's own.
-        shortest_side = self.resize.policy == "shortest_side"
-        image = load(sample.path, self.resize.image_size, self.resize.max_size) if shortest_side else load(sample.path)
+        shortest_side = self.preprocess.resize == "shortest_side"
+        image = (load(sample.path, self.preprocess.image_size, self.preprocess.max_size) if shortest_side
+                 else load(sample.path))
         height, width = image.shape[:2]
         # JPEGs may be decoded at a reduced scale: boxes follow the pixels actually loaded.
         scale = np.array([width / sample.width, height / sample.height] * 2, np.float32)
@@ -230,10 +232,11 @@ class DetectionDataModule(L.LightningDataModule):
     ``name`` selects the source; ``source`` holds its own arguments (see docs/datasets.md). ``classes``: label
     1..K in this order; ``class_map``: more source class names for a class (``{"Mobile phone": camera}``).
     ``resize``: ``shortest_side`` (``image_size``: shortest side after resizing; ``max_size``: cap on the long
-    side) or ``fixed_scale`` (every image times ``scale``), see ``transforms.Resize``. ``tiles``: the train split
-    as overlapping tiles of its photos (``frcnn_lab.data.tiles``). ``split``: ``official`` (the source's splits)
-    or ``random`` (``split_fractions`` of the source's train set, seeded by ``split_seed``). ``limit``: at most
-    this many images per split (a file source's: a seeded choice; a synthetic split's: its first scenes).
+    side) or ``fixed_scale`` (every image times ``scale``): the detector's ``preprocess`` (``PreprocessConfig``).
+    ``tiles``: the train split as overlapping tiles of its photos (``frcnn_lab.data.tiles``). ``split``:
+    ``official`` (the source's splits) or ``random`` (``split_fractions`` of the source's train set, seeded by
+    ``split_seed``). ``limit``: at most this many images per split (a file source's: a seeded choice; a synthetic
+    split's: its first scenes).
     ``include`` / ``exclude``: curation files of image ids. ``num_negatives``: size of the negatives set
     (synthetic) or its cap. ``augment``: train only.
 
@@ -247,8 +250,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.config = config = typed(DataConfig, config, "data")
         self.name, self.classes, self.class_map = config.name, list(config.classes), dict(config.class_map or {})
         self.source_args = dict(config.source)
-        self.image_size, self.max_size = config.image_size, config.max_size
-        self.resize = Resize(config.resize, config.image_size, config.max_size, config.scale)
+        self.preprocess = config.preprocess()
         self.tiles = asdict(config.tiles)
         self.batch_size, self.num_workers, self.augment = config.batch_size, config.num_workers, asdict(config.augment)
         self.split, self.split_fractions = config.split, list(config.split_fractions)
@@ -271,9 +273,8 @@ class DetectionDataModule(L.LightningDataModule):
             train = split == "train"
             # Tiling reads every train annotation: not worth it for evaluation alone (stage "test").
             if train and self.tiles.get("size") is not None and stage != "test":
-                source = TiledImages(source, factor=self.resize.factor, seed=self.split_seed, **self.tiles)
-            transforms = build_transforms(self.image_size, self.max_size, train, **(self.augment if train else {}),
-                                          resize=self.resize.policy, scale=self.resize.scale)
+                source = TiledImages(source, factor=self.preprocess.factor, seed=self.split_seed, **self.tiles)
+            transforms = build_transforms(self.preprocess, train, **(self.augment if train else {}))
             self.datasets[split] = DetectionDataset(source, transforms)
 
     def _synthetic(self) -> dict[str, SceneRange]:
@@ -341,7 +342,7 @@ class DetectionDataModule(L.LightningDataModule):
                 samples[split] = [samples[split][i] for i in order[:cap]]
         if not samples["train"]:
             raise DataError(f"data={self.name}: no training image left; see the skipped items above")
-        return {split: FileImages(samples[split], self.resize) for split in ALL_SPLITS}
+        return {split: FileImages(samples[split], self.preprocess) for split in ALL_SPLITS}
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         """Batches of ``split``: in order, or (``shuffle``, training) drawn by ``data.sampler`` and grouped by
@@ -411,7 +412,7 @@ class DetectionDataModule(L.LightningDataModule):
             annotations = []
             for index in range(len(self.datasets[split].source)):
                 (height, width), boxes, labels, difficult = self.datasets[split].source.annotation(index)
-                scale = self.resize.factor(height, width)
+                scale = self.preprocess.factor(height, width)
                 annotations.append(((height, width), np.asarray(boxes, np.float32).reshape(-1, 4) * scale,
                                     np.asarray(labels), np.asarray(difficult)))
             self._input_annotations[split] = annotations

@@ -1,5 +1,5 @@
-"""Albumentations pipelines: resize (``data.resize``: shortest side, or one fixed factor), then bbox-aware
-augmentation.
+"""Albumentations pipelines: the detector's resize (``frcnn_lab.model.preprocess``: shortest side, or one fixed
+factor), then bbox-aware augmentation.
 
 Boxes are ``pascal_voc`` (x1, y1, x2, y2 in pixels) throughout; augmentation runs on the train split only.
 """
@@ -7,7 +7,6 @@ Boxes are ``pascal_voc`` (x1, y1, x2, y2 in pixels) throughout; augmentation run
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import albumentations as A
@@ -16,63 +15,33 @@ import torch
 from albumentations.augmentations.geometric.resize import MaxSizeTransform
 from hydra.utils import instantiate
 
-RESIZE_POLICIES = ("shortest_side", "fixed_scale")
-
-
-@dataclass(frozen=True)
-class Resize:
-    """How a photo becomes the model's input (``data.resize``).
-
-    ``shortest_side``: the shortest side to ``image_size`` unless the long side would pass ``max_size`` (up
-    or down): photos of any size fill the same input, so an object's size in the input varies with the
-    photo's pixel size. ``fixed_scale``: every photo times ``scale`` (1.0 keeps the photos' own scale):
-    an object keeps its size from photo to photo whatever their pixel sizes, as orthophoto tiles, drone
-    surveys or microscopy at one ground resolution need; ``image_size`` / ``max_size`` play no part.
-    """
-
-    policy: str = "shortest_side"
-    image_size: int = 600
-    max_size: int = 1000
-    scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.policy not in RESIZE_POLICIES:
-            raise ValueError(f"data.resize={self.policy!r} is unknown; choose one of {list(RESIZE_POLICIES)}")
-        if not self.scale > 0:
-            raise ValueError(f"data.scale={self.scale} must be > 0")
-
-    def factor(self, height: int, width: int) -> float:
-        """The factor a (height, width) photo is resized by."""
-        if self.policy == "fixed_scale":
-            return self.scale
-        return min(self.image_size / min(height, width), self.max_size / max(height, width))
+from frcnn_lab.model.preprocess import PreprocessConfig
 
 
 class PolicyResize(MaxSizeTransform):
-    """Resize by ``Resize.factor``, keeping the aspect ratio; boxes follow."""
+    """Resize by the detector's ``PreprocessConfig.factor``, keeping the aspect ratio; boxes follow."""
 
-    def __init__(self, resize: Resize, p: float = 1.0) -> None:
-        super().__init__(max_size=resize.image_size, p=p)
-        self.resize = resize
+    def __init__(self, preprocess: PreprocessConfig, p: float = 1.0) -> None:
+        super().__init__(max_size=1, p=p)  # the size comes from the policy, not from max_size
+        self.preprocess = preprocess
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, float]:
         height, width = params["shape"][:2]
-        return {"scale": self.resize.factor(height, width)}
+        return {"scale": self.preprocess.factor(height, width)}
 
 
 def build_transforms(
-    image_size: int, max_size: int, train: bool, hflip: float = 0.0, vflip: float = 0.0, rot90: float = 0.0,
-    extra: Sequence[Any] = (), resize: str = "shortest_side", scale: float = 1.0,
-    scale_jitter: Sequence[float] | None = None,
+    preprocess: PreprocessConfig, train: bool, hflip: float = 0.0, vflip: float = 0.0, rot90: float = 0.0,
+    extra: Sequence[Any] = (), scale_jitter: Sequence[float] | None = None,
 ) -> A.Compose:
-    """The ``resize`` policy (see ``Resize``), then for training the augmentation.
+    """The detector's resize (``preprocess``: its policy and sizes), then for training the augmentation.
 
     ``hflip``, ``vflip``, ``rot90`` are probabilities (the thesis's three augmentations); ``scale_jitter``
     ``[lo, hi]`` rescales every training image (and its boxes) after the resize by a factor drawn
     uniformly from it (albumentations' RandomScale), so the model sees each object at several sizes;
     ``extra`` holds albumentations transforms, or Hydra configs of them (``_target_: albumentations.ColorJitter``...).
     """
-    steps: list[A.BasicTransform] = [PolicyResize(Resize(resize, image_size, max_size, scale))]
+    steps: list[A.BasicTransform] = [PolicyResize(preprocess)]
     if train:
         if scale_jitter is not None:
             low, high = (float(v) for v in scale_jitter)

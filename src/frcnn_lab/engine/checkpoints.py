@@ -1,8 +1,8 @@
 """Loading checkpoints, for the entry points that use a trained model (evaluate, predict, serve, export).
 
 A checkpoint written by ``frcnn_lab.train`` stands alone: its hyperparameters hold the model config, the
-classes and their dataset category ids, the input sizes and the normalisation, and loading it builds the
-network without any pretrained weights before its own state dict fills it in.
+classes and their dataset category ids, the detector's preprocessing (input sizes, normalisation), and loading it
+builds the network without any pretrained weights before its own state dict fills it in.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from frcnn_lab.engine.module import DetectionModule
-from frcnn_lab.errors import BadInputError, ConfigError, MissingInputError
+from frcnn_lab.errors import BadInputError, MissingInputError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,30 +55,3 @@ def load_module(ckpt_path: str | Path, device: torch.device | str = "cpu") -> De
     check_checkpoint(ckpt_path)
     module = DetectionModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True)
     return module.eval().to(device)
-
-
-def input_sizes(module: DetectionModule, image_size: int | None = None,
-                max_size: int | None = None) -> tuple[int, int]:
-    """(image_size, max_size) to feed the checkpoint's detector, by ``requested_input_size`` from the sizes it was
-    trained at. Raises ValueError when a size is needed and the checkpoint does not know it."""
-    trained = module.hparams.get("image_size"), module.hparams.get("max_size")
-    if None in trained and (image_size is None or max_size is None):
-        raise ConfigError("the checkpoint records no input size and is not inside its training run: set image_size "
-                          "and max_size")
-    return requested_input_size(None if None in trained else trained, image_size, max_size)
-
-
-def requested_input_size(trained: tuple[int, int] | None, image_size: int | None = None,
-                         max_size: int | None = None) -> tuple[int, int]:
-    """(image_size, max_size): the given ones, else the ``trained`` (image_size, max_size); an ``image_size``
-    given without ``max_size`` keeps the trained ratio of the two (never below ``image_size``).
-
-    The one rule for checkpoints and exported models; ``trained`` may be None only when both are given.
-    """
-    if image_size is not None and max_size is not None:
-        return int(image_size), int(max_size)
-    if trained is None:
-        raise ConfigError(f"image_size={image_size}, max_size={max_size}: without a trained size, give both")
-    if image_size is None:
-        return int(trained[0]), int(max_size if max_size is not None else trained[1])
-    return int(image_size), max(int(image_size), round(trained[1] * image_size / trained[0]))

@@ -4,6 +4,8 @@ the older layouts.
 A checkpoint's ``hyper_parameters`` hold the module's arguments. Older layouts lack some of them:
 
 - no ``backbone.box_head``: C4 backbones had their classifier tail, FPN ones the MLP head;
+- ``image_size``, ``max_size``, ``resize``, ``scale`` and ``normalization`` as separate arguments: today's
+  ``preprocess`` group (the detector's input, ``frcnn_lab.model.preprocess``);
 - no ``image_size`` / ``max_size``: the sizes come from the training run's ``.hydra/config.yaml`` when the checkpoint
   is inside its run folder, else they stay unknown (inference then asks for them);
 - no ``resize`` / ``scale``: every model resized the shortest side; no ``slicing``: whole images;
@@ -40,13 +42,22 @@ def upgrade_hparams(hparams: dict[str, Any], ckpt_path: str | Path) -> dict[str,
     if backbone.get("box_head") is None:
         backbone["box_head"] = "mlp" if backbone["name"].endswith("_fpn") else "classifier"
     upgraded["backbone"] = backbone
-    if upgraded.get("image_size") is None:
-        data = run_data_config(ckpt_path)
-        upgraded["image_size"] = int(data["image_size"]) if data else None
-        upgraded["max_size"] = int(data["max_size"]) if data else None
-    upgraded.setdefault("resize", "shortest_side")
-    upgraded.setdefault("scale", 1.0)
-    for key in ("slicing", "category_ids", "normalization"):
+    if "preprocess" not in upgraded:
+        upgraded["preprocess"] = flat_input_settings(upgraded, ckpt_path)
+    for key in ("slicing", "category_ids"):
         upgraded.setdefault(key, None)
     upgraded.setdefault("channels_last", True)
     return upgraded
+
+
+def flat_input_settings(hparams: dict[str, Any], ckpt_path: str | Path) -> dict[str, Any]:
+    """The ``preprocess`` group of a layout that kept its input settings as separate arguments (removed from
+    ``hparams``): ``image_size``, ``max_size``, ``resize``, ``scale`` and ``normalization``."""
+    image_size, max_size = hparams.pop("image_size", None), hparams.pop("max_size", None)
+    if image_size is None:
+        data = run_data_config(ckpt_path)
+        image_size, max_size = (int(data["image_size"]), int(data["max_size"])) if data else (None, None)
+    normalization = hparams.pop("normalization", None) or {}
+    return {"resize": hparams.pop("resize", "shortest_side"), "image_size": image_size, "max_size": max_size,
+            "scale": hparams.pop("scale", 1.0), "image_mean": normalization.get("mean"),
+            "image_std": normalization.get("std")}

@@ -23,6 +23,7 @@ from frcnn_lab.model.backbones import BackboneConfig
 from frcnn_lab.model.detection_weights import load_detection_weights, read_detection_weights
 from frcnn_lab.model.detector import ModelConfig, build_detector, loss_path
 from frcnn_lab.model.losses import LossConfig, weighted_total
+from frcnn_lab.model.preprocess import PreprocessConfig
 from frcnn_lab.model.roi_head import RoIHeadConfig
 from frcnn_lab.model.rpn import RPNConfig
 
@@ -69,14 +70,14 @@ class DetectionModule(L.LightningModule):
     ``test_results[i]`` holds loader i's figures and ``test_outputs[i]`` its (prediction, target) pairs.
 
     The checkpoint carries what inference needs: the config groups, ``classes`` with their dataset
-    ``category_ids`` (the training datamodule's, else as given, else 1..K), ``image_size`` / ``max_size``,
-    the ``resize`` policy and its ``scale`` (``data.resize`` / ``data.scale``) and ``normalization`` (the
-    backbone's mean / std unless given) and the ``slicing`` validation ran with (``inference.slicing``; None:
-    whole images). ``weights`` / ``init_classes`` (``model.weights`` / ``model.init_classes``): a trained detector the
-    model starts from (``frcnn_lab.model.detection_weights``); read only with ``pretrained_backbone``, and
-    ``init_classes_from`` then names the source class each class started from. ``channels_last``
-    (``model.channels_last``) keeps the convolution weights in NHWC layout, which
-    changes the kernels, not the figures. ``pretrained_backbone=False`` builds the backbone without reading
+    ``category_ids`` (the training datamodule's, else as given, else 1..K), the detector's ``preprocess``
+    (``frcnn_lab.model.preprocess.PreprocessConfig``: the resize of ``data.resize`` / ``image_size`` / ``max_size`` /
+    ``scale`` and the normalisation, the backbone's mean / std unless given) and the ``slicing`` validation ran with
+    (``inference.slicing``; None: whole images). ``weights`` / ``init_classes`` (``model.weights`` /
+    ``model.init_classes``): a trained detector the model starts from (``frcnn_lab.model.detection_weights``); read
+    only with ``pretrained_backbone``, and ``init_classes_from`` then names the source class each class started
+    from. ``channels_last`` (``model.channels_last``) keeps the convolution weights in NHWC layout, which changes
+    the kernels, not the figures. ``pretrained_backbone=False`` builds the backbone without reading
     pretrained weights, for a state dict that replaces them; ``load_from_checkpoint`` always does so.
 
     A training batch with a NaN / infinite loss part is neither logged nor back-propagated: its part names
@@ -87,9 +88,7 @@ class DetectionModule(L.LightningModule):
         self, backbone: Group = None, rpn: Group = None, roi_head: Group = None, loss: Group = None,
         optim: Group = None, classes: list[str] | None = None, mode: str = ModelConfig.mode,
         score_threshold: float = EvalConfig.score_threshold, voc07: bool = False, category_ids: list[int] | None = None,
-        image_size: int | None = DataConfig.image_size, max_size: int | None = DataConfig.max_size,
-        normalization: dict[str, list[float]] | None = None, pretrained_backbone: bool = True,
-        resize: str = DataConfig.resize, scale: float = DataConfig.scale, slicing: dict[str, Any] | None = None,
+        preprocess: Group = None, pretrained_backbone: bool = True, slicing: dict[str, Any] | None = None,
         channels_last: bool = ModelConfig.channels_last, weights: str = ModelConfig.weights,
         init_classes: str = ModelConfig.init_classes, val_losses: bool = EvalConfig.losses,
     ) -> None:
@@ -106,7 +105,7 @@ class DetectionModule(L.LightningModule):
             raise ValueError(f"category_ids={self.category_ids} must give one id per class of {self.classes}")
         self.detector = build_detector(parts["backbone"], parts["rpn"], parts["roi_head"], parts["loss"],
                                        len(self.classes), mode, pretrained=pretrained_backbone,
-                                       detection_weights=weights != "none")
+                                       detection_weights=weights != "none", preprocess=preprocess)
         self.init_classes_from: dict[str, str] = {}
         if pretrained_backbone and weights != "none":
             name = parts["backbone"].name
@@ -115,13 +114,8 @@ class DetectionModule(L.LightningModule):
         if channels_last:
             # oneDNN and cuDNN pick faster kernels for NHWC weights; the inputs follow the weights' layout.
             self.detector.to(memory_format=torch.channels_last)
-        if normalization is None:
-            normalization = {"mean": self.detector.image_mean.flatten().tolist(),
-                             "std": self.detector.image_std.flatten().tolist()}
-        else:
-            self.detector.image_mean.copy_(torch.tensor(normalization["mean"]).view(3, 1, 1))
-            self.detector.image_std.copy_(torch.tensor(normalization["std"]).view(3, 1, 1))
-        self.hparams.update(classes=self.classes, category_ids=self.category_ids, normalization=normalization)
+        self.hparams.update(classes=self.classes, category_ids=self.category_ids,
+                            preprocess=asdict(self.detector.preprocess.config))
         self.loss_weights, self.optim = parts["loss"].weights, parts["optim"]
         self.score_threshold, self.voc07, self.val_losses = score_threshold, voc07, val_losses
         self.slicing = Slicing.from_config(slicing)
@@ -159,6 +153,11 @@ class DetectionModule(L.LightningModule):
     def forward(self, images: list[torch.Tensor], original_sizes: list[tuple[int, int]] | None = None,
                 proposals_per_image: int | None = None) -> list[dict[str, torch.Tensor]]:
         return self.detector(images, original_sizes=original_sizes, proposals_per_image=proposals_per_image).detections
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """How a photo becomes this detector's input (its resize and normalisation)."""
+        return self.detector.preprocess.config
 
     @property
     def proposals_per_image(self) -> int:

@@ -1,7 +1,7 @@
 """Run a detector exported by ``frcnn_lab.export`` with onnxruntime, with the checkpoint's interface.
 
-``OnnxDetector(path)`` reads the class names, their COCO category ids (1..K in files without them) and the
-resize from the file's metadata; called like the trained module (``detector([image], original_sizes=[(h, w)])``)
+``OnnxDetector(path)`` reads the class names, their COCO category ids and the resize (its ``preprocess``) from the
+file's metadata; called like the trained module (``detector([image], original_sizes=[(h, w)])``)
 it returns per image "boxes" (D, 4) xyxy, "scores" (D,) and "labels" (D,) as tensors, in the coordinates of
 ``original_sizes`` when given.
 """
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from frcnn_lab.errors import BadInputError, MissingInputError
-from frcnn_lab.model.detector import rescale_boxes
+from frcnn_lab.model.preprocess import RESIZE_KEYS, PreprocessConfig, rescale_boxes
 
 
 class OnnxDetector:
@@ -33,17 +33,14 @@ class OnnxDetector:
         options.log_severity_level = 3  # errors only: the exporter's unused-initialiser notices are no news
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         metadata = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in ("classes", "category_ids", "image_size", "max_size", "resize", "scale")
-                   if k not in metadata]
+        missing = [k for k in ("classes", "category_ids", *RESIZE_KEYS) if k not in metadata]
         if missing:
             raise BadInputError(f"model={path} lacks the metadata {missing}: export it with python -m frcnn_lab.export")
         self.path = path
         self.classes: list[str] = json.loads(metadata["classes"])
-        self.image_size: int = json.loads(metadata["image_size"])
-        self.max_size: int = json.loads(metadata["max_size"])
-        self.resize: str = json.loads(metadata["resize"])
-        self.scale: float = json.loads(metadata["scale"])
         self.category_ids: list[int] = json.loads(metadata["category_ids"])
+        # The normalisation is inside the graph; the resize is done before it, as the checkpoint's detector had it.
+        self.preprocess = PreprocessConfig(**{key: json.loads(metadata[key]) for key in RESIZE_KEYS})
 
     def __call__(
         self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None,

@@ -35,7 +35,7 @@ from torchvision.ops import batched_nms, box_area, box_iou
 
 from frcnn_lab.checks import Checks, is_int, is_number, typed
 from frcnn_lab.data.tiles import tile_windows
-from frcnn_lab.model.detector import rescale_boxes
+from frcnn_lab.model.preprocess import rescale_boxes
 
 MERGE_RULES = ("nms", "greedy_nmm")
 MATCH_METRICS = ("iou", "ios")

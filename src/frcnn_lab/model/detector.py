@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection.image_list import ImageList
 
 from frcnn_lab.checks import Checks, typed
-from frcnn_lab.model.backbones import Backbone, BackboneConfig, build_backbone, pool_size_problem
+from frcnn_lab.model.backbones import BackboneConfig, build_backbone, pool_size_problem
 from frcnn_lab.model.detection_weights import INIT_CLASSES
 from frcnn_lab.model.losses import LossConfig
+from frcnn_lab.model.preprocess import Preprocess, PreprocessConfig
 from frcnn_lab.model.roi_head import RoIHead, RoIHeadConfig
 from frcnn_lab.model.roi_pooling import RoIPooler
 from frcnn_lab.model.rpn import RegionProposalNetwork, RPNConfig
@@ -54,25 +53,20 @@ class DetectorOutput:
 
 
 class FasterRCNN(nn.Module):
-    """images [(3, H_i, W_i)] RGB in [0, 1] (already resized) -> DetectorOutput.
+    """images [(3, H_i, W_i)] RGB in [0, 1], resized by ``preprocess``'s policy -> DetectorOutput.
 
-    Images are normalised with the backbone's mean/std and zero-padded into one batch whose sides are
-    multiples of ``size_divisible``; the trunk turns them into named feature levels that the RPN and the
-    RoI head read. Targets: dicts with "boxes" (G_i, 4) xyxy pixels and "labels" (G_i,)
+    ``preprocess`` normalises and pads the images into one batch; the trunk turns it into named feature levels that
+    the RPN and the RoI head read. Targets: dicts with "boxes" (G_i, 4) xyxy pixels and "labels" (G_i,)
     in [1, K). Detections: "boxes", "scores", "labels" per image, in the coordinates of ``original_sizes``
     when given (e.g. the image before resizing), else of the input images. ``proposals_per_image`` replaces the
     RPN's post-NMS top-N at inference (sliced inference gives each tile its share). Without a RoI head the RPN is
     a single-class detector: its proposals are the detections, objectness is the score, the label is 1.
     """
 
-    def __init__(
-        self, backbone: Backbone, rpn: RegionProposalNetwork, roi_head: RoIHead | None, size_divisible: int = 32
-    ) -> None:
+    def __init__(self, preprocess: Preprocess, trunk: nn.Module, rpn: RegionProposalNetwork,
+                 roi_head: RoIHead | None) -> None:
         super().__init__()
-        self.trunk, self.rpn, self.roi_head = backbone.trunk, rpn, roi_head
-        self.size_divisible = size_divisible
-        self.register_buffer("image_mean", torch.tensor(backbone.image_mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(backbone.image_std).view(3, 1, 1), persistent=False)
+        self.preprocess, self.trunk, self.rpn, self.roi_head = preprocess, trunk, rpn, roi_head
 
     def forward(
         self,
@@ -84,7 +78,7 @@ class FasterRCNN(nn.Module):
         if self.training and targets is None:
             raise ValueError("FasterRCNN in training mode needs targets")
         targets = targets if self.training else None
-        batch = self.batch_images(images)
+        batch = self.preprocess(images)
         features = self.trunk(batch.tensors)
         proposals, scores, losses, stats = self.rpn(batch, features, targets, proposals_per_image)
         if self.training and self.roi_head is None:
@@ -99,38 +93,15 @@ class FasterRCNN(nn.Module):
             if self.training:
                 return DetectorOutput(losses={**losses, **head_losses}, stats={**stats, **head_stats})
         if original_sizes is not None:
-            for detection, size, original in zip(detections, batch.image_sizes, original_sizes, strict=True):
-                detection["boxes"] = rescale_boxes(detection["boxes"], size, original)
+            self.preprocess.postprocess(detections, batch.image_sizes, original_sizes)
         return DetectorOutput(detections=detections)
-
-    def batch_images(self, images: list[Tensor]) -> ImageList:
-        """Normalise, then zero-pad to a common size divisible by ``size_divisible``.
-
-        Traceable for one image with its size dynamic (sizes are tensors while tracing): the rounding up is
-        written without a negative floor division, which ONNX's truncating Div would get wrong.
-        """
-        sizes = [tuple(image.shape[-2:]) for image in images]
-        height, width = (max(s[i] for s in sizes) for i in (0, 1))
-        d = self.size_divisible
-        height, width = (height + d - 1) // d * d, (width + d - 1) // d * d
-        padded = [
-            F.pad((image - self.image_mean) / self.image_std, (0, width - image.shape[-1], 0, height - image.shape[-2]))
-            for image in images
-        ]
-        tensors = torch.stack(padded)
-        return ImageList(tensors, sizes)
-
-
-def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
-    """Boxes (N, 4) xyxy in an image of ``from_size`` (h, w) -> the same boxes in ``to_size``."""
-    ratio_h, ratio_w = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    return boxes * boxes.new_tensor([ratio_w, ratio_h, ratio_w, ratio_h])
 
 
 def build_detector(
     backbone: BackboneConfig | Mapping | None = None, rpn: RPNConfig | Mapping | None = None,
     roi_head: RoIHeadConfig | Mapping | None = None, loss: LossConfig | Mapping | None = None, num_classes: int = 2,
     mode: str = ModelConfig.mode, pretrained: bool = True, detection_weights: bool = False,
+    preprocess: PreprocessConfig | Mapping | None = None,
 ) -> FasterRCNN:
     """The detector of the part configs (each a typed config, or a mapping of its keys over the defaults; None: the
     defaults, the CLI's).
@@ -140,6 +111,7 @@ def build_detector(
     backbone's levels. ``pretrained=False``: the backbone's layout follows ``backbone.weights`` but no weights
     are read (a checkpoint's state dict fills them in). ``detection_weights``: a detector's weights will fill the
     model in (``model.weights``): no backbone weights are read, BatchNorm is frozen as with pretrained weights.
+    ``preprocess`` without a normalisation takes the backbone's mean / std.
     """
     backbone, rpn = typed(BackboneConfig, backbone, "backbone"), typed(RPNConfig, rpn, "rpn")
     roi_head, loss = typed(RoIHeadConfig, roi_head, "roi_head"), typed(LossConfig, loss, "loss")
@@ -148,15 +120,18 @@ def build_detector(
     if problem := pool_size_problem(backbone.name, backbone.box_head, roi_head.pool_size):
         raise ValueError(problem)
     parts = build_backbone(backbone, roi_head.pool_size, pretrained=pretrained, detection_weights=detection_weights)
+    preprocess = typed(PreprocessConfig, preprocess, "data")
+    if preprocess.image_mean is None or preprocess.image_std is None:
+        preprocess = replace(preprocess, image_mean=list(parts.image_mean), image_std=list(parts.image_std))
     region_proposals = RegionProposalNetwork(parts.out_channels, rpn, list(parts.strides), loss)
     if mode == "rpn_only":
-        return FasterRCNN(parts, region_proposals, None)
+        return FasterRCNN(Preprocess(preprocess), parts.trunk, region_proposals, None)
     pooler = RoIPooler(
         roi_head.pooler, parts.pool_size, {level: parts.strides[level] for level in parts.pooled_levels},
         roi_head.sampling_ratio, roi_head.aligned,
     )
     box_head = RoIHead(pooler, parts.tail, parts.representation_size, num_classes + 1, roi_head, rpn.num_rois, loss)
-    return FasterRCNN(parts, region_proposals, box_head)
+    return FasterRCNN(Preprocess(preprocess), parts.trunk, region_proposals, box_head)
 
 
 @contextmanager

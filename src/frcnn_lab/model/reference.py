@@ -54,7 +54,7 @@ def torchvision_equivalent(
     return TorchvisionFasterRCNN(
         share(ours.trunk),
         min_size=min_size, max_size=10 * min_size,
-        image_mean=ours.image_mean.flatten().tolist(), image_std=ours.image_std.flatten().tolist(),
+        image_mean=ours.preprocess.config.image_mean, image_std=ours.preprocess.config.image_std,
         rpn_anchor_generator=AnchorGenerator(ours.rpn.anchor_generator.sizes, ours.rpn.anchor_generator.aspect_ratios),
         rpn_head=rpn_head,
         rpn_pre_nms_top_n_train=rpn["pre_nms_top_n_train"], rpn_post_nms_top_n_train=rpn["post_nms_top_n_train"],
