@@ -9,6 +9,7 @@ detectors get the photo at its final size: torchvision's transform is set not to
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from frcnn_lab.model.detection_weights import (
     read_detection_weights,
     torchvision_settings,
 )
+from frcnn_lab.model.detector import build_detector
 from frcnn_lab.model.weights import OFFLINE_ENV, WeightsUnavailableError
 from frcnn_lab.train import build_module, train
 from support import compose_config, tiny_run
@@ -248,6 +250,25 @@ def test_a_frcnn_lab_checkpoint_is_a_start_too(saved, tmp_path):
     torch.testing.assert_close(ours.trunk.fpn.layer_blocks[0][0].weight, theirs.backbone.fpn.layer_blocks[0][0].weight)
     torch.testing.assert_close(ours.roi_head.predictor.cls_score.weight[1],
                                theirs.roi_heads.box_predictor.cls_score.weight[CELL_PHONE])
+
+
+@pytest.mark.parametrize("init_classes", ["new", "by_name"])
+def test_a_class_prior_starts_the_classes_that_take_no_source_rows(init_classes, tmp_path):
+    """``roi_head.class_prior=0.01`` with ``model.weights=<checkpoint>``: the predictor's bias is the prior's, but with
+    by_name background and ``phone`` keep their source rows (``cell phone``); ``camera`` has none."""
+    torch.manual_seed(0)
+    source = build_detector(num_classes=2, pretrained=False)
+    nn.init.normal_(source.roi_head.predictor.cls_score.bias)
+    checkpoint = tmp_path / "source.ckpt"
+    torch.save({"state_dict": {f"detector.{key}": value for key, value in source.state_dict().items()},
+                "hyper_parameters": {"classes": ["cell phone", "person"]}}, checkpoint)
+    cfg = compose_config("config", [f"model.weights={checkpoint}", f"model.init_classes={init_classes}",
+                                    "roi_head.class_prior=0.01", "data.classes=[camera,phone]"])
+    ours = build_module(cfg).detector.roi_head.predictor.cls_score.bias.detach()
+    theirs = source.roi_head.predictor.cls_score.bias.detach()
+    prior = math.log(0.01 / (2 * 0.99))
+    expected = [0.0, prior, prior] if init_classes == "new" else [theirs[0].item(), prior, theirs[1].item()]
+    assert ours.tolist() == pytest.approx(expected)
 
 
 def test_a_run_from_a_file_trains_and_its_checkpoint_stands_alone(saved, make_config, tmp_path):

@@ -106,6 +106,7 @@ BAD_VALUES = [
      "backbone.box_head='classifier': an FPN backbone's box head is mlp"),
     (["backbone=vgg16", "roi_head.pool_size=5"], "roi_head.pool_size=5 must be 7 (or null) for vgg16's classifier"),
     (["roi_head.box_weights=[10,10,5]"], "roi_head.box_weights=[10, 10, 5] must be 4 numbers > 0"),
+    (["roi_head.class_prior=2"], "roi_head.class_prior=2.0 must be null or in (0, 1)"),
     (["optim.min_lr_ratio=2"], "optim.min_lr_ratio=2.0 must be in [0, 1]"),  # a float key: 2 is 2.0
     (["backbone.weights=/no/such/weights.pth"],
      "backbone.weights='/no/such/weights.pth' must be imagenet, none or the path of an existing file"),

@@ -1,5 +1,5 @@
-"""Tests for the RoI head: label assignment with a background band, sampling, box coding, losses and
-post-processing.
+"""Tests for the RoI head: label assignment with a background band, sampling, box coding, losses,
+post-processing and the class prior's initialisation.
 
 Against the GT box [0, 0, 10, 10], a proposal [0, 0, 10, h] (h <= 10) has IoU h / 10 exactly.
 """
@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from frcnn_lab.errors import ConfigError
 from frcnn_lab.model.losses import LossWeights, roi_losses, rpn_losses, weighted_total
 from frcnn_lab.model.roi_head import RoIHead, RoIHeadConfig, assign_roi_labels
 from frcnn_lab.model.roi_pooling import RoIPooler
@@ -324,3 +325,30 @@ def test_roi_head_inference_forward_returns_detections_per_image():
     assert losses == {} and stats == {}
     assert [len(d["scores"]) for d in detections] == [8, 4]  # every RoI x 2 object classes, no overlaps
     assert all(set(d["labels"].tolist()) == {1, 2} for d in detections)
+
+
+# --- class prior ---------------------------------------------------------------------------------
+
+
+def test_class_prior_starts_the_head_at_background_one_minus_pi():
+    """class_prior=0.01 with K=2 object classes: background's bias 0, the bias's softmax [0.99, 0.005, 0.005]; the
+    weights start tiny, so the head gives random pooled RoIs a mean background probability of about 0.99."""
+    torch.manual_seed(0)
+    head = make_head(num_classes=3, class_prior=0.01)
+    bias = head.predictor.cls_score.bias.detach()
+    assert bias[0] == 0
+    torch.testing.assert_close(torch.softmax(bias, dim=0), torch.tensor([0.99, 0.005, 0.005]))
+    pooled = torch.randn(256, 2, 2, 2) * 10  # (R, C, P, P); 8 features of scale 10: the logit spread of ~800 of scale 1
+    class_logits, _ = head.predictor(head.tail(pooled))
+    assert abs(torch.softmax(class_logits, dim=1)[:, 0].mean().item() - 0.99) < 0.02
+
+
+def test_without_class_prior_the_class_bias_starts_at_zero():
+    assert RoIHeadConfig().class_prior is None
+    assert make_head(num_classes=3).predictor.cls_score.bias.tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("class_prior", [0, 1, -0.1, "high"])
+def test_a_class_prior_outside_zero_to_one_is_refused_naming_the_key(class_prior):
+    with pytest.raises(ConfigError, match=r"roi_head\.class_prior=.* must be null or in \(0, 1\)"):
+        RoIHeadConfig(class_prior=class_prior)

@@ -6,9 +6,11 @@ torchvision's cache: ``frcnn_lab.model.weights``) | the path of a torchvision de
 ``fasterrcnn_mobilenet_v3_large_320_fpn`` saves) or of a frcnn_lab checkpoint.
 
 The trunk (with its FPN), the RPN head and the box head are copied; the class-specific predictor is the run's own,
-newly initialised, or with ``model.init_classes=by_name`` each of the run's classes named like a class of the source
-starts from that class's rows (names compared in lower case, ``_`` and ``-`` as spaces, through ``COCO_ALIASES``:
-``phone`` takes COCO's ``cell phone``). torchvision's label ``l`` is COCO category id ``l`` (``coco_classes``).
+newly initialised (``roi_head.class_prior`` sets its class bias), or with ``model.init_classes=by_name`` each of the
+run's classes named like a class of the source starts from that class's rows, and background from the source's
+(names compared in lower case, ``_`` and ``-`` as spaces, through ``COCO_ALIASES``:
+``phone`` takes COCO's ``cell phone``); the other classes keep the run's initialisation. torchvision's label ``l`` is
+COCO category id ``l`` (``coco_classes``).
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ def load_detection_weights(detector: nn.Module, weights: DetectionWeights, backb
 
 
 def copy_rows_by_name(predictor: nn.Module, weights: DetectionWeights, classes: list[str]) -> dict[str, str]:
-    """The predictor's background rows and those of each class named like a source class, from the source."""
+    """The predictor's background rows and those of each class named like a source class, from the source; the
+    other classes keep their own initialisation (``roi_head.class_prior``'s bias where set)."""
     theirs = {canonical(name): label for label, name in enumerate(weights.classes, start=1)}
     pairs = {0: 0}  # background starts from the source's background
     matched = {}

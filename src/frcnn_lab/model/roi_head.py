@@ -8,6 +8,7 @@ two-layer MLP for FPN.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
-from frcnn_lab.checks import Checks
+from frcnn_lab.checks import Checks, is_number
 from frcnn_lab.model.losses import LossConfig, roi_losses
 from frcnn_lab.model.roi_pooling import POOLERS, RoIPooler
 from frcnn_lab.model.rpn import RPNConfig
@@ -40,6 +41,8 @@ class RoIHeadConfig:
     bg_iou_hi: float = 0.5
     add_gt_as_proposals: bool = True  # GT boxes join the proposals the head samples from
     box_weights: Any = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])  # (dx, dy, dw, dh); thesis: 8, 8, 4, 4
+    # None: zero class-logit bias | pi in (0, 1): the fresh classifier gives the object classes pi together
+    class_prior: float | None = None
     score_thresh: float = 0.05  # detections with a lower class score are dropped
     nms_iou: float = 0.5  # per-class NMS IoU among detections
     detections_per_image: int = 100  # highest-scoring detections kept per image
@@ -58,6 +61,9 @@ class RoIHeadConfig:
         check.fraction("positive_fraction", self.positive_fraction)
         check.fraction("nms_iou", self.nms_iou)
         check.box_weights("box_weights", self.box_weights)
+        if self.class_prior is not None:
+            check.require("class_prior", self.class_prior, is_number(self.class_prior) and 0 < self.class_prior < 1,
+                          "null or in (0, 1)")
         check.non_negative("score_thresh", self.score_thresh)
         check.non_negative("min_size", self.min_size)
         check.integer("detections_per_image", self.detections_per_image, 1)
@@ -65,9 +71,13 @@ class RoIHeadConfig:
 
 
 class BoxPredictor(nn.Module):
-    """(R, D) -> class logits (R, K) and class-specific deltas (R, 4K); K includes background (0)."""
+    """(R, D) -> class logits (R, K) and class-specific deltas (R, 4K); K includes background (0).
 
-    def __init__(self, representation_size: int, num_classes: int) -> None:
+    ``class_prior`` pi: the class-logit bias makes the fresh classifier give background 1 - pi and each of the K - 1
+    object classes pi / (K - 1); None: zero bias.
+    """
+
+    def __init__(self, representation_size: int, num_classes: int, class_prior: float | None = None) -> None:
         super().__init__()
         self.cls_score = nn.Linear(representation_size, num_classes)
         self.bbox_pred = nn.Linear(representation_size, 4 * num_classes)
@@ -75,6 +85,8 @@ class BoxPredictor(nn.Module):
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
+        if class_prior is not None:  # RetinaNet's prior-probability init (Lin et al. 2017, 3.3), for a softmax
+            nn.init.constant_(self.cls_score.bias[1:], math.log(class_prior / ((num_classes - 1) * (1 - class_prior))))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.cls_score(x), self.bbox_pred(x)
@@ -116,7 +128,7 @@ class RoIHead(nn.Module):
         super().__init__()
         self.config = config = config or RoIHeadConfig()
         self.pooler, self.tail = pooler, tail
-        self.predictor = BoxPredictor(representation_size, num_classes)
+        self.predictor = BoxPredictor(representation_size, num_classes, config.class_prior)
         self.sampler = BalancedSampler(num_rois, config.positive_fraction)
         self.box_coder = BoxCoder(tuple(config.box_weights))
         self.fg_iou, self.bg_iou_lo, self.bg_iou_hi = config.fg_iou, config.bg_iou_lo, config.bg_iou_hi
