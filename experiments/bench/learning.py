@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from frcnn_lab.checks import typed
 from frcnn_lab.config import group_option
 from frcnn_lab.data.synthetic import SyntheticScenes
 from frcnn_lab.data.synthetic_hard import ClutteredScenes
-from frcnn_lab.engine.module import warmup_then_decay
+from frcnn_lab.engine.optim import OptimConfig, warmup_then_decay
 from frcnn_lab.metrics import mean_average_precision
 from frcnn_lab.model.detector import FasterRCNN, build_detector
 from frcnn_lab.model.reference import torchvision_equivalent
@@ -64,7 +65,7 @@ def train(model: nn.Module, batches: list[tuple[list[Tensor], list[dict]]], seed
     torch.manual_seed(seed)  # the RPN / RoI samplers draw from torch's generator
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, **{k: v for k, v in optim["optimizer"].items() if k != "_target_"})
-    schedule = warmup_then_decay(optim["warmup_steps"], len(batches), optim["schedule"], optim["min_lr_ratio"])
+    schedule = warmup_then_decay(typed(OptimConfig, optim, "optim"), len(batches))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
     start = time.perf_counter()

@@ -26,6 +26,9 @@ class OptimConfig:
     warmup_steps: int = 50  # linear warm-up from lr / 1000
     schedule: str = "cosine"  # cosine (down to min_lr_ratio * lr at the last step) | constant
     min_lr_ratio: float = 0.05
+    # the schedule's length in optimiser steps (None: the run's); a run stopped early by trainer.max_epochs /
+    # max_steps then follows the schedule of the longer run it is cut from (short diagnostic runs), or a longer one
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
         check = Checks("optim")
@@ -36,12 +39,16 @@ class OptimConfig:
         check.integer("warmup_steps", self.warmup_steps, 0)
         check.choice("schedule", self.schedule, SCHEDULES)
         check.fraction("min_lr_ratio", self.min_lr_ratio)
+        if self.schedule_steps is not None:
+            check.integer("schedule_steps", self.schedule_steps, 1)
         check.done()
 
 
-def warmup_then_decay(config: OptimConfig, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier per step: linear warm-up from 0.001, then constant or cosine down to ``min_lr_ratio``."""
+def warmup_then_decay(config: OptimConfig, run_steps: int) -> Callable[[int], float]:
+    """LR multiplier per step: linear warm-up from 0.001, then constant or cosine down to ``min_lr_ratio`` at the
+    schedule's last step (``config.schedule_steps``, else ``run_steps``: the run's optimiser steps)."""
     warmup_steps, min_ratio = config.warmup_steps, config.min_lr_ratio
+    total_steps = config.schedule_steps if config.schedule_steps is not None else run_steps
 
     def factor(step: int) -> float:
         if step < warmup_steps:
