@@ -10,7 +10,9 @@ through ``DetectionModule.evaluation_step``'s detection call: whole (``inference
 (``--tile`` px tiles, ``--overlap``, ``inference.slicing.batch_size``, each tile its share of the proposal budget),
 and ``one_by_one``: one tile per pass, each with the whole image's budget (tiles detected as separate images), the
 order reversed every other round; the figure is the median seconds per canvas, and each ratio to whole per round,
-median over rounds.
+median over rounds. With ``--map-images N`` each way also detects the first N val canvases once and scores them
+(mAP@0.5, ``frcnn_lab.metrics.mean_average_precision``): sliced with the shared budget against tiles that each keep
+the whole image's budget (``one_by_one``'s detections, computed in batches).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.engine.module import DetectionModule
 from frcnn_lab.inference.slicing import Slicing, detect_images
+from frcnn_lab.metrics import mean_average_precision
 
 DATA = ["experiment=small_objects/large", "data.source.num_train=1", "data.num_negatives=0"]
 
@@ -43,6 +46,17 @@ def seconds_per_image(module: DetectionModule, images: list[torch.Tensor], slici
     return times
 
 
+def map_50(module: DetectionModule, samples: list[tuple[torch.Tensor, dict]], slicing: Slicing | None,
+           shared_budget: bool) -> float:
+    metric = mean_average_precision([0.5])
+    budget = module.proposals_per_image if shared_budget else None
+    with torch.inference_mode():
+        for image, target in samples:
+            (found,) = detect_images(module, [image], slicing, budget=budget)
+            metric.update([found], [{"boxes": target["boxes"], "labels": target["labels"]}])
+    return float(metric.compute()["map_50"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--ckpt", help="a trained checkpoint (default: an untrained detector)")
@@ -51,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=400)
     parser.add_argument("--overlap", type=float, default=0.2)
     parser.add_argument("--batch-size", type=int, default=Slicing.batch_size, help="tiles per pass")
+    parser.add_argument("--map-images", type=int, default=0, help="val canvases scored per way (0: none)")
     args = parse_bench_args(parser, argv)
-    cfg = quickstart_config([*DATA, f"data.source.num_val={args.images}", "backbone.weights=none"], "unused")
+    val = max(args.images, args.map_images)
+    cfg = quickstart_config([*DATA, f"data.source.num_val={val}", "backbone.weights=none"], "unused")
     datamodule = DetectionDataModule(cfg.data)
     datamodule.setup("test")
     images = [datamodule.datasets["val"][i][0] for i in range(args.images)]
@@ -79,13 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         values = [r[name] for r in rounds]
         print(f"| {name} | {statistics.median(values):.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
     print(", ".join(f"{name} / whole: {ratio:.2f}" for name, ratio in ratios.items() if name != "whole"))
+    scores = {}
+    if args.map_images:
+        samples = [datamodule.datasets["val"][i] for i in range(args.map_images)]
+        budgets = {"whole": (None, True), "sliced": (slicing, True), "one_by_one": (slicing, False)}
+        scores = {name: map_50(module, samples, *way) for name, way in budgets.items()}
+        print(f"mAP@0.5 on {args.map_images} val canvases: "
+              + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()))
     if args.output:
         arguments = sys.argv[1:] if argv is None else argv
         args.output.write_text(json.dumps({
             "command": "python experiments/bench/sliced_inference.py " + " ".join(arguments),
             "machine": machine(args.threads), "checkpoint": args.ckpt, "canvases": args.images,
             "slicing": {"size": args.tile, "overlap": args.overlap, "batch_size": args.batch_size},
-            "seconds": rounds, "over_whole": ratios}, indent=1))
+            "seconds": rounds, "over_whole": ratios, "map_50": scores, "map_images": args.map_images}, indent=1))
     return 0
 
 
