@@ -28,6 +28,7 @@ STUDY = EXPERIMENTS / "findings" / "study" / "runs"  # 15 runs of 20 epochs
 SPEED = EXPERIMENTS / "findings" / "runs"  # 33 runs of 152 steps
 CONVERGENCE = EXPERIMENTS / "findings" / "convergence" / "runs"
 SMALL = EXPERIMENTS / "small_objects" / "runs"
+RARE = EXPERIMENTS / "rare_classes" / "runs"
 SEEDS = (0, 1, 2)
 
 # The report's families (docs/statistics.md): how many comparisons each Bonferroni interval is adjusted for.
@@ -36,6 +37,7 @@ STUDY_PAIRS = 5  # 4-16, 4-64, 16-64 RoIs; 300-600 px; the background band
 SPEED_FACTORIAL = 5  # four main effects and the image size x RoIs interaction
 SPEED_PAIRS = 20
 SMALL_PAIRS = 3
+RARE_PAIRS = 1  # data.sampler: random -> repeat_factor
 
 
 @cache
@@ -206,6 +208,16 @@ def small(name: str) -> list[float]:
     return cell(SMALL, name)
 
 
+def rare(name: str) -> list[float]:
+    return cell(RARE, name)
+
+
+def evaluated_ap50(root: Path, name: str, class_name: str) -> list[float]:
+    """AP@0.5 of ``class_name`` per seed, from each run's latest ``evaluate`` (its best checkpoint on val)."""
+    files = [sorted((root / f"{name}_s{seed}" / "evaluate").glob("*/evaluation.json"))[-1] for seed in SEEDS]
+    return [json.loads(f.read_text())["ap_50_per_class"][class_name] for f in files]
+
+
 def mean_diff(a: Sequence[float], b: Sequence[float]) -> str:
     return signed(statistics.mean(paired(a, b)))
 
@@ -299,6 +311,11 @@ QUOTES: list[tuple[str, Callable[[], str]]] = [
         *curve(SMALL, "resize_s0")[1:])),
     (SMALL_PAGE, lambda: "`fixed_s2` gained {}, under its tolerance".format(
         signed(curve(SMALL, "fixed_s2")[2] - curve(SMALL, "fixed_s2")[1]))),
+    # experiments/rare_classes/README.md
+    ("experiments/rare_classes/README.md", lambda: "phone's AP@0.5 from {} to {}".format(
+        mean_sd(evaluated_ap50(RARE, "random", "phone")), mean_sd(evaluated_ap50(RARE, "repeat", "phone")))),
+    ("experiments/rare_classes/README.md", lambda: "random {}, repeat-factor {}; random → repeat_factor {}".format(
+        mean_sd(rare("random")), mean_sd(rare("repeat")), diff(rare("random"), rare("repeat"), RARE_PAIRS))),
     # docs that cite the studies
     ("docs/small_objects.md", lambda: "`resize_s0` fell from {:.4f} at step 1,000 (its best) to {:.4f} at step "
      "1,500".format(*curve(SMALL, "resize_s0")[1:])),
