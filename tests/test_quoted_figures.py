@@ -29,6 +29,7 @@ SPEED = EXPERIMENTS / "findings" / "runs"  # 33 runs of 152 steps
 CONVERGENCE = EXPERIMENTS / "findings" / "convergence" / "runs"
 SMALL = EXPERIMENTS / "small_objects" / "runs"
 RARE = EXPERIMENTS / "rare_classes" / "runs"
+TRANSFER = EXPERIMENTS / "transfer" / "runs"
 SEEDS = (0, 1, 2)
 
 # The report's families (docs/statistics.md): how many comparisons each Bonferroni interval is adjusted for.
@@ -38,6 +39,7 @@ SPEED_FACTORIAL = 5  # four main effects and the image size x RoIs interaction
 SPEED_PAIRS = 20
 SMALL_PAIRS = 3
 RARE_PAIRS = 1  # data.sampler: random -> repeat_factor
+TRANSFER_PAIRS = 1  # model.weights: the ImageNet trunk -> a detector
 
 
 @cache
@@ -316,7 +318,16 @@ QUOTES: list[tuple[str, Callable[[], str]]] = [
         mean_sd(evaluated_ap50(RARE, "random", "phone")), mean_sd(evaluated_ap50(RARE, "repeat", "phone")))),
     ("experiments/rare_classes/README.md", lambda: "random {}, repeat-factor {}; random → repeat_factor {}".format(
         mean_sd(rare("random")), mean_sd(rare("repeat")), diff(rare("random"), rare("repeat"), RARE_PAIRS))),
+    # experiments/transfer/README.md
+    ("experiments/transfer/README.md", lambda: "reached best val mAP@0.5 {} (seeds 0, 1, 2: {:.3f}, {:.3f}, {:.3f}) "
+     "against {} ({:.3f}, {:.3f}, {:.3f}) from the ImageNet trunk: {} for the detector start".format(
+         mean_sd(cell(TRANSFER, "detector")), *cell(TRANSFER, "detector"), mean_sd(cell(TRANSFER, "imagenet")),
+         *cell(TRANSFER, "imagenet"), diff(cell(TRANSFER, "imagenet"), cell(TRANSFER, "detector"), TRANSFER_PAIRS))),
+    ("experiments/transfer/README.md", lambda: "the converged study's ImageNet start reaches {} after 20 epochs".format(
+        mean_sd(study("rois64_px600")))),
     # docs that cite the studies
+    ("docs/fine_tuning.md", lambda: "as the start of the hard benchmark gave {} val mAP@0.5 over the ImageNet trunk".format(
+        diff(cell(TRANSFER, "imagenet"), cell(TRANSFER, "detector"), TRANSFER_PAIRS))),
     ("docs/small_objects.md", lambda: "`resize_s0` fell from {:.4f} at step 1,000 (its best) to {:.4f} at step "
      "1,500".format(*curve(SMALL, "resize_s0")[1:])),
     ("docs/small_objects.md", lambda: "`fixed_s2` gained {} there".format(
