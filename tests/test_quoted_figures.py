@@ -326,8 +326,8 @@ QUOTES: list[tuple[str, Callable[[], str]]] = [
     ("experiments/transfer/README.md", lambda: "the converged study's ImageNet start reaches {} after 20 epochs".format(
         mean_sd(study("rois64_px600")))),
     # docs that cite the studies
-    ("docs/fine_tuning.md", lambda: "as the start of the hard benchmark gave {} val mAP@0.5 over the ImageNet trunk".format(
-        diff(cell(TRANSFER, "imagenet"), cell(TRANSFER, "detector"), TRANSFER_PAIRS))),
+    ("docs/fine_tuning.md", lambda: "as the start of the hard benchmark gave {} val mAP@0.5 over the ImageNet "
+     "trunk".format(diff(cell(TRANSFER, "imagenet"), cell(TRANSFER, "detector"), TRANSFER_PAIRS))),
     ("docs/small_objects.md", lambda: "`resize_s0` fell from {:.4f} at step 1,000 (its best) to {:.4f} at step "
      "1,500".format(*curve(SMALL, "resize_s0")[1:])),
     ("docs/small_objects.md", lambda: "`fixed_s2` gained {} there".format(
