@@ -35,7 +35,7 @@ from torchvision.ops import batched_nms, box_area, box_iou
 
 from frcnn_lab.checks import Checks, is_int, is_number, typed
 from frcnn_lab.data.tiles import tile_windows
-from frcnn_lab.model.preprocess import rescale_boxes
+from frcnn_lab.model.preprocess import Preprocess
 
 MERGE_RULES = ("nms", "greedy_nmm")
 MATCH_METRICS = ("iou", "ios")
@@ -168,6 +168,5 @@ def detect_images(detect: Callable[..., list[dict[str, Tensor]]], images: list[T
         return detect(images, original_sizes=original_sizes)
     detections = [detect_sliced(detect, image, slicing, budget) for image in images]
     if original_sizes is not None:
-        for detection, image, original in zip(detections, images, original_sizes, strict=True):
-            detection["boxes"] = rescale_boxes(detection["boxes"], tuple(image.shape[-2:]), original)
+        Preprocess.postprocess(detections, [tuple(image.shape[-2:]) for image in images], original_sizes)
     return detections

@@ -23,6 +23,8 @@ from frcnn_lab.errors import ConfigError
 
 RESIZE_POLICIES = ("shortest_side", "fixed_scale")
 RESIZE_KEYS = ("resize", "image_size", "max_size", "scale")  # the data.* keys; an exported model's metadata
+UNKNOWN_SIZE = ("the checkpoint records no input size and is not inside its training run: set image_size and "
+                "max_size")
 
 
 @dataclass
@@ -60,8 +62,7 @@ class PreprocessConfig:
         if self.resize == "fixed_scale":
             return self.scale
         if self.image_size is None:
-            raise ConfigError("the checkpoint records no input size and is not inside its training run: set "
-                              "image_size and max_size")
+            raise ConfigError(UNKNOWN_SIZE)
         return min(self.image_size / min(height, width), self.max_size / max(height, width))
 
     def at(self, image_size: int | None = None, max_size: int | None = None) -> PreprocessConfig:
@@ -71,8 +72,7 @@ class PreprocessConfig:
         if image_size is not None and max_size is not None:
             return replace(self, image_size=int(image_size), max_size=int(max_size))
         if self.image_size is None:
-            raise ConfigError("the checkpoint records no input size and is not inside its training run: set "
-                              "image_size and max_size")
+            raise ConfigError(UNKNOWN_SIZE)
         if image_size is None:
             return replace(self, max_size=int(max_size if max_size is not None else self.max_size))
         return replace(self, image_size=int(image_size),
