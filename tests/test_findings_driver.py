@@ -21,6 +21,7 @@ from support import compose_config
 DRIVER = Path(__file__).resolve().parents[1] / "experiments" / "findings" / "run.sh"
 CONVERGE = DRIVER.with_name("converge.sh")
 STUDY = DRIVER.with_name("study.sh")
+COLLAPSE = DRIVER.with_name("collapse.sh")
 CELLS = 33
 
 FAKE_PYTHON = """#!/usr/bin/env bash
@@ -134,8 +135,9 @@ def test_the_study_resumes_an_interrupted_cell_from_its_last_checkpoint(tmp_path
 
 @pytest.mark.parametrize("script,arguments,count",
                          [pytest.param(DRIVER, (), CELLS, marks=pytest.mark.slow),  # every cell: ~20 s
-                          (CONVERGE, ("3", "0 1"), 2), (STUDY, ("4", "0"), 5)],
-                         ids=["run.sh", "converge.sh", "study.sh"])
+                          (CONVERGE, ("3", "0 1"), 2), (STUDY, ("4", "0"), 5),
+                          pytest.param(COLLAPSE, (), 18, marks=pytest.mark.slow)],  # 6 seeds x 3 variants
+                         ids=["run.sh", "converge.sh", "study.sh", "collapse.sh"])
 def test_every_cell_composes_with_the_findings_preset_and_validates(tmp_path, script, arguments, count):
     """Each cell's command line as the script builds it (bash's own word splitting), composed through Hydra: a
     mistyped key fails to compose, an impossible value fails ``validate``, and each value reaches the config."""

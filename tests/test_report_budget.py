@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from frcnn_lab.report import find_runs, group_runs, main, write_report
 from frcnn_lab.report.budget import equal_cost, file_cost, read_step_costs, step_costs
@@ -100,3 +101,52 @@ def test_the_report_compares_at_equal_cost_from_a_file_or_the_logged_times(tmp_p
     with pytest.raises(SystemExit):
         main([str(tmp_path / "runs"), "--step-costs", str(costs_file)])
     assert "--step-costs and --cost-budget need --budget cost" in capsys.readouterr().err
+
+
+def set_config(run, **values) -> None:
+    """Change keys ("trainer.max_epochs") of a made-up run's .hydra/config.yaml."""
+    path = run / ".hydra" / "config.yaml"
+    config = OmegaConf.load(path)
+    for key, value in values.items():
+        OmegaConf.update(config, key.replace("__", "."), value)
+    OmegaConf.save(config, path)
+
+
+def test_at_equal_cost_a_configuration_is_compared_by_its_longest_runs(tmp_path):
+    """Cheap runs at 600 and at 1,200 steps are one configuration at equal cost (run length is the budget's to set):
+    the longer ones are compared with the dear runs, the shorter left out and named; at equal steps they are two."""
+    root = tmp_path / "runs"
+    study(root)
+    longer = [0.1, 0.2, 0.3, 0.35, 0.4, 0.42, 0.44, 0.46, 0.5, 0.55, 0.6, 0.61]  # a stretched schedule
+    for seed in range(3):
+        make_run(root / f"long_s{seed}", 4, seed, [v + 0.01 * seed for v in longer], steps_per_epoch=100)
+        set_config(root / f"long_s{seed}", trainer__max_epochs=12)
+    costs_file = tmp_path / "costs.json"
+    costs_file.write_text(json.dumps({"step_s": {"rpn.num_rois=4": 1.0, "rpn.num_rois=64": 3.0}}))
+    groups = group_runs(find_runs(root))
+    assert sorted(groups) == ["trainer.max_epochs=12 rpn.num_rois=4", "trainer.max_epochs=3 rpn.num_rois=4",
+                              "trainer.max_epochs=3 rpn.num_rois=64"]
+    spent = equal_cost(groups, step_costs(groups, costs_file), budget=500.0)  # every run reaches it
+    assert spent.scores["trainer.max_epochs=3 rpn.num_rois=4"] == {}
+    assert spent.left_out["trainer.max_epochs=3 rpn.num_rois=4"][0] == (
+        "`cheap_s0`: a longer run of this configuration (`trainer.max_epochs=12 rpn.num_rois=4`) is compared")
+    assert spent.scores["trainer.max_epochs=12 rpn.num_rois=4"][0] == pytest.approx(0.4)
+    assert main([str(root), "--output", str(tmp_path / "cost"), "--budget", "cost", "--step-costs", str(costs_file),
+                 "--cost-budget", "900"]) == 0
+    pairs = table_rows((tmp_path / "cost" / "report.md").read_text(), "### One-key pairs")
+    # the dear runs' 300 steps (0.6 + s/100) against the longer cheap runs' best of their first 900 (0.5 + s/100)
+    assert [(row[0], row[1], row[3].split()[0]) for row in pairs] == [("`rpn.num_rois`", "4 → 64", "+0.100")]
+    steps = write_report(root, tmp_path / "steps").read_text()
+    assert len(table_rows(steps, "### One-key pairs")) == 2  # 4 → 64 at 3 epochs; 3 → 12 epochs at 4 RoIs
+
+
+def test_floats_equal_to_four_digits_are_one_setting(tmp_path):
+    """A default written out (0.1111) and computed (1/9) by two code versions: one configuration, not two."""
+    root = tmp_path / "runs"
+    study(root)
+    set_config(root / "cheap_s0", loss__roi_smooth_l1_beta=0.1111)
+    for name in ("cheap_s1", "cheap_s2"):
+        set_config(root / name, loss__roi_smooth_l1_beta=1 / 9)
+    assert sorted(group_runs(find_runs(root))) == ["rpn.num_rois=4", "rpn.num_rois=64"]
+    set_config(root / "cheap_s0", loss__roi_smooth_l1_beta=0.1112)
+    assert len(group_runs(find_runs(root))) == 3

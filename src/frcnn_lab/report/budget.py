@@ -5,8 +5,11 @@ A run's training cost after s optimiser steps is s x its configuration's cost pe
 final costs; runs that crashed or were stopped early do not set it), or ``--cost-budget``; a run that stopped
 short of the budget is left out. A run's score is its best val mAP@0.5 among the validations at or below the
 budget. A run without a validation within the budget is left out, and the report
-says so. Convergence and failures stay those of the whole run; the comparisons then rank what each configuration
-reaches for the same cost.
+says so. How long a run trains (``RUN_LENGTH_KEYS``: ``trainer.max_steps`` ...) is the budget's to set, so it
+does not tell configurations apart here: where configurations differ in it alone (tiles at 1,500 steps and at the
+7,860 steps that cost as much as 1,500 whole-canvas steps), the one whose runs train longest is compared and the
+others' runs are left out. Convergence and failures stay those of the whole run; the comparisons then rank what
+each configuration reaches for the same cost.
 
 Cost per step:
 
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from frcnn_lab.report.runs import Run, holds
+from frcnn_lab.report.runs import RUN_LENGTH_KEYS, Run, configuration_scores, holds, setting
 
 STEPS, COST = "steps", "cost"
 BUDGETS = (STEPS, COST)
@@ -100,7 +103,8 @@ class Budget:
 
 def equal_cost(groups: Mapping[str, list[Run]], costs: dict[str, StepCost | None],
                budget: float | None = None) -> Budget:
-    """Each run's best val mAP@0.5 among its validations that cost at most the budget."""
+    """Each run's best val mAP@0.5 among its validations that cost at most the budget; of the configurations that
+    differ in run length alone, only the one with the longest runs."""
     finals = [(run.steps * costs[label].seconds, run.status == "completed") for label, runs in groups.items()
               if costs[label] is not None for run in runs if run.steps and run.validation_steps]
     # a run that crashed or was stopped early does not set the budget; it is left out when short of it
@@ -130,4 +134,14 @@ def equal_cost(groups: Mapping[str, list[Run]], costs: dict[str, StepCost | None
                 scores[label][run.seed], steps[label][run.seed] = max(within)
                 continue
             left_out[label].append(f"`{run.path.name}`: {reason}")
+    configurations, _ = configuration_scores(dict(groups), ignored=RUN_LENGTH_KEYS)
+    longest: dict[str, str] = {}  # the configuration's settings -> the label compared
+    for label in sorted(groups, key=lambda label: -max((run.steps or 0 for run in groups[label]), default=0)):
+        identity = setting(sorted(configurations[label].items()))
+        if identity not in longest:
+            longest[identity] = label
+        elif scores[label]:
+            left_out[label] += [f"`{run.path.name}`: a longer run of this configuration (`{longest[identity]}`) is "
+                                "compared" for run in groups[label] if run.seed in scores[label]]
+            scores[label], steps[label] = {}, {}
     return Budget(budget, chosen, scores, steps, left_out, costs)

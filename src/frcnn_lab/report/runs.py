@@ -35,6 +35,10 @@ SIZE_COLUMNS = {**{f"COCO {area}": f"val/map_{area}" for area in COCO_AREAS},
 IGNORED_KEYS = ("seed", "tags", "ckpt_path", "task_name")
 IGNORED_PREFIXES = ("paths.", "logger.", "callbacks.progress_bar.", "hydra.", "trainer.default_root_dir")
 INERT_WHEN_OFF = {"data.tiles.": "data.tiles.size", "inference.slicing.": "inference.slicing.size"}
+# How long a run trains: at equal training cost (``report --budget cost``) the budget sets it, so these keys do not
+# tell configurations apart in the comparisons there.
+RUN_LENGTH_KEYS = ("trainer.max_steps", "trainer.max_epochs", "optim.schedule_steps")
+SIGNIFICANT_DIGITS = 4  # floats equal to this many digits are one setting (0.1111 written out, 1/9 computed)
 """A group's keys do nothing while its switch is null (no tiles, no slicing): runs that differ only there (say, a
 default changed between two commits) are one configuration, and a key that differs only there tells none apart."""
 
@@ -209,19 +213,28 @@ def is_inert(config: dict[str, Any], key: str) -> bool:
                for prefix, switch in INERT_WHEN_OFF.items())
 
 
-def configuration_keys(runs: list[Run]) -> list[str]:
-    """The config keys whose values differ between the runs that have them and where they act, apart from the seed
-    and bookkeeping. A key only some runs have (one their code version added) differs only if those runs disagree
-    on it; which class implements a callback (``callbacks.<name>._target_``) is bookkeeping too."""
+def setting(value: Any) -> str:
+    """A config value as the identity of a setting: floats to SIGNIFICANT_DIGITS digits, anything else as JSON."""
+    if isinstance(value, float):
+        return f"{value:.{SIGNIFICANT_DIGITS}g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(setting(v) for v in value) + "]"
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def configuration_keys(runs: list[Run], ignored: tuple[str, ...] = ()) -> list[str]:
+    """The config keys whose values differ between the runs that have them and where they act, apart from the seed,
+    bookkeeping and ``ignored``. A key only some runs have (one their code version added) differs only if those runs
+    disagree on it; which class implements a callback (``callbacks.<name>._target_``) is bookkeeping too; floats
+    differ only beyond SIGNIFICANT_DIGITS digits."""
     keys: list[str] = []
     for run in runs:
         keys += [k for k in run.config if k not in keys]
     return [
         k for k in keys
-        if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)
+        if k not in IGNORED_KEYS and k not in ignored and not k.startswith(IGNORED_PREFIXES)
         and not (k.startswith("callbacks.") and k.endswith("._target_"))
-        and len({json.dumps(r.config[k], sort_keys=True, default=str) for r in runs
-                 if k in r.config and not is_inert(r.config, k)}) > 1
+        and len({setting(r.config[k]) for r in runs if k in r.config and not is_inert(r.config, k)}) > 1
     ]
 
 
@@ -243,8 +256,11 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     """Configuration label ("backbone.name=vgg16 rpn.num_rois=4") -> its runs (seeds), in first-seen order."""
     keys = configuration_keys(runs)
     groups: dict[str, list[Run]] = {}
+    labels: dict[str, str] = {}  # the settings -> the label, written with the first run's values
     for run in runs:
-        label = " ".join(f"{k}={v}" for k, v in configuration(run, keys).items()) or "all runs"
+        values = configuration(run, keys)
+        label = labels.setdefault(setting(sorted(values.items())),
+                                  " ".join(f"{k}={v}" for k, v in values.items()) or "all runs")
         groups.setdefault(label, []).append(run)
     return groups
 
@@ -260,10 +276,12 @@ def run_figures(run: Run) -> dict[str, float | None]:
             "ms": run.at_best("val/ms_per_image"), "source": "val"}
 
 
-def configuration_scores(groups: dict[str, list[Run]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
-    """label -> {key: value} of the keys that tell the configurations apart, and label -> {seed: best mAP@0.5}."""
+def configuration_scores(groups: dict[str, list[Run]], ignored: tuple[str, ...] = ()
+                         ) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+    """label -> {key: value} of the keys that tell the configurations apart (``ignored`` aside), and label ->
+    {seed: best mAP@0.5}."""
     runs = [run for group in groups.values() for run in group]
-    keys = configuration_keys(runs)
+    keys = configuration_keys(runs, ignored)
     configurations = {label: configuration(group[0], keys) for label, group in groups.items()}
     scores = {label: {r.seed: r.at_best("val/map_50") for r in group if r.best_epoch is not None}
               for label, group in groups.items()}

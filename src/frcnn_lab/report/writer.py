@@ -20,6 +20,7 @@ from frcnn_lab.report.plots import (
     plot_tide,
 )
 from frcnn_lab.report.runs import (
+    RUN_LENGTH_KEYS,
     Run,
     class_figures,
     configuration_scores,
@@ -154,10 +155,12 @@ def write_report(root: Path, output: Path, overwrite: bool = False, window: int 
     images = over_images(detections, BOOTSTRAP, BOOTSTRAP_SEED) if detections else None
     compared_images, why_not = images, NO_DETECTIONS
     if budget == COST:
+        configurations, _ = configuration_scores(groups, ignored=RUN_LENGTH_KEYS)
         spent = equal_cost(groups, step_costs_of(groups, step_costs), cost_budget)
         lines += budget_section(groups, spent)
         if spent.cost is not None:
-            scores = spent.scores
+            scores = {label: seeds for label, seeds in spent.scores.items() if seeds}
+            configurations = {label: configurations[label] for label in scores}
             run_of = {label: {seed: run_of[label][seed] for seed in seeds} for label, seeds in scores.items()}
             compared_images, why_not = None, "n/a (the saved detections are of the whole run's best checkpoint)"
     differences = one_key_differences(configurations, scores)
