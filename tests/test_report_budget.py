@@ -73,6 +73,10 @@ def test_each_run_is_read_at_its_best_validation_within_the_largest_common_cost(
     chosen = equal_cost(groups, step_costs(groups, costs_file), budget=800.0)
     assert chosen.scores["rpn.num_rois=4"] == {} and chosen.scores["rpn.num_rois=64"][0] == pytest.approx(0.5)
     assert chosen.left_out["rpn.num_rois=4"][0] == "`cheap_s0`: stopped at 600.0 s, short of the budget"
+    # step costs are measurements: a run within 1 % of the budget is at it, one 2 % short is not
+    assert equal_cost(groups, step_costs(groups, costs_file), budget=605.0).scores["rpn.num_rois=4"][0] == (
+        pytest.approx(0.42))
+    assert equal_cost(groups, step_costs(groups, costs_file), budget=612.0).scores["rpn.num_rois=4"] == {}
     early = equal_cost(groups, step_costs(groups, costs_file), budget=250.0)
     assert early.left_out["rpn.num_rois=64"][0] == "`dear_s0`: no validation within the budget"
     assert early.scores["rpn.num_rois=4"][0] == pytest.approx(0.2)

@@ -4,12 +4,12 @@ A run's training cost after s optimiser steps is s x its configuration's cost pe
 **budget**: by default the largest cost that every completed run with a cost reached (the smallest of their
 final costs; runs that crashed or were stopped early do not set it), or ``--cost-budget``; a run that stopped
 short of the budget is left out. A run's score is its best val mAP@0.5 among the validations at or below the
-budget. A run without a validation within the budget is left out, and the report
-says so. How long a run trains (``RUN_LENGTH_KEYS``: ``trainer.max_steps`` ...) is the budget's to set, so it
-does not tell configurations apart here: where configurations differ in it alone (tiles at 1,500 steps and at the
-7,860 steps that cost as much as 1,500 whole-canvas steps), the one whose runs train longest is compared and the
-others' runs are left out. Convergence and failures stay those of the whole run; the comparisons then rank what
-each configuration reaches for the same cost.
+budget (costs within 1 % of it count as at it: ``RELATIVE``). A run without a validation within the budget is
+left out, and the report says so. How long a run trains (``RUN_LENGTH_KEYS``: ``trainer.max_steps`` ...) is the
+budget's to set, so it does not tell configurations apart here: where configurations differ in it alone (tiles at
+1,500 steps and at the 7,860 steps that cost as much as 1,500 whole-canvas steps), the one whose runs train longest
+is compared and the others' runs are left out. Convergence and failures stay those of the whole run; the
+comparisons then rank what each configuration reaches for the same cost.
 
 Cost per step:
 
@@ -38,7 +38,9 @@ from frcnn_lab.report.runs import RUN_LENGTH_KEYS, Run, configuration_scores, ho
 
 STEPS, COST = "steps", "cost"
 BUDGETS = (STEPS, COST)
-RELATIVE = 1e-9  # a validation at the budget itself counts, whatever the rounding of steps x cost
+# Step costs are measurements, good to about 1 %: a cost within 1 % of the budget counts as at it (the tiles run
+# planned at 5.24 x 1,500 steps from the benchmark's median ratio is not short of a budget set by mean step times).
+RELATIVE = 0.01
 
 
 @dataclass(frozen=True)
