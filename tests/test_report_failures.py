@@ -69,6 +69,13 @@ def test_a_head_that_collapses_to_background_is_named_with_the_epoch():
     dip = diagnose(metrics(**HEALTHY, cls_accuracy_fg=[0.40, 0.01, 0.2, 0.15, 0.05, 0.00]))
     assert dip.epoch == 2 and "stays at or below 0.10 from epoch 5" in dip.text
     assert "calls every RoI background" not in dip.text  # overall accuracy 0.95 is not the background share
+    # Where the head's silent units are logged: a collapse whose representation went dark is said so.
+    dark = diagnose(metrics(**HEALTHY, cls_accuracy_fg=[0.40, 0.00, 0.02, 0.00, 0.00, 0.00],
+                            head_silent=[0.05, 0.7, 0.4, 0.93, 0.95, 0.96]))
+    assert "the box head silent: 96% of its units 0 on every RoI of a batch at epoch 6, at least 50% from epoch 4" in (
+        dark.text)
+    lit = diagnose(metrics(**HEALTHY, cls_accuracy_fg=[0.40, 0.00, 0.02, 0.00, 0.00, 0.00], head_silent=[0.3] * EPOCHS))
+    assert lit.stage == "head" and "silent" not in lit.text
     never = diagnose(metrics(**HEALTHY, cls_accuracy_fg=[0.05, 0.02, 0.0, 0.0, 0.0, 0.0]))
     assert never.stage == "head" and never.epoch == 1 and "never learns the foreground" in never.text
 

@@ -327,6 +327,21 @@ def test_roi_head_inference_forward_returns_detections_per_image():
     assert all(set(d["labels"].tolist()) == {1, 2} for d in detections)
 
 
+def test_training_stats_count_the_units_silent_on_every_roi():
+    """``head_silent``: the share of the tail's output units at or below 0 on all sampled RoIs; the flatten tail
+    passes the pooled features through, so channel 1 set to 0 silences its 4 of the 8 units."""
+    torch.manual_seed(0)
+    head = make_head(num_classes=4, num_rois=8)
+    features = torch.rand(1, 2, 16, 16) + 0.1
+    features[:, 1] = 0.0
+    targets = [{"boxes": torch.tensor([[0.0, 0.0, 64.0, 64.0]]), "labels": torch.tensor([1])}]
+    _, losses, stats = head({"c4": features}, [strip([64.0, 40.0, 20.0]) * 6.4], [(256, 256)], targets)
+    assert stats["head_silent"].item() == 0.5
+    features[:, 1] = -1.0  # negative outputs are silent too (a ReLU would zero them)
+    features[:, 0] = 0.0
+    assert head({"c4": features}, [strip([64.0, 40.0])], [(256, 256)], targets)[2]["head_silent"].item() == 1.0
+
+
 # --- class prior ---------------------------------------------------------------------------------
 
 

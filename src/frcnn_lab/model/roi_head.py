@@ -148,13 +148,18 @@ class RoIHead(nn.Module):
             class_logits, box_deltas = self.predict(features, proposals)
             return self.postprocess(class_logits, box_deltas, proposals, image_sizes), {}, {}
         rois, labels, target_deltas = self.sample(proposals, targets)
-        class_logits, box_deltas = self.predict(features, rois)
+        representation = self.tail(self.pooler(features, rois))
+        class_logits, box_deltas = self.classify(representation)
         losses = roi_losses(class_logits, box_deltas, labels, target_deltas, self.smooth_l1_beta)
-        return [], losses, head_stats(class_logits.detach(), labels, len(targets))
+        return [], losses, head_stats(class_logits.detach(), labels, len(targets), representation.detach())
 
     def predict(self, features: Mapping[str, Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Pooled, tail, predictor -> class logits (R, K) and deltas (R, 4K), fp32 also under autocast."""
-        class_logits, box_deltas = self.predictor(self.tail(self.pooler(features, boxes)))
+        return self.classify(self.tail(self.pooler(features, boxes)))
+
+    def classify(self, representation: Tensor) -> tuple[Tensor, Tensor]:
+        """The box head's representation (R, D) -> class logits (R, K) and deltas (R, 4K), in fp32."""
+        class_logits, box_deltas = self.predictor(representation)
         return class_logits.float(), box_deltas.float()
 
     def sample(
@@ -221,8 +226,11 @@ class RoIHead(nn.Module):
         return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
-def head_stats(class_logits: Tensor, labels: Tensor, num_images: int) -> dict[str, Tensor]:
-    """Foreground / background RoIs per image and the classifier's accuracy (all, and foreground only)."""
+def head_stats(class_logits: Tensor, labels: Tensor, num_images: int, representation: Tensor) -> dict[str, Tensor]:
+    """Foreground / background RoIs per image, the classifier's accuracy (all, and foreground only) and
+    ``head_silent``: the share of the box head's output units (``representation`` (R, D)) at or below 0 on every
+    RoI of the batch. A head whose last ReLU is silent everywhere gives the classifier nothing to tell the classes
+    apart, and no gradient back (experiments/findings/collapse/)."""
     correct = class_logits.argmax(dim=1) == labels
     foreground = labels > 0
     stats = {
@@ -231,6 +239,7 @@ def head_stats(class_logits: Tensor, labels: Tensor, num_images: int) -> dict[st
     }
     if labels.numel():
         stats["cls_accuracy"] = correct.float().mean()
+        stats["head_silent"] = (representation.amax(dim=0) <= 0).float().mean()
     if foreground.any():  # the one wait for the GPU here: a step without foreground RoIs logs no fg accuracy
         stats["cls_accuracy_fg"] = (correct & foreground).sum() / foreground.sum()
     return stats

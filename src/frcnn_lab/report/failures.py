@@ -13,7 +13,8 @@ creeping up (on the hard benchmark, 4 RoIs per image: 0.012 -> 0.021 over 20 epo
 - **Diagnosis** of a failed run from its logged training diagnostics (``diag/*``, per epoch), stage by stage
   along the detector: does the RPN find the objects (``rpn_recall``), are foreground RoIs sampled
   (``roi_fg`` per image), does the box head classify them (``cls_accuracy_fg``). The first stage that fails is
-  named with the epoch where it went wrong.
+  named with the epoch where it went wrong; a head that collapsed is said to be silent when most of its output
+  units are 0 on every RoI of a batch (``head_silent``, where logged).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ FG_PER_IMAGE = 0.5       # fewer foreground RoIs per image than this: the head h
 FG_ACCURACY = 0.10       # a head whose foreground accuracy ends at or below this has collapsed to background
 BACKGROUND_MATCH = 0.02  # overall accuracy this close to the background share: every RoI called background
 DETECTIONS = 0.5         # fewer val detections per image than this: the scores stay below the threshold
+SILENT = 0.5             # a head with more of its units 0 on every RoI of a batch than this is silent
 
 
 def failed(curve: Sequence[float], window: int, floor: float) -> bool | None:
@@ -166,6 +168,11 @@ def head_diagnosis(found: list[str], accuracy_fg: list[tuple[int, float]], accur
                      f"epoch {went_wrong} and stays at or below {FG_ACCURACY:.2f}{stays} ({last:.2f} at epoch "
                      f"{last_epoch})")
         verdict = "the head collapses to background"
+    silent = column(epochs, "diag/head_silent")
+    if silent and silent[-1][1] > SILENT:
+        since = stays_low([(e, -v) for e, v in silent], -SILENT)
+        found.append(f"the box head silent: {silent[-1][1]:.0%} of its units 0 on every RoI of a batch at epoch "
+                     f"{silent[-1][0]}, at least {SILENT:.0%} from epoch {since}")
     overall = dict(accuracy).get(last_epoch)
     fg_last, bg_last = dict(fg).get(last_epoch), dict(bg).get(last_epoch)
     if None not in (overall, fg_last, bg_last) and fg_last + bg_last > 0:
