@@ -221,6 +221,35 @@ def test_small_objects_equal_cost_table():
         assert row[1:3] == [" / ".join(f"{v:.3f}" for v in values[row[0]]), mean_sd(values[row[0]])], row
 
 
+COLLAPSE = EXPERIMENTS / "findings" / "collapse"
+
+
+def per_epoch(run: Path, column: str) -> list[float]:
+    """A run's value of ``column`` at each epoch that logged it (the last row of the epoch), in order."""
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        values = {int(row["epoch"]): float(row[column]) for row in csv.DictReader(f) if row.get(column)}
+    return [values[epoch] for epoch in sorted(values)]
+
+
+def test_collapse_study_table():
+    """Per short run: the head's foreground accuracy and val mAP@0.5 at each of its six epochs."""
+    rows = table("experiments/findings/collapse/README.md", "| run | foreground accuracy, epochs 1–6 |")
+    names = [row[0].strip("`") for row in rows]
+    assert sorted(names) == sorted(p.name for p in (COLLAPSE / "runs").iterdir())  # every run, once
+    for name, row in zip(names, rows, strict=True):
+        run = COLLAPSE / "runs" / name
+        assert row[1:3] == [", ".join(f"{v:.2f}" for v in per_epoch(run, "diag/cls_accuracy_fg_epoch")),
+                            ", ".join(f"{v:.3f}" for v in per_epoch(run, "val/map_50"))], row
+
+
+def silent_at(run: str, step: int) -> str:
+    """``diag/head_silent`` of the logged step ``step`` (1-based) of a trace run, as a percentage."""
+    with open(COLLAPSE / "trace" / run / "csv" / "metrics.csv", newline="") as f:
+        value = next(float(row["diag/head_silent_step"]) for row in csv.DictReader(f)
+                     if row.get("diag/head_silent_step") and int(row["step"]) == step - 1)
+    return f"{100 * value:.0f} %" if value >= 0.01 else f"{100 * value:.1f} %"
+
+
 # --- sentences ----------------------------------------------------------------------------------------------------
 
 def study(name: str) -> list[float]:
@@ -342,6 +371,11 @@ QUOTES: list[tuple[str, Callable[[], str]]] = [
         diff(equal_cost_tiles(), small("fixed"), 1))),
     ("docs/small_objects.md", lambda: "the tiles reached {:.3f} against {:.3f}".format(
         statistics.mean(equal_cost_tiles()), statistics.mean(small("fixed")))),
+    ("experiments/findings/collapse/README.md", lambda: "at seed 2, {} of the units are silent on a batch at step "
+     "10, {} at step 20".format(silent_at("band_s2", 10), silent_at("band_s2", 20))),
+    ("experiments/findings/collapse/README.md", lambda: "and {} at step 60, once the rate".format(
+        silent_at("band_s2", 60))),
+    ("experiments/findings/collapse/README.md", lambda: "goes as far ({} at step 70)".format(silent_at("band_s3", 70))),
     (SMALL_PAGE, lambda: "`resize_s0` fell from {:.4f} to {:.4f}, its best at step 1,000".format(
         *curve(SMALL, "resize_s0")[1:])),
     (SMALL_PAGE, lambda: "`fixed_s2` gained {}, under its tolerance".format(

@@ -4,7 +4,8 @@
 
 For each training run (its checkpoints/best.ckpt and the data of its .hydra/config.yaml): the RoIs that training
 samples on ``--batches`` batches of the train split (the run's sampler, seeded, BatchNorm with its running
-statistics, nothing updated: ``loss_path``) go through the box head, and it prints one Markdown row per run:
+statistics, nothing updated: ``loss_path``) go through the box head, and it prints one Markdown row per run
+(named ``<runs folder>/<run>``):
 
 - silent units: the share of the box head's output units (its representation, the classifier's input) that are 0
   on every sampled RoI. A head whose last ReLU / ReLU6 is silent everywhere gives the classifier nothing to tell
@@ -82,7 +83,7 @@ def main() -> None:
     for run_dir in args.runs:
         row = probe(run_dir, args.batches)
         cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
-        print(f"| `{run_dir.name}` | " + " | ".join(cells) + " |", flush=True)
+        print(f"| `{run_dir.parent.name}/{run_dir.name}` | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
