@@ -33,6 +33,7 @@ HYDRA_ENTRY_POINTS = {"frcnn_lab.train", "frcnn_lab.evaluate", "frcnn_lab.predic
                       "frcnn_lab.serve", "frcnn_lab.browse"}
 REPORT_OPTIONS_WITH_VALUE = {"--plateau-window", "--plateau-tolerance", "--plateau-floor", "--target-difference",
                              "--rope", "--budget", "--step-costs", "--cost-budget"}
+REPORT_FILE_OPTIONS = {"--step-costs"}  # a file of the repository, as the docs show it from its root
 HYDRA_FLAGS_WITH_VALUE = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--cfg", "-c",
                           "--package", "-p"}
 STANDING_IN = "placeholder"
@@ -198,7 +199,8 @@ def report_argv(args: tuple[str, ...], output: Path) -> list[str]:
         elif arg.startswith("--output="):
             continue
         elif arg in REPORT_OPTIONS_WITH_VALUE:
-            argv += [arg, next(rest)]
+            value = next(rest)
+            argv += [arg, str(REPO_ROOT / value) if arg in REPORT_FILE_OPTIONS else value]
         elif arg.startswith("-"):
             argv.append(arg)
         elif STANDING_IN in arg:
