@@ -116,6 +116,7 @@ def set_config(run, **values) -> None:
     OmegaConf.save(config, path)
 
 
+@pytest.mark.slow  # two reports with their plots: ~7 s
 def test_at_equal_cost_a_configuration_is_compared_by_its_longest_runs(tmp_path):
     """Cheap runs at 600 and at 1,200 steps are one configuration at equal cost (run length is the budget's to set):
     the longer ones are compared with the dear runs, the shorter left out and named; at equal steps they are two."""
