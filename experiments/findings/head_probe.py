@@ -25,6 +25,7 @@ from torch import Tensor
 from frcnn_lab.data.datamodule import DetectionDataModule
 from frcnn_lab.engine.checkpoints import load_module
 from frcnn_lab.model.detector import loss_path
+from frcnn_lab.model.roi_head import silent_share
 from frcnn_lab.runs.folders import run_data_config
 
 COLUMNS = ("run", "RoIs", "fg RoIs", "silent units", "fg-bg gap", "p(bg) on fg", "fg accuracy")
@@ -41,7 +42,7 @@ def head_activity(representation: Tensor, class_logits: Tensor, labels: Tensor) 
     return {
         "RoIs": int(labels.numel()),
         "fg RoIs": int(foreground.sum()),
-        "silent units": (representation.amax(dim=0) <= 0).float().mean().item(),
+        "silent units": silent_share(representation).item(),
         "fg-bg gap": gap.norm().item(),
         "p(bg) on fg": probabilities[foreground, 0].mean().item(),
         "fg accuracy": (class_logits[foreground].argmax(dim=1) == labels[foreground]).float().mean().item(),
@@ -66,7 +67,7 @@ def probe(run_dir: Path, batches: int, seed: int = 0) -> dict[str, float]:
             rois, roi_labels, _ = head.sample(proposals, targets)
             representation = head.tail(head.pooler(features, rois))
             representations.append(representation)
-            logits.append(head.predictor(representation)[0])
+            logits.append(head.classify(representation)[0])
             labels.append(roi_labels)
     return head_activity(torch.cat(representations), torch.cat(logits), torch.cat(labels))
 

@@ -239,7 +239,12 @@ def head_stats(class_logits: Tensor, labels: Tensor, num_images: int, representa
     }
     if labels.numel():
         stats["cls_accuracy"] = correct.float().mean()
-        stats["head_silent"] = (representation.amax(dim=0) <= 0).float().mean()
+        stats["head_silent"] = silent_share(representation)
     if foreground.any():  # the one wait for the GPU here: a step without foreground RoIs logs no fg accuracy
         stats["cls_accuracy_fg"] = (correct & foreground).sum() / foreground.sum()
     return stats
+
+
+def silent_share(representation: Tensor) -> Tensor:
+    """The share of the box head's output units (``representation`` (R, D)) at or below 0 on every one of the R RoIs."""
+    return (representation.amax(dim=0) <= 0).float().mean()

@@ -35,12 +35,12 @@ SIZE_COLUMNS = {**{f"COCO {area}": f"val/map_{area}" for area in COCO_AREAS},
 IGNORED_KEYS = ("seed", "tags", "ckpt_path", "task_name")
 IGNORED_PREFIXES = ("paths.", "logger.", "callbacks.progress_bar.", "hydra.", "trainer.default_root_dir")
 INERT_WHEN_OFF = {"data.tiles.": "data.tiles.size", "inference.slicing.": "inference.slicing.size"}
+"""A group's keys do nothing while its switch is null (no tiles, no slicing): runs that differ only there (say, a
+default changed between two commits) are one configuration, and a key that differs only there tells none apart."""
 # How long a run trains: at equal training cost (``report --budget cost``) the budget sets it, so these keys do not
 # tell configurations apart in the comparisons there.
 RUN_LENGTH_KEYS = ("trainer.max_steps", "trainer.max_epochs", "optim.schedule_steps")
 SIGNIFICANT_DIGITS = 4  # floats equal to this many digits are one setting (0.1111 written out, 1/9 computed)
-"""A group's keys do nothing while its switch is null (no tiles, no slicing): runs that differ only there (say, a
-default changed between two commits) are one configuration, and a key that differs only there tells none apart."""
 
 
 @dataclass
